@@ -1,0 +1,41 @@
+# l2net: `make demo` and `make test` do every install themselves (as root on Debian/Ubuntu).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := user-mode-linux kmod iproute2 containernetworking-plugins procps
+
+.PHONY: demo test lint unit bench deps venv clean
+
+deps: $(VENV)/.installed .apt-installed
+
+# Debian packages: the lab kernel (UML), modprobe, iproute2 and the bridge CNI plugin.
+.apt-installed:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+demo: deps
+	$(VENV)/bin/l2net demo
+
+lint: deps
+	$(VENV)/bin/ruff check services shared tests
+	$(VENV)/bin/ruff format --check services shared tests
+	$(VENV)/bin/mypy
+
+test: deps lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: deps
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf $(VENV) .apt-installed

