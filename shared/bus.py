@@ -13,8 +13,17 @@ from typing import Any, TypeVar
 import msgspec
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import BadRequestError, NotFoundError
 
 from shared import subjects
@@ -115,3 +124,63 @@ async def ensure_streams(js: JetStreamContext, names: Iterable[str]) -> None:
 
 class BusError(RuntimeError):
     """NATS is unreachable or answered something l2net cannot use."""
+
+
+async def last_per_subject(
+    js: JetStreamContext, stream: str, filter_subject: str, *, timeout: float = 2.0
+) -> list[Msg]:
+    """The last message of every subject matching ``filter_subject``, in stream order."""
+    info = await js.stream_info(stream)
+    if info.state.messages == 0:
+        return []
+    sub = await js.pull_subscribe(
+        filter_subject,
+        stream=stream,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,
+        ),
+    )
+    out: list[Msg] = []
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(256, timeout=timeout)
+            except TimeoutError:
+                break
+            out.extend(batch)
+            if not batch or batch[-1].metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+async def publish_atomic(
+    nc: Client,
+    messages: list[tuple[str, bytes, dict[str, str]]],
+    *,
+    batch_id: str,
+    timeout: float = 5.0,
+) -> int:
+    """Store ``messages`` in one stream all together or not at all (JetStream atomic batch).
+
+    Each message may carry ``Nats-Expected-Last-Subject-Sequence``; one failed expectation
+    rejects the whole batch. Returns the stream sequence of the last message.
+    """
+    if not messages:
+        raise ValueError("empty batch")
+    for i, (subject, data, headers) in enumerate(messages, start=1):
+        hdrs = {**headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
+        if i < len(messages):
+            await nc.publish(subject, data, headers=hdrs)
+            continue
+        hdrs["Nats-Batch-Commit"] = "1"
+        reply = await nc.request(subject, data, headers=hdrs, timeout=timeout)
+        ack = msgspec.json.decode(reply.data)
+        if "error" in ack:
+            raise BusError(f"JetStream refused the batch: {ack['error'].get('description')}")
+        seq: int = ack["seq"]
+        return seq
+    raise AssertionError("unreachable")

@@ -89,20 +89,13 @@ def start(
     port = port or free_port(host)
     store = state_dir / "jetstream"
     log_file = state_dir / "nats-server.log"
-    args = [
-        server_binary(),
-        "--jetstream",
-        "--store_dir",
-        str(store),
-        "--addr",
-        host,
-        "--port",
-        str(port),
-        "--max_payload",
-        str(max_payload),
-        "--log",
-        str(log_file),
-    ]
+    config = state_dir / "nats-server.conf"
+    config.write_text(
+        f'listen: "{host}:{port}"\n'
+        f"max_payload: {max_payload}\n"
+        f'jetstream {{ store_dir: "{store}" }}\n'
+    )
+    args = [server_binary(), "--config", str(config), "--log", str(log_file)]
     proc = subprocess.Popen(
         args,
         stdin=subprocess.DEVNULL,

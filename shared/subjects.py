@@ -7,6 +7,7 @@ API_APPLY = "l2.api.apply"
 API_DELETE = "l2.api.delete"
 API_GET = "l2.api.get"
 API_NAD = "l2.api.nad"
+API_SWITCH = "l2.api.switch"
 API_RECONCILE = "l2.api.reconcile"
 
 STREAM_SPECS = "L2_SPECS"

@@ -1,0 +1,67 @@
+"""The CLI's side of the ``l2.api.*`` request/reply: connect, ask, decode, explain failures."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from shared import bus, config, tracing
+
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    """A failure to report to the user in one line, with exit code 1."""
+
+
+@asynccontextmanager
+async def connected(nats_url: str | None) -> AsyncIterator[Client]:
+    servers = config.nats_servers(nats_url)
+    try:
+        nc = await bus.connect(servers, name="l2net-cli")
+    except bus.BusError as exc:
+        raise CliError(f"{exc}\n  (start one with `l2net up`, or pass --nats / NATS_URL)") from exc
+    try:
+        yield nc
+    finally:
+        await nc.drain()
+
+
+async def request(
+    nc: Client, subject: str, body: bytes, reply_type: type[T], *, timeout: float = 30.0
+) -> T:
+    """Ask the planner; show progress on stderr when the answer takes more than a second."""
+    with tracing.publish_span(subject) as headers:
+        task = asyncio.ensure_future(nc.request(subject, body, timeout=timeout, headers=headers))
+        waited = 0.0
+        while not task.done():
+            await asyncio.wait({task}, timeout=1.0)
+            waited += 1.0
+            if not task.done() and sys.stderr.isatty():
+                print(
+                    f"\rwaiting for the planner on {subject}… {waited:.0f}s",
+                    end="",
+                    file=sys.stderr,
+                )
+        if waited > 1 and sys.stderr.isatty():
+            print(file=sys.stderr)
+        try:
+            msg = task.result()
+        except NoRespondersError as exc:
+            raise CliError(f"no planner answers on {subject}: is `l2net planner` running?") from exc
+        except NatsTimeout as exc:
+            raise CliError(
+                f"the planner did not answer on {subject} within {timeout:.0f}s"
+            ) from exc
+    try:
+        return bus.decode(msg.data, reply_type)
+    except msgspec.DecodeError as exc:
+        raise CliError(f"unexpected reply on {subject}: {exc}") from exc

@@ -1,0 +1,114 @@
+"""The planner's view of the world: every accepted spec and every registered node.
+
+A :class:`Catalog` is a value: :meth:`with_changes` returns a new one, so a submission is
+validated against the state it *would* produce, and the current state is replaced only
+once the submission is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+from shared import model
+
+S = TypeVar("S", bound=model.Spec)
+
+
+@dataclass(frozen=True)
+class Entry:
+    spec: model.Spec
+    revision: int
+    created: float
+    """When the object was created (kept across updates): VM NICs are numbered in this order."""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
+    nodes: dict[str, model.Node] = field(default_factory=dict)
+
+    def get(self, kind: type[S], name: str) -> S | None:
+        entry = self.entries.get((kind.kind, name))
+        if entry is None:
+            return None
+        assert isinstance(entry.spec, kind)
+        return entry.spec
+
+    def all(self, kind: type[S]) -> list[S]:
+        out: list[S] = []
+        for (k, _), entry in sorted(self.entries.items()):
+            if k == kind.kind:
+                assert isinstance(entry.spec, kind)
+                out.append(entry.spec)
+        return out
+
+    def items(self) -> Iterator[tuple[tuple[str, str], Entry]]:
+        yield from sorted(self.entries.items())
+
+    def cluster_network_exists(self, name: str) -> bool:
+        return name == model.MGMT or (model.ClusterNetwork.kind, name) in self.entries
+
+    def with_changes(
+        self,
+        *,
+        put: list[model.Spec] | None = None,
+        delete: list[tuple[str, str]] | None = None,
+        revisions: dict[tuple[str, str], int] | None = None,
+        created: dict[tuple[str, str], float] | None = None,
+        now: float = 0.0,
+    ) -> Catalog:
+        """A new catalog with ``put`` objects added or replaced and ``delete`` keys removed.
+
+        ``revisions`` gives each stored object's stream sequence; ``created`` its creation
+        time when known (from the store), else an existing object keeps its own and a new
+        one gets ``now``.
+        """
+        entries = dict(self.entries)
+        for spec in put or []:
+            key = (spec.kind, spec.name)
+            old = entries.get(key)
+            born = (created or {}).get(key, old.created if old is not None else now)
+            entries[key] = Entry(spec=spec, revision=(revisions or {}).get(key, 0), created=born)
+        for key in delete or []:
+            entries.pop(key, None)
+        return replace(self, entries=entries)
+
+    def with_node(self, node: model.Node) -> Catalog:
+        nodes = dict(self.nodes)
+        nodes[node.name] = node
+        return replace(self, nodes=nodes)
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """A node selector matches when every key/value is among the labels; empty matches all."""
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+
+def node_labels(node: model.Node) -> dict[str, str]:
+    """A node's labels, with ``kubernetes.io/hostname`` set to its name as on Kubernetes."""
+    return {HOSTNAME_LABEL: node.name, **node.labels}
+
+
+def vlan_config_for(catalog: Catalog, cluster_network: str, node: str) -> model.VlanConfig | None:
+    """The VlanConfig of ``cluster_network`` that selects ``node`` (validation keeps it unique)."""
+    if node not in catalog.nodes:
+        return None
+    labels = node_labels(catalog.nodes[node])
+    for vc in catalog.all(model.VlanConfig):
+        if vc.cluster_network == cluster_network and selects(vc.node_selector, labels):
+            return vc
+    return None
+
+
+def node_cluster_networks(catalog: Catalog, node: str) -> list[str]:
+    """Cluster networks present on a node: mgmt always, others where a VlanConfig selects it."""
+    names = [model.MGMT]
+    for cn in catalog.all(model.ClusterNetwork):
+        if vlan_config_for(catalog, cn.name, node) is not None:
+            names.append(cn.name)
+    return names

@@ -1,0 +1,39 @@
+"""``l2net planner``: run the planner service until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from services.planner.service import Planner
+from shared import bus, config, lifecycle, tracing
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("planner", help="run the planner service (validates, compiles, publishes)")
+    p.add_argument("--nats", help="NATS URL(s), comma-separated (default: $NATS_URL)")
+    p.set_defaults(handler=_run)
+
+
+async def serve(nats_url: str | None) -> None:
+    nc = await bus.connect(config.nats_servers(nats_url), name="l2net-planner")
+    planner = Planner(nc)
+    try:
+        await planner.start()
+        await lifecycle.wait_for_stop()
+    finally:
+        await planner.stop()
+        await nc.drain()
+
+
+def _run(args: argparse.Namespace) -> int:
+    lifecycle.setup_logging("planner")
+    tracing.setup("planner")
+    try:
+        asyncio.run(serve(args.nats))
+    except bus.BusError as exc:
+        print(f"l2net planner: {exc}")
+        return 1
+    finally:
+        tracing.shutdown()
+    return 0
