@@ -103,10 +103,51 @@ def _too_big(size: int) -> Problem:
     )
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 without sexagesimal numbers: an unquoted MAC address such as
+    ``52:54:00:12:34:56`` stays a string instead of becoming a base-60 integer.
+    Aliases are refused: they are not needed by any manifest, and nested ones can expand
+    a small text into an enormous object.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not accepted", event.start_mark
+            )
+        node: yaml.Node | None = super().compose_node(parent, index)
+        return node
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
 def _load_yaml(text: str) -> list[tuple[yaml.Node, Any]]:
-    loader = yaml.SafeLoader(text)
     out: list[tuple[yaml.Node, Any]] = []
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)
         while loader.check_node():
             node = loader.get_node()
             if node is None:
@@ -119,8 +160,11 @@ def _load_yaml(text: str) -> list[tuple[yaml.Node, Any]]:
         raise ManifestError([Problem(message=f"malformed YAML/JSON at {where}{what}")]) from exc
     except yaml.YAMLError as exc:
         raise ManifestError([Problem(message=f"malformed YAML/JSON: {exc}")]) from exc
+    except RecursionError as exc:
+        raise ManifestError([Problem(message="malformed YAML/JSON: nested too deeply")]) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return out
 
 
