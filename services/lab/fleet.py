@@ -1,0 +1,768 @@
+"""The lab as a whole: boot it, find it again, run commands in its nodes, tear it down.
+
+``Lab.up()`` (what ``l2net lab up`` calls) does, in order, recording each thing in
+``<dir>/lab.json`` before making it:
+
+1. the NATS server (embedded, detached; or the ``--nats`` URL);
+2. the lab network namespace ``l2lab-<id>`` with its switches (plain bridges: ``sw-mgmt``
+   for every eth0, ``sw-data1`` for eth1+eth2, ``sw-data2`` for eth3+eth4) and one tap per
+   guest NIC, and the gateway address ``169.254.0.1`` on the mgmt switch side;
+3. the relay (NATS, and OTLP when ``OTEL_EXPORTER_OTLP_*ENDPOINT`` is set) listening on the
+   gateway address inside the namespace (see ``relay.py``);
+4. one ``linux.uml`` per node, in its own session, run inside the namespace; its init script
+   (``bootscript.py``) brings up mgmt-bo/mgmt-br and the node address, the executor (when
+   enabled) and the resident helper (``agent.py``);
+5. waits until every node's helper answers a ping over NATS (so the node reached NATS over
+   its mgmt address), and, when the executor runs, until every executor published on
+   ``l2.node.<node>``.
+
+Tests and other services use the Python API::
+
+    lab = Lab.load(directory)            # or Lab.up(directory=..., nodes=2)
+    lab.nodes                            # ["node-1", "node-2"]
+    lab.nats_url                         # "nats://127.0.0.1:PORT"
+    rc, out, err = lab.exec("node-1", ["ip", "-br", "link"])
+    result = await lab.aexec("node-2", ["bridge", "vlan"], timeout=10)
+    lab.down()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from services.lab import naming, state
+from services.lab.bootscript import INIT_SCRIPT
+from services.lab.naming import LabConfigError, LabId
+from services.lab.protocol import ExecReply, ExecRequest, PingReply
+from services.lab.relay import Listener, RelayConfig, VlanBridge
+from shared import config, natsserver, subjects
+
+T = TypeVar("T")
+
+UML_BINARY = "linux.uml"
+UML_MODULES = Path("/usr/lib/uml/modules")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LAB_DIR_ENV = "L2NET_LAB_DIR"
+
+
+class LabError(RuntimeError):
+    """The lab cannot do what was asked; the message says what and what to do about it."""
+
+
+class ExecResult(NamedTuple):
+    """Exit code, stdout and stderr of a command run in a node (unpacks as a tuple)."""
+
+    rc: int
+    out: str
+    err: str
+
+
+class NodeStatus(NamedTuple):
+    """One line of ``lab status``."""
+
+    name: str
+    address: str
+    pid: int | None
+    running: bool
+    helper: bool
+    boot_seconds: float | None
+    host_mem_kb: int
+
+
+def default_dir() -> Path:
+    """The lab's state directory: ``$L2NET_LAB_DIR``, else ``<l2net state dir>/lab``."""
+    explicit = os.environ.get(LAB_DIR_ENV)
+    return Path(explicit) if explicit else config.state_dir() / "lab"
+
+
+# ---------------------------------------------------------------------------
+# The executor hook (the executor service plugs in here)
+# ---------------------------------------------------------------------------
+
+
+def executor_available() -> bool:
+    """True once the executor service can be started as ``python -m services.executor``."""
+    try:
+        return find_spec("services.executor.__main__") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def executor_command(*, node: str, nats_url: str, python: str = sys.executable) -> list[str]:
+    """The command line each node runs for its executor (cwd: the repository root; the
+    environment also has ``NATS_URL``, ``L2NET_NODE``, ``L2NET_STATE_DIR`` = the node's
+    private directory, and the relayed ``OTEL_*`` variables)."""
+    return [python, "-m", "services.executor", "--node", node, "--nats", nats_url]
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------
+
+
+def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from sync code, also when the caller's thread already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    result: T = box["value"]
+    return result
+
+
+def _ip(*args: str, stdin: str | None = None, check: bool = True) -> str:
+    proc = subprocess.run(["ip", *args], input=stdin, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        cmd = " ".join(["ip", *args])
+        raise LabError(f"`{cmd}` failed: {proc.stderr.strip()}\n{stdin or ''}".rstrip())
+    return proc.stdout
+
+
+def _netns_exists(name: str) -> bool:
+    return Path("/run/netns", name).exists()
+
+
+def _tail(path: Path, limit: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError:
+        return "(no log)"
+
+
+def _host_mem_kb(proc: state.ProcRef | None) -> int:
+    """Proportional set size of every host process of a node (its memory cost)."""
+    if proc is None or not state.alive(proc):
+        return 0
+    total = 0
+    for pid in state.session_members(proc):
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def check_prerequisites() -> None:
+    """The UML kernel, its modules and iproute2 exist; else say which package to install."""
+    if shutil.which(UML_BINARY) is None:
+        raise LabError(f"{UML_BINARY} not found: apt-get install user-mode-linux (make deps)")
+    if not UML_MODULES.is_dir() or not any(UML_MODULES.iterdir()):
+        raise LabError(f"no UML modules under {UML_MODULES}: apt-get install user-mode-linux")
+    for tool in ("ip", "bridge", "modprobe"):
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
+            raise LabError(f"{tool} not found: apt-get install iproute2 kmod")
+    if not Path("/dev/net/tun").exists():
+        raise LabError("/dev/net/tun is missing: the lab needs tap devices")
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces and tap devices)")
+
+
+# ---------------------------------------------------------------------------
+# The lab
+# ---------------------------------------------------------------------------
+
+
+class Lab:
+    """A running (or recorded) lab, found by its state directory."""
+
+    def __init__(self, st: state.LabState) -> None:
+        self.state = st
+
+    # -- finding and describing -------------------------------------------------
+
+    @classmethod
+    def load(cls, directory: Path | str | None = None) -> Lab:
+        """The lab recorded in ``directory`` (default :func:`default_dir`)."""
+        d = Path(directory) if directory is not None else default_dir()
+        st = state.load(d)
+        if st is None:
+            raise LabError(f"no lab in {d}: start one with `l2net lab up`")
+        return cls(st)
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.state.dir)
+
+    @property
+    def lab_id(self) -> str:
+        return self.state.lab_id
+
+    @property
+    def netns(self) -> str:
+        """The lab's network namespace on the host (switches and taps live there)."""
+        return self.state.netns
+
+    @property
+    def nodes(self) -> list[str]:
+        """Node names, ``node-1`` first."""
+        return [n.name for n in self.state.nodes]
+
+    @property
+    def nats_url(self) -> str:
+        """The URL host-side tools use (``nats://127.0.0.1:PORT``)."""
+        return self.state.nats_url
+
+    @property
+    def nats_url_inside(self) -> str:
+        """The URL the nodes use (the relay on the gateway address)."""
+        return self.state.nats_url_inside
+
+    def node(self, name: str) -> state.NodeState:
+        """A node's record; LabError naming the known nodes if there is no such node."""
+        for n in self.state.nodes:
+            if n.name == name:
+                return n
+        known = ", ".join(self.nodes) or "none"
+        raise LabError(f"no node {name!r} in lab {self.lab_id} (nodes: {known})")
+
+    def node_address(self, name: str) -> str:
+        """The node's management address (on mgmt-br or mgmt-br.<vid>)."""
+        return self.node(name).address
+
+    def node_dir(self, name: str) -> Path:
+        """The node's private state directory on the host (logs, executor state)."""
+        return Path(self.node(name).dir)
+
+    # -- running commands ------------------------------------------------------
+
+    async def aexec(
+        self,
+        node: str,
+        argv: Sequence[str],
+        *,
+        timeout: float = 60.0,
+        stdin: bytes = b"",
+        nc: Client | None = None,
+    ) -> ExecResult:
+        """Run ``argv`` (no shell) in ``node``; returns its exit code, stdout and stderr.
+
+        The command is killed after ``timeout`` seconds (rc 124). Pass a connected ``nc`` to
+        reuse a NATS connection; otherwise one is opened for the call. Raises LabError when
+        the node does not answer.
+        """
+        self.node(node)
+        if not argv:
+            raise LabError("lab exec: no command given")
+        req = ExecRequest(argv=list(argv), timeout=timeout, stdin=stdin)
+        data = await self._request(node, "exec", msgspec.json.encode(req), timeout + 10, nc)
+        reply = msgspec.json.decode(data, type=ExecReply)
+        if reply.error:
+            raise LabError(f"{node}: {reply.error}")
+        return ExecResult(
+            reply.rc,
+            reply.out.decode(errors="replace"),
+            reply.err.decode(errors="replace"),
+        )
+
+    def exec(
+        self, node: str, argv: Sequence[str], *, timeout: float = 60.0, stdin: bytes = b""
+    ) -> ExecResult:
+        """Synchronous :meth:`aexec`."""
+        return _run_sync(self.aexec(node, argv, timeout=timeout, stdin=stdin))
+
+    async def aping(
+        self, node: str, *, timeout: float = 2.0, nc: Client | None = None
+    ) -> PingReply:
+        """Ask the node's helper for a sign of life (proves the node reaches NATS)."""
+        data = await self._request(node, "ping", b"", timeout, nc)
+        return msgspec.json.decode(data, type=PingReply)
+
+    async def _request(
+        self, node: str, verb: str, payload: bytes, timeout: float, nc: Client | None
+    ) -> bytes:
+        subject = naming.subject(LabId(self.lab_id), node, verb)
+        own = nc is None
+        client = nc or await self._connect()
+        try:
+            msg = await client.request(subject, payload, timeout=timeout)
+        except NoRespondersError as exc:
+            raise LabError(f"{node} does not answer on {subject} (node down?)") from exc
+        except NatsTimeoutError as exc:
+            raise LabError(f"{node} gave no answer on {subject} within {timeout:g} s") from exc
+        finally:
+            if own:
+                await client.close()
+        return bytes(msg.data)
+
+    async def _connect(self) -> Client:
+        try:
+            return await nats.connect(
+                servers=[self.nats_url],
+                name=f"l2lab-{self.lab_id}-host",
+                connect_timeout=3,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+            )
+        except Exception as exc:  # nats raises several unrelated types for "not reachable"
+            raise LabError(f"NATS of lab {self.lab_id} at {self.nats_url}: {exc}") from exc
+
+    # -- status ------------------------------------------------------------------
+
+    async def astatus(self) -> list[NodeStatus]:
+        """Each node: process running, helper answering, boot time, host memory."""
+        try:
+            nc: Client | None = await self._connect()
+        except LabError:
+            nc = None
+
+        async def one(n: state.NodeState) -> NodeStatus:
+            helper = False
+            if nc is not None:
+                try:
+                    await self.aping(n.name, timeout=2.0, nc=nc)
+                    helper = True
+                except LabError:
+                    pass
+            return NodeStatus(
+                name=n.name,
+                address=n.address,
+                pid=n.proc.pid if n.proc else None,
+                running=state.alive(n.proc),
+                helper=helper,
+                boot_seconds=n.boot_seconds,
+                host_mem_kb=_host_mem_kb(n.proc),
+            )
+
+        try:
+            return list(await asyncio.gather(*(one(n) for n in self.state.nodes)))
+        finally:
+            if nc is not None:
+                await nc.close()
+
+    def status(self) -> list[NodeStatus]:
+        """Synchronous :meth:`astatus`."""
+        return _run_sync(self.astatus())
+
+    def processes(self) -> list[state.ProcRef]:
+        """Every process the lab recorded (nodes, relay, owned NATS server)."""
+        procs = [n.proc for n in self.state.nodes if n.proc is not None]
+        if self.state.relay is not None:
+            procs.append(self.state.relay)
+        if self.state.nats_owned and self.state.nats is not None:
+            procs.append(self.state.nats)
+        return procs
+
+    def any_alive(self) -> bool:
+        """Some recorded process still runs."""
+        return any(state.alive(p) for p in self.processes())
+
+    # -- up and down -----------------------------------------------------------------
+
+    @classmethod
+    def up(
+        cls,
+        *,
+        directory: Path | str | None = None,
+        nodes: int = 2,
+        data_nics: int = 2,
+        mgmt_vlan: int | None = None,
+        nats_url: str | None = None,
+        mem_mb: int = 256,
+        executor: bool | None = None,
+        timeout: float = 180.0,
+        environ: dict[str, str] | None = None,
+        progress: Any = None,
+    ) -> Lab:
+        """Boot a lab and return when every node answers over NATS (see module docstring).
+
+        ``executor``: None starts it when :func:`executor_available`, False never, True always.
+        ``environ`` (default ``os.environ``) supplies the ``OTEL_*`` variables for the nodes.
+        ``progress`` is called with one line of text per step (default: silent). Raises
+        LabError (after stopping what it started, logs kept) if the lab does not come up.
+        """
+        try:
+            naming.check_params(
+                nodes=nodes, data_nics=data_nics, mgmt_vlan=mgmt_vlan, mem_mb=mem_mb
+            )
+        except LabConfigError as exc:
+            raise LabError(str(exc)) from exc
+        check_prerequisites()
+        d = Path(directory) if directory is not None else default_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        d = d.resolve()
+        old = state.load(d)
+        if old is not None:
+            previous = cls(old)
+            if previous.any_alive():
+                raise LabError(
+                    f"lab {old.lab_id} in {d} is still running: `l2net lab down` first "
+                    f"(or use another --state-dir)"
+                )
+            teardown(old)  # leftovers of a crashed or killed lab
+            d.mkdir(parents=True, exist_ok=True)
+        start_executor = executor_available() if executor is None else executor
+        lab_id = naming.new_lab_id()
+        st = state.LabState(
+            lab_id=lab_id,
+            dir=str(d),
+            netns=naming.netns_name(lab_id),
+            phase="booting",
+            created=time.time(),
+            mgmt_vlan=mgmt_vlan,
+            data_nics=data_nics,
+            mem_mb=mem_mb,
+            executor=start_executor,
+        )
+        state.save(st)
+        lab = cls(st)
+        say = progress or (lambda line: None)
+        try:
+            _run_sync(
+                lab._boot(
+                    nodes=nodes,
+                    nats_url=nats_url,
+                    timeout=timeout,
+                    environ=dict(os.environ if environ is None else environ),
+                    say=say,
+                )
+            )
+        except BaseException as exc:
+            st.phase = "failed"
+            state.save(st)
+            teardown(st, remove_files=False)
+            if isinstance(exc, LabError):
+                raise
+            if isinstance(exc, Exception):
+                raise LabError(f"lab up failed: {exc}") from exc
+            raise
+        st.phase = "up"
+        state.save(st)
+        return lab
+
+    async def _boot(
+        self,
+        *,
+        nodes: int,
+        nats_url: str | None,
+        timeout: float,
+        environ: dict[str, str],
+        say: Any,
+    ) -> None:
+        st = self.state
+        d = Path(st.dir)
+        lab_id = LabId(st.lab_id)
+        t0 = time.monotonic()
+
+        # 1. NATS
+        if nats_url:
+            st.nats_url = nats_url.split(",")[0].strip()
+        else:
+            srv = natsserver.start(d / "nats", detach=True)
+            st.nats = state.ref(srv.process.pid)
+            st.nats_owned = True
+            st.nats_url = srv.url
+            state.save(st)
+        target_host, target_port = naming.host_port(st.nats_url, default_port=4222)
+        st.nats_url_inside = f"nats://{naming.GATEWAY_ADDRESS}:{naming.NATS_RELAY_PORT}"
+        say(f"NATS at {st.nats_url}")
+
+        # 2. Records first, then the network namespace, switches and taps.
+        nics = 1 + st.data_nics
+        for i in range(1, nodes + 1):
+            name = naming.node_name(i)
+            st.nodes.append(
+                state.NodeState(
+                    name=name,
+                    index=i,
+                    address=naming.node_address(i),
+                    umid=naming.umid(lab_id, i),
+                    taps=[naming.tap_name(lab_id, i, k) for k in range(nics)],
+                    dir=str(d / "nodes" / name),
+                )
+            )
+        if st.mgmt_vlan is not None:
+            st.extra_taps = list(naming.gateway_taps(lab_id))
+        state.save(st)
+        self._create_network()
+        say(f"network namespace {st.netns} with switches {naming.switches(st.data_nics)}")
+
+        # 3. The relay (NATS, OTLP) inside the namespace.
+        otel_env, otlp_relays = naming.otel_plan(environ)
+        st.otel_env = otel_env
+        listeners = [
+            Listener(
+                name="nats",
+                listen_host=naming.GATEWAY_ADDRESS,
+                listen_port=naming.NATS_RELAY_PORT,
+                target_host=target_host,
+                target_port=target_port,
+            )
+        ]
+        for lab_port, host, port in otlp_relays:
+            listeners.append(
+                Listener(
+                    name=f"otlp-{lab_port}",
+                    listen_host=naming.GATEWAY_ADDRESS,
+                    listen_port=lab_port,
+                    target_host=host,
+                    target_port=port,
+                )
+            )
+        self._start_relay(listeners)
+        say(
+            "relay listening on "
+            + ", ".join(f"{x.listen_host}:{x.listen_port} ({x.name})" for x in listeners)
+        )
+
+        # 4. The nodes.
+        init = d / "init.sh"
+        init.write_text(INIT_SCRIPT)
+        init.chmod(0o755)
+        (d / "uml").mkdir(exist_ok=True)
+        nc = await nats.connect(servers=[st.nats_url], name=f"l2lab-{lab_id}-up", connect_timeout=5)
+        try:
+            registered: dict[str, asyncio.Event] = {}
+            if st.executor:
+                for n in st.nodes:
+                    ev = registered[n.name] = asyncio.Event()
+
+                    async def on_node(msg: Any, ev: asyncio.Event = ev) -> None:
+                        ev.set()
+
+                    await nc.subscribe(subjects.node(n.name), cb=on_node)
+            started: dict[str, float] = {}
+            for n in st.nodes:
+                self._write_node_env(n)
+                started[n.name] = time.monotonic()
+                n.proc = self._start_node(n, init=init)
+                state.save(st)
+            say(f"{len(st.nodes)} node(s) booting")
+
+            deadline = time.monotonic() + timeout
+
+            async def wait_node(n: state.NodeState) -> None:
+                while True:
+                    try:
+                        await self.aping(n.name, timeout=1.0, nc=nc)
+                        break
+                    except LabError:
+                        pass
+                    if not state.alive(n.proc):
+                        raise LabError(self._failure(n, "the node stopped during boot"))
+                    if time.monotonic() > deadline:
+                        raise LabError(self._failure(n, f"no answer within {timeout:g} s"))
+                    await asyncio.sleep(0.3)
+                n.boot_seconds = round(time.monotonic() - started[n.name], 2)
+                say(f"{n.name} up at {n.address} in {n.boot_seconds:.1f} s")
+                if st.executor:
+                    left = max(1.0, deadline - time.monotonic())
+                    try:
+                        await asyncio.wait_for(registered[n.name].wait(), left)
+                    except TimeoutError:
+                        log = Path(n.dir) / "executor.log"
+                        raise LabError(
+                            f"{n.name}: the executor did not register on "
+                            f"{subjects.node(n.name)} within {timeout:g} s; "
+                            f"{log}:\n{_tail(log)}"
+                        ) from None
+                    say(f"{n.name} executor registered")
+
+            await asyncio.gather(*(wait_node(n) for n in st.nodes))
+        finally:
+            await nc.close()
+        say(f"lab {lab_id} up in {time.monotonic() - t0:.1f} s")
+
+    def _failure(self, n: state.NodeState, why: str) -> str:
+        console = Path(n.dir) / "console.log"
+        helper = Path(n.dir) / "helper.log"
+        return (
+            f"{n.name} did not come up: {why}.\n--- {console} (tail) ---\n{_tail(console)}\n"
+            f"--- {helper} (tail) ---\n{_tail(helper, 1500)}"
+        )
+
+    def _create_network(self) -> None:
+        st = self.state
+        ns = st.netns
+        _ip("netns", "add", ns)
+        lines = ["link set lo up"]
+        for sw in naming.switches(st.data_nics):
+            lines.append(f"link add {sw} type bridge forward_delay 0 stp_state 0")
+            lines.append(f"link set {sw} up")
+        for n in st.nodes:
+            for k, tap in enumerate(n.taps):
+                lines.append(f"tuntap add dev {tap} mode tap")
+                lines.append(f"link set {tap} master {naming.switch_for_nic(k)} up")
+        gw = f"{naming.GATEWAY_ADDRESS}/{naming.PREFIX_LEN}"
+        if st.mgmt_vlan is None:
+            lines.append(f"addr add {gw} dev {naming.MGMT_SWITCH}")
+        else:
+            sw_tap, addr_tap = st.extra_taps
+            lines.append(f"tuntap add dev {sw_tap} mode tap")
+            lines.append(f"link set {sw_tap} master {naming.MGMT_SWITCH} up")
+            lines.append(f"tuntap add dev {addr_tap} mode tap")
+            lines.append(f"addr add {gw} dev {addr_tap}")
+            lines.append(f"link set {addr_tap} up")
+        _ip("-n", ns, "-batch", "-", stdin="\n".join(lines) + "\n")
+
+    def _start_relay(self, listeners: list[Listener]) -> None:
+        st = self.state
+        d = Path(st.dir)
+        ready = d / "relay.ready"
+        ready.unlink(missing_ok=True)
+        vlan = None
+        if st.mgmt_vlan is not None:
+            vlan = VlanBridge(
+                vid=st.mgmt_vlan, switch_tap=st.extra_taps[0], address_tap=st.extra_taps[1]
+            )
+        cfg = RelayConfig(netns=st.netns, listeners=listeners, ready_file=str(ready), vlan=vlan)
+        (d / "relay.json").write_bytes(msgspec.json.encode(cfg))
+        with open(d / "relay.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.lab.relay", str(d / "relay.json")],
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        st.relay = state.ref(proc.pid)
+        state.save(st)
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"the lab relay did not start:\n{_tail(d / 'relay.log')}")
+            time.sleep(0.05)
+
+    def _write_node_env(self, n: state.NodeState) -> None:
+        st = self.state
+        nd = Path(n.dir)
+        nd.mkdir(parents=True, exist_ok=True)
+        env = {
+            "L2LAB_ID": st.lab_id,
+            "L2LAB_NODE": n.name,
+            "L2LAB_NICS": str(len(n.taps)),
+            "L2LAB_ADDR": n.address,
+            "L2LAB_PREFIX": str(naming.PREFIX_LEN),
+            "L2LAB_MGMT_VLAN": "" if st.mgmt_vlan is None else str(st.mgmt_vlan),
+            "L2LAB_NATS_URL": st.nats_url_inside,
+            "L2LAB_PYTHON": sys.executable,
+            "L2LAB_REPO": str(REPO_ROOT),
+            "L2LAB_NODE_DIR": n.dir,
+            "L2LAB_EXECUTOR_CMD": "",
+            "NATS_URL": st.nats_url_inside,
+            "L2NET_NODE": n.name,
+            "L2NET_STATE_DIR": n.dir,
+            "HOME": n.dir,
+            "TMPDIR": "/tmp",
+            **st.otel_env,
+        }
+        if st.executor:
+            env["L2LAB_EXECUTOR_CMD"] = shlex.join(
+                executor_command(node=n.name, nats_url=st.nats_url_inside)
+            )
+        (nd / "node.env").write_text(naming.env_file(env))
+
+    def _start_node(self, n: state.NodeState, *, init: Path) -> state.ProcRef:
+        st = self.state
+        args = naming.kernel_cmdline(
+            lab=LabId(st.lab_id),
+            index=n.index,
+            nics=len(n.taps),
+            mem_mb=st.mem_mb,
+            init=str(init),
+            uml_dir=str(Path(st.dir) / "uml"),
+            node_dir=n.dir,
+        )
+        with open(Path(n.dir) / "console.log", "ab") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", st.netns, UML_BINARY, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        # `ip netns exec` execs linux.uml in place: wait for the exec so the recorded
+        # executable is the kernel's, which is how leftover UML processes are recognised.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and proc.poll() is None:
+            ref = state.ref(proc.pid)
+            if ref.exe.endswith(UML_BINARY):
+                return ref
+            time.sleep(0.01)
+        raise LabError(self._failure(n, "linux.uml did not start"))
+
+    def down(self) -> list[str]:
+        """Stop and remove everything this lab made; returns what was removed."""
+        return teardown(self.state)
+
+
+def teardown(st: state.LabState, *, remove_files: bool = True) -> list[str]:
+    """Stop a lab's processes and remove its namespace and taps (by recorded pids and
+    names only), then, with ``remove_files``, its files. Safe to run twice."""
+    done: list[str] = []
+    for n in st.nodes:
+        if n.proc is not None and (state.alive(n.proc) or state.session_members(n.proc)):
+            state.kill(n.proc, session=True)
+            done.append(f"{n.name} (pid {n.proc.pid})")
+    if state.alive(st.relay):
+        state.kill(st.relay)
+        done.append(f"relay (pid {st.relay.pid if st.relay else '?'})")
+    if st.nats_owned and state.alive(st.nats):
+        state.kill(st.nats, grace=5.0)
+        done.append(f"nats-server (pid {st.nats.pid if st.nats else '?'})")
+    if _netns_exists(st.netns):
+        taps = [t for n in st.nodes for t in n.taps] + st.extra_taps
+        batch = "".join(f"link del {t}\n" for t in taps)
+        if batch:
+            _ip("-n", st.netns, "-force", "-batch", "-", stdin=batch, check=False)
+        _ip("netns", "del", st.netns, check=False)
+        done.append(f"netns {st.netns} and its taps")
+    home_uml = Path.home() / ".uml"
+    for n in st.nodes:
+        for leftover in (home_uml / n.umid, Path(st.dir) / "uml" / n.umid):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+    if remove_files:
+        d = Path(st.dir)
+        for sub in ("nodes", "uml", "nats"):
+            if (d / sub).is_dir():
+                shutil.rmtree(d / sub, ignore_errors=True)
+        for name in ("init.sh", "relay.json", "relay.log", "relay.ready", state.STATE_FILE):
+            (d / name).unlink(missing_ok=True)
+        (d / (state.STATE_FILE.removesuffix(".json") + ".tmp")).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: files that are not the lab's stay
+            d.rmdir()
+        done.append(f"state in {d}")
+    return done
+
+
+def down(directory: Path | str | None = None) -> list[str]:
+    """``l2net lab down``: tear down the lab recorded in ``directory``; [] when none."""
+    d = Path(directory) if directory is not None else default_dir()
+    st = state.load(d)
+    if st is None:
+        return []
+    return teardown(st)
