@@ -309,6 +309,9 @@ class ObservedState(msgspec.Struct, kw_only=True, rename="camel", tag="ObservedS
     vlans: dict[str, list[VlanRange]] = msgspec.field(default_factory=dict)
     reason: str = ""
     at: float = 0.0
+    # Added by the executor issue: VM namespaces present, and the node's mgmt VLAN (if any).
+    namespaces: list[str] = msgspec.field(default_factory=list)
+    mgmt_vlan: int | None = None
 
 
 class DriftItem(msgspec.Struct, kw_only=True, rename="camel"):

@@ -1,0 +1,148 @@
+"""``l2net executor`` (run a node's executor) and ``l2net reconcile NODE`` (converge it now)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+
+from services.executor.kernel import NetlinkKernel
+from services.executor.service import Executor, ExecutorConfig
+from shared import bus, config, lifecycle, subjects, tracing
+from shared.model import MAX_IFNAME, NodeStatus
+
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``executor`` and ``reconcile`` to the ``l2net`` command line."""
+    p = sub.add_parser("executor", help="run the executor of one node (needs CAP_NET_ADMIN)")
+    add_executor_arguments(p)
+    p.set_defaults(handler=run_executor)
+
+    p = sub.add_parser("reconcile", help="ask a node's executor to converge to its last intent")
+    p.add_argument("node", help="node name")
+    p.add_argument("--nats", help="NATS URL(s), comma-separated (default: $NATS_URL)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
+    p.set_defaults(handler=_reconcile)
+
+
+def add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    """The executor's options (shared by ``l2net executor`` and ``python -m services.executor``)."""
+    p.add_argument("--node", required=True, help="this node's name")
+    p.add_argument("--nats", help="NATS URL(s), comma-separated (default: $NATS_URL)")
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a node label (repeatable), matched by nodeSelector",
+    )
+    p.add_argument(
+        "--mgmt-vlan",
+        type=int,
+        help="the mgmt VLAN (default: found from an existing mgmt-br.<vid> interface)",
+    )
+    p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
+    p.add_argument("--netns", help=argparse.SUPPRESS)  # tests: work inside a named namespace
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """``["k=v", ...]`` to a dict; a clear error for anything else."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def check_node_name(name: str) -> None:
+    """Node names become NATS subject tokens: letters, digits, ``-`` and ``_`` only."""
+    if not _NODE_NAME.match(name) or len(name) > 63:
+        raise ValueError(
+            f"--node {name!r}: use letters, digits, '-' and '_' (it is a NATS subject token)"
+        )
+
+
+def run_executor(args: argparse.Namespace) -> int:
+    """Run until SIGINT/SIGTERM; exit 2 on bad arguments, 1 when NATS is unreachable."""
+    try:
+        check_node_name(args.node)
+        labels = parse_labels(args.label)
+        if args.mgmt_vlan is not None and not 1 <= args.mgmt_vlan <= 4094:
+            raise ValueError(f"--mgmt-vlan {args.mgmt_vlan}: a VLAN id is 1-4094")
+        if args.mgmt_vlan is not None and len(f"mgmt-br.{args.mgmt_vlan}") > MAX_IFNAME:
+            raise ValueError(f"--mgmt-vlan {args.mgmt_vlan}: interface name too long")
+    except ValueError as exc:
+        print(f"l2net executor: {exc}")
+        return 2
+    lifecycle.setup_logging(f"executor[{args.node}]")
+    tracing.setup("executor", node=args.node)
+    cfg = ExecutorConfig(
+        node=args.node,
+        servers=config.nats_servers(args.nats),
+        labels=labels,
+        heartbeat_s=args.heartbeat,
+    )
+    kernel = NetlinkKernel(args.node, netns=args.netns, mgmt_vlan=args.mgmt_vlan)
+
+    async def serve() -> None:
+        executor = Executor(cfg, kernel)
+        try:
+            await executor.start()
+            await lifecycle.wait_for_stop()
+        finally:
+            await executor.stop()
+
+    try:
+        asyncio.run(serve())
+    except bus.BusError as exc:
+        print(f"l2net executor: {exc}")
+        return 1
+    finally:
+        tracing.shutdown()
+    return 0
+
+
+async def request_reconcile(servers: list[str], node: str, *, timeout: float) -> NodeStatus:
+    """Ask ``node``'s executor to converge to its last intent; its status when done."""
+    nc = await bus.connect(servers, name="l2net-reconcile")
+    try:
+        try:
+            reply = await nc.request(
+                subjects.executor_control(node, "reconcile"), b"", timeout=timeout
+            )
+        except Exception as exc:
+            raise bus.BusError(
+                f"no answer from the executor of {node!r} within {timeout}s ({exc!r})"
+            ) from exc
+        return bus.decode(reply.data, NodeStatus)
+    finally:
+        await nc.drain()
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    try:
+        check_node_name(args.node)
+    except ValueError as exc:
+        print(f"l2net reconcile: {exc}")
+        return 2
+    try:
+        status = asyncio.run(
+            request_reconcile(config.nats_servers(args.nats), args.node, timeout=args.timeout)
+        )
+    except bus.BusError as exc:
+        print(f"l2net reconcile: {exc}")
+        return 1
+    print(
+        f"{status.node}: {status.phase} generation {status.observed_generation}"
+        f" ({status.netlink_writes} writes, {status.duration_s:.2f}s)"
+    )
+    for result in status.results:
+        mark = "ok" if result.ok else "FAILED"
+        print(f"  {mark:6} {result.action}" + (f": {result.error}" if result.error else ""))
+    if status.error:
+        print(f"  error: {status.error}")
+    return 0 if status.phase == "Applied" else 1

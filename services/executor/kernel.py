@@ -1,0 +1,571 @@
+"""The kernel behind one small interface: read the L2 state, apply one step, watch events.
+
+:class:`Kernel` is what the executor calls; :class:`NetlinkKernel` implements it with
+pyroute2's asyncio API (``AsyncIPRoute(ext_ack=True)``, so a refused request carries the
+kernel's own words), the bridge CNI plugin for VM NICs and pyroute2's netns helpers for VM
+namespaces. It works in the process's own network namespace (a real host, a lab node) or in
+a named one (tests), never anywhere else.
+
+Every change to the kernel goes through :meth:`NetlinkKernel._write`, which counts it
+(``writes``) and retries what is transient (EBUSY, EAGAIN, ENOBUFS) with tenacity. Reads
+are dumps: links, addresses and bridge VLANs, one request each.
+
+Kernel surprises handled here: a link's alias and a bridge's MTU given in the creating
+request are ignored, so they are set right after; ``vlan_filter`` with a range sends
+``RANGE_BEGIN``/``RANGE_END`` in one request but drops other flags, so flagged VIDs go one
+by one; a bridge's own VIDs need the ``self`` flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from pyroute2 import AsyncIPRoute
+from pyroute2 import netns as pyroute2_netns
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from services.executor import cni
+from services.executor.planning import Step
+from shared.l2state import (
+    BOND_ENUMS,
+    BOND_INT_OPTIONS,
+    BOND_MODE_NAMES,
+    MGMT_BRIDGE,
+    LinkState,
+    NodeL2State,
+    build_actual,
+    compress_vlans,
+    expand_vlans,
+    owner_alias,
+    parse_alias,
+    vlan_changes,
+)
+from shared.model import Nic, VlanRange
+
+IFF_UP = 0x1
+_TRANSIENT = {errno.EBUSY, errno.EAGAIN, errno.ENOBUFS}
+_VLAN_PVID = 0x2
+_VLAN_UNTAGGED = 0x4
+_VLAN_RANGE_BEGIN = 0x8
+_VLAN_RANGE_END = 0x10
+_MODE_NUMBERS = {name: num for num, name in BOND_MODE_NAMES.items()}
+
+
+class KernelError(RuntimeError):
+    """A step the kernel refused. ``str()`` names the step and quotes the kernel."""
+
+    def __init__(self, step: Step, text: str, *, code: int | None = None) -> None:
+        super().__init__(f"{step.describe()}: {text}")
+        self.step = step
+        self.text = text
+        self.code = code
+
+
+class Kernel(Protocol):
+    """What the executor needs from a kernel."""
+
+    @property
+    def writes(self) -> int:
+        """Changes made so far (netlink writes, CNI calls, namespace creations/removals)."""
+        ...
+
+    async def read(self) -> NodeL2State:
+        """The node's whole L2 state, by dumps."""
+        ...
+
+    async def apply(self, step: Step) -> None:
+        """Make one change; raise :class:`KernelError` with the kernel's words on refusal."""
+        ...
+
+    def events(self) -> AsyncIterator[str]:
+        """Names of links (or ``*``) the kernel reports a change of, as they happen."""
+        ...
+
+    async def nics(self) -> list[Nic]:
+        """The node's NIC inventory (name, MAC, state, master)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, NetlinkError) and exc.code in _TRANSIENT
+
+
+def _netlink_text(exc: NetlinkError) -> str:
+    """The kernel's message (extended ack when it sent one) and the errno name."""
+    text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+    name = errno.errorcode.get(exc.code, str(exc.code))
+    return f"{text} ({name})"
+
+
+class NetlinkKernel:
+    """:class:`Kernel` on a real Linux kernel through pyroute2.
+
+    ``netns``: work in that named network namespace instead of the process's own.
+    ``mgmt_vlan``: the node's mgmt VLAN; found from ``mgmt-br.<vid>`` when not given.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        *,
+        netns: str | None = None,
+        mgmt_vlan: int | None = None,
+        cni_path: str = cni.DEFAULT_CNI_PATH,
+    ) -> None:
+        self.node = node
+        self.netns = netns
+        self.mgmt_vlan = mgmt_vlan
+        self.cni_path = cni_path
+        self._writes = 0
+        self._ipr: AsyncIPRoute | None = None
+        self._events: AsyncIPRoute | None = None
+
+    @property
+    def writes(self) -> int:
+        return self._writes
+
+    async def _ip(self) -> AsyncIPRoute:
+        if self._ipr is None:
+            self._ipr = AsyncIPRoute(netns=self.netns, ext_ack=True)
+            if self.mgmt_vlan is None:
+                self.mgmt_vlan = await self._find_mgmt_vlan()
+        return self._ipr
+
+    async def close(self) -> None:
+        for sock in (self._ipr, self._events):
+            if sock is not None:
+                sock.close()
+        self._ipr = self._events = None
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def _raw_links(self) -> list[Any]:
+        ipr = await self._ip()
+        return [msg async for msg in await ipr.link("dump")]
+
+    async def _find_mgmt_vlan(self) -> int | None:
+        assert self._ipr is not None
+        links = [msg async for msg in await self._ipr.link("dump")]
+        names = {msg["index"]: msg.get("ifname") for msg in links}
+        for msg in links:
+            if msg.get(("linkinfo", "kind")) == "vlan" and names.get(msg.get("link")) == (
+                MGMT_BRIDGE
+            ):
+                data = _attrs(msg.get("linkinfo"))
+                vid = data.get("IFLA_VLAN_ID")
+                if isinstance(vid, int):
+                    return vid
+        return None
+
+    async def read(self) -> NodeL2State:
+        ipr = await self._ip()
+        raw = await self._raw_links()
+        names: dict[int, str] = {msg["index"]: msg.get("ifname") for msg in raw}
+        addrs: dict[int, list[str]] = {}
+        async for msg in await ipr.addr("dump"):
+            address = msg.get("address")
+            if address is None or (":" in address and ipaddress.ip_address(address).is_link_local):
+                continue  # IPv6 link-local addresses come and go with the link
+            addrs.setdefault(msg["index"], []).append(f"{address}/{msg['prefixlen']}")
+        links = [
+            _link_state(msg, names, addrs.get(msg["index"], []))
+            for msg in raw
+            if msg.get("ifname") != "lo"
+        ]
+        vlans: dict[str, list[VlanRange]] = {}
+        async for msg in await ipr.get_vlans():
+            name = names.get(msg["index"])
+            entries = _vlan_entries(msg)
+            if name is not None and entries is not None:
+                vlans[name] = entries
+        return build_actual(
+            node=self.node,
+            links=links,
+            vlans=vlans,
+            namespaces=pyroute2_netns.listnetns(),
+            mgmt_vlan=self.mgmt_vlan,
+        )
+
+    async def nics(self) -> list[Nic]:
+        state = await self.read()
+        out = []
+        for link in state.links.values():
+            if link.kind == "device" or re.match(r"^(eth|en)", link.name):
+                if parse_alias(link.alias) is not None:
+                    continue
+                out.append(
+                    Nic(
+                        name=link.name,
+                        mac=link.mac or "",
+                        state=(link.oper or "unknown").lower(),
+                        master=link.master,
+                    )
+                )
+        return sorted(out, key=lambda n: n.name)
+
+    async def events(self) -> AsyncIterator[str]:
+        """Link, address and bridge VLAN notifications, as the names of the links changed."""
+        if self._events is None:
+            self._events = AsyncIPRoute(netns=self.netns)
+            await self._events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+        while True:
+            async for msg in self._events.get():
+                yield str(msg.get("ifname") or msg.get("index") or "*")
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def _write(self, step: Step, call: Callable[[], Awaitable[Any]]) -> None:
+        """One change to the kernel: counted, retried when transient, errors in its words."""
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_is_transient),
+                stop=stop_after_attempt(4),
+                wait=wait_exponential(multiplier=0.05, max=1.0),
+                reraise=True,
+            ):
+                with attempt:
+                    self._writes += 1
+                    await call()
+        except NetlinkError as exc:
+            raise KernelError(step, _netlink_text(exc), code=exc.code) from exc
+
+    async def _index(self, step: Step, name: str) -> int:
+        ipr = await self._ip()
+        found = await ipr.link_lookup(ifname=name)
+        if not found:
+            raise KernelError(step, f"no link named {name}", code=errno.ENODEV)
+        return int(found[0])
+
+    async def apply(self, step: Step) -> None:
+        handler = _HANDLERS.get(step.op)
+        if handler is None:
+            raise KernelError(step, f"unknown step operation {step.op!r}")
+        await handler(self, step)
+
+    async def _link_create(self, step: Step) -> None:
+        ipr = await self._ip()
+        a = step.args
+        kind = a["kind"]
+        spec: dict[str, Any] = {"ifname": step.target, "kind": kind}
+        if kind == "bond":
+            spec.update(_bond_spec(a.get("bond_mode"), a.get("bond_options") or {}))
+        elif kind == "bridge":
+            spec["br_vlan_filtering"] = 1 if a.get("vlan_filtering") else 0
+        elif kind == "vlan":
+            spec["link"] = await self._index(step, a["vlan_link"])
+            spec["vlan_id"] = a["vlan_id"]
+            if a.get("mtu"):
+                spec["mtu"] = a["mtu"]
+        else:
+            raise KernelError(step, f"l2net does not create links of kind {kind!r}")
+        if a.get("mac"):
+            spec["address"] = a["mac"]
+        if a.get("txqlen") is not None:
+            spec["txqlen"] = a["txqlen"]
+        await self._write(step, lambda: ipr.link("add", **spec))
+        # The alias (and a bridge's MTU) given when creating are not kept: set them now.
+        after: dict[str, Any] = {}
+        if a.get("alias"):
+            after["alias"] = a["alias"]
+        if a.get("mtu") and kind != "vlan":
+            after["mtu"] = a["mtu"]
+        if after:
+            await self._link_set(Step(op="link.set", target=step.target, args=after))
+
+    async def _link_set(self, step: Step) -> None:
+        ipr = await self._ip()
+        index = await self._index(step, step.target)
+        a = dict(step.args)
+        spec: dict[str, Any] = {"index": index}
+        if "master" in a:
+            spec["master"] = 0 if a["master"] is None else await self._index(step, a["master"])
+        if "up" in a:
+            spec["state"] = "up" if a["up"] else "down"
+        if a.get("mtu") is not None:
+            spec["mtu"] = a["mtu"]
+        if a.get("txqlen") is not None:
+            spec["txqlen"] = a["txqlen"]
+        if a.get("mac"):
+            spec["address"] = a["mac"]
+        if "alias" in a:
+            spec["ifalias"] = a["alias"] or ""
+        if a.get("vlan_filtering") is not None:
+            spec["kind"] = "bridge"
+            spec["br_vlan_filtering"] = 1 if a["vlan_filtering"] else 0
+        if "bond_mode" in a or "bond_options" in a:
+            spec["kind"] = "bond"
+            options = dict(a.get("bond_options") or {})
+            if options.get("primary"):
+                options["primary"] = await self._index(step, options["primary"])
+            spec.update(_bond_spec(a.get("bond_mode"), options))
+        await self._write(step, lambda: ipr.link("set", **spec))
+
+    async def _link_delete(self, step: Step) -> None:
+        ipr = await self._ip()
+        index = await self._index(step, step.target)
+        await self._write(step, lambda: ipr.link("del", index=index))
+
+    async def _addr(self, step: Step) -> None:
+        ipr = await self._ip()
+        index = await self._index(step, step.target)
+        iface = ipaddress.ip_interface(step.args["address"])
+        command = "add" if step.op == "addr.add" else "del"
+        await self._write(
+            step,
+            lambda: ipr.addr(
+                command, index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
+            ),
+        )
+
+    async def _vlan(self, step: Step) -> None:
+        index = await self._index(step, step.target)
+        command = "add" if step.op == "vlan.add" else "del"
+        await self._vlan_request(
+            step, index, command, step.args["ranges"], self_=bool(step.args.get("self"))
+        )
+
+    async def _vlan_request(
+        self, step: Step, index: int, command: str, ranges: list[VlanRange], *, self_: bool
+    ) -> None:
+        """One request per range (``vid: 'a-b'``); VIDs with flags one by one (see module)."""
+        ipr = await self._ip()
+        extra: dict[str, Any] = {"vlan_flags": "self"} if self_ else {}
+        for r in ranges:
+            if r.last != r.vid and (r.pvid or r.untagged):
+                singles = [
+                    VlanRange(vid=v, pvid=r.pvid, untagged=r.untagged)
+                    for v in range(r.vid, r.last + 1)
+                ]
+                await self._vlan_request(step, index, command, singles, self_=self_)
+                continue
+            info: dict[str, Any]
+            if r.last != r.vid:
+                info = {"vid": f"{r.vid}-{r.last}"}
+            else:
+                flags = [f for f, on in (("pvid", r.pvid), ("untagged", r.untagged)) if on]
+                info = {"vid": r.vid, "flags": flags} if flags else {"vid": r.vid}
+
+            async def request(info: dict[str, Any] = info) -> None:
+                await ipr.vlan_filter(command, index=index, vlan_info=info, **extra)
+
+            await self._write(step, request)
+
+    async def _port_vlans(self, step: Step, port: str, want: list[VlanRange]) -> None:
+        """Make ``port``'s VIDs exactly ``want``, reading what is there first."""
+        state = await self.read()
+        link = state.links.get(port)
+        if link is None:
+            raise KernelError(step, f"no link named {port}", code=errno.ENODEV)
+        add, delete = vlan_changes(want, state.vlans.get(port, []))
+        index = await self._index(step, port)
+        self_ = link.kind == "bridge"
+        if delete:
+            await self._vlan_request(step, index, "del", delete, self_=self_)
+        if add:
+            await self._vlan_request(step, index, "add", add, self_=self_)
+
+    async def _vlan_exact(self, step: Step) -> None:
+        await self._port_vlans(step, step.target, step.args["vlans"])
+
+    async def _vm_vlans(self, step: Step) -> None:
+        state = await self.read()
+        key = step.target.removeprefix("vm/")
+        port = state.vm_ports.get(key)
+        if port is None or port.host_ifname is None:
+            raise KernelError(step, f"VM NIC {key} is not plugged", code=errno.ENODEV)
+        bridge = state.links.get(port.bridge or "")
+        if bridge is not None and bridge.vlan_filtering is False:
+            want = expand_vlans(step.args["vlans"])
+            if set(want) <= {1} and all(f == (True, True) for f in want.values()):
+                return  # no VLAN filtering: the port is untagged anyway
+            raise KernelError(step, f"bridge {bridge.name} does not filter VLANs")
+        await self._port_vlans(step, port.host_ifname, step.args["vlans"])
+
+    async def _netns(self, step: Step) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._writes += 1
+            if step.op == "netns.add":
+                await loop.run_in_executor(None, pyroute2_netns.create, step.target)
+            else:
+                await loop.run_in_executor(None, pyroute2_netns.remove, step.target)
+        except OSError as exc:
+            raise KernelError(step, f"{exc.strerror or exc}", code=exc.errno) from exc
+
+    async def _cni(self, step: Step) -> None:
+        a = step.args
+        command = "ADD" if step.op == "cni.add" else "DEL"
+        config = a.get("config") or {
+            "cniVersion": "0.3.1",
+            "name": a.get("network") or "l2net",
+            "type": "bridge",
+            "bridge": a.get("bridge") or "",
+        }
+        self._writes += 1
+        try:
+            result = await cni.run_plugin(
+                command,
+                vm=a["vm"],
+                ifname=a["ifname"],
+                config=config,
+                cni_path=self.cni_path,
+                netns=self.netns,
+                mac=a.get("mac"),
+            )
+        except cni.CniError as exc:
+            raise KernelError(step, str(exc)) from exc
+        if command == "ADD":
+            if result.host_ifname is None:
+                raise KernelError(step, "the CNI plugin reported no host interface")
+            # The alias is how l2net knows this veth is a VM NIC it plugged.
+            alias = owner_alias(vm=a["vm"], net=a.get("network") or "", **{"if": a["ifname"]})
+            await self._link_set(
+                Step(op="link.set", target=result.host_ifname, args={"alias": alias})
+            )
+
+
+_Handler = Callable[[NetlinkKernel, Step], Awaitable[None]]
+_HANDLERS: dict[str, _Handler] = {
+    "link.create": NetlinkKernel._link_create,
+    "link.set": NetlinkKernel._link_set,
+    "link.delete": NetlinkKernel._link_delete,
+    "addr.add": NetlinkKernel._addr,
+    "addr.del": NetlinkKernel._addr,
+    "vlan.add": NetlinkKernel._vlan,
+    "vlan.del": NetlinkKernel._vlan,
+    "vlan.exact": NetlinkKernel._vlan_exact,
+    "vm.vlans": NetlinkKernel._vm_vlans,
+    "netns.add": NetlinkKernel._netns,
+    "netns.del": NetlinkKernel._netns,
+    "cni.add": NetlinkKernel._cni,
+    "cni.del": NetlinkKernel._cni,
+}
+
+
+# -- message parsing (pyroute2 messages to l2net structs) ---------------------------------
+
+
+def _attrs(nla: Any) -> dict[str, Any]:
+    """A nested netlink attribute set as a dict (``linkinfo`` → its ``data``)."""
+    if nla is None:
+        return {}
+    data = nla.get("data") if hasattr(nla, "get") else None
+    if data is None or not hasattr(data, "get"):
+        return {}
+    return {k: v for k, v in data.get("attrs", [])}
+
+
+def _link_state(msg: Any, names: dict[int, str], addresses: list[str]) -> LinkState:
+    info = msg.get("linkinfo")
+    kind = msg.get(("linkinfo", "kind")) or "device"
+    data = _attrs(info)
+    master = msg.get("master")
+    link = msg.get("link")
+    state = LinkState(
+        name=msg.get("ifname"),
+        kind=kind,
+        index=msg["index"],
+        alias=msg.get("ifalias") or None,
+        master=names.get(master) if master else None,
+        up=bool(msg["flags"] & IFF_UP),
+        oper=msg.get("operstate"),
+        mtu=msg.get("mtu"),
+        mac=msg.get("address"),
+        txqlen=msg.get("txqlen"),
+        addresses=sorted(addresses),
+    )
+    if kind == "bond":
+        state.bond_mode = BOND_MODE_NAMES.get(data.get("IFLA_BOND_MODE", -1))
+        state.bond_options = _bond_options(data, names)
+    elif kind == "bridge":
+        state.vlan_filtering = bool(data.get("IFLA_BR_VLAN_FILTERING", 0))
+    elif kind == "vlan":
+        state.vlan_id = data.get("IFLA_VLAN_ID")
+        state.vlan_link = names.get(link) if link else None
+    if msg.get(("linkinfo", "slave_kind")) == "bond":
+        slave = _slave_attrs(info)
+        if "IFLA_BOND_SLAVE_STATE" in slave:
+            state.bond_active = slave["IFLA_BOND_SLAVE_STATE"] == 0
+    return state
+
+
+def _slave_attrs(info: Any) -> dict[str, Any]:
+    data = info.get("slave_data") if info is not None else None
+    if data is None:
+        return {}
+    return {k: v for k, v in data.get("attrs", [])}
+
+
+def _bond_options(data: dict[str, Any], names: dict[int, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in BOND_INT_OPTIONS:
+        value = data.get(f"IFLA_BOND_{key.upper()}")
+        if value is not None:
+            out[key] = int(value)
+    kernel_names = {"lacp_rate": "IFLA_BOND_AD_LACP_RATE", "ad_select": "IFLA_BOND_AD_SELECT"}
+    for key, table in BOND_ENUMS.items():
+        value = data.get(kernel_names.get(key, f"IFLA_BOND_{key.upper()}"))
+        if value is not None and value in table:
+            out[key] = table[value]
+    targets = data.get("IFLA_BOND_ARP_IP_TARGET")
+    if targets:
+        out["arp_ip_target"] = sorted(str(t) for t in targets)
+    primary = data.get("IFLA_BOND_PRIMARY")
+    if primary:
+        out["primary"] = names.get(primary, str(primary))
+    return out
+
+
+def _bond_spec(mode: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """pyroute2 keywords for a bond's mode and options (names to the kernel's numbers)."""
+    spec: dict[str, Any] = {}
+    if mode is not None:
+        spec["bond_mode"] = _MODE_NUMBERS[mode]
+    for key, value in options.items():
+        if key in BOND_INT_OPTIONS:
+            spec[f"bond_{key}"] = int(value)
+        elif key in BOND_ENUMS:
+            numbers = {name: num for num, name in BOND_ENUMS[key].items()}
+            nla = {"lacp_rate": "bond_ad_lacp_rate", "ad_select": "bond_ad_select"}
+            spec[nla.get(key, f"bond_{key}")] = numbers[value]
+        elif key == "arp_ip_target":
+            spec["bond_arp_ip_target"] = list(value)
+        elif key == "primary" and isinstance(value, int):
+            spec["bond_primary"] = value
+    return spec
+
+
+def _vlan_entries(msg: Any) -> list[VlanRange] | None:
+    """The VIDs of one AF_BRIDGE link message; None when it carries no VLAN information."""
+    spec = msg.get("af_spec")
+    if spec is None:
+        return None
+    entries: dict[int, tuple[bool, bool]] = {}
+    begin: int | None = None
+    for key, value in spec.get("attrs", []):
+        if key != "IFLA_BRIDGE_VLAN_INFO":
+            continue
+        flags, vid = int(value["flags"]), int(value["vid"])
+        bits = (bool(flags & _VLAN_PVID), bool(flags & _VLAN_UNTAGGED))
+        if flags & _VLAN_RANGE_BEGIN:
+            begin = vid
+            continue
+        first = begin if (flags & _VLAN_RANGE_END and begin is not None) else vid
+        begin = None
+        for v in range(first, vid + 1):
+            entries[v] = bits
+    return compress_vlans(entries)

@@ -1,0 +1,167 @@
+"""One reconcile: read, diff, apply in order with an undo log, verify, or roll back.
+
+:func:`converge` is the whole transaction the executor runs for an intent:
+
+1. read the node's state (the snapshot every failure returns to);
+2. plan steps from the one diff (:func:`services.executor.planning.plan`); no steps, no
+   writes: the result is ``Applied`` with ``netlink_writes == 0``;
+3. apply the steps in order, logging each applied one;
+4. verify by reading back: the diff against desired must now be empty;
+5. on any failure (a refused step, a failed verification) roll back to the snapshot by
+   planning from the current state to the snapshot taken as an exact desired state (the
+   same planner, so a half-done step is undone too), remove VM namespaces the attempt
+   created, and verify that the dump equals the snapshot again: ``RolledBack`` when it
+   does, ``Failed`` (with what is left) when it does not.
+
+The kernel's own error text travels to the status unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from services.executor.kernel import Kernel, KernelError
+from services.executor.planning import PlanError, Step, plan
+from shared.l2state import Difference, NodeL2State, StateError, diff, exact_desired
+from shared.model import ObjectResult
+
+StepHook = Callable[[Step], Awaitable[None]]
+
+
+@dataclass
+class Outcome:
+    """What a reconcile did, ready to become a :class:`~shared.model.NodeStatus`."""
+
+    phase: str
+    results: list[ObjectResult] = field(default_factory=list)
+    error: str | None = None
+    writes: int = 0
+    duration_s: float = 0.0
+    remaining: list[Difference] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+
+
+class VerifyError(RuntimeError):
+    """Read-back after applying still differs from desired."""
+
+    def __init__(self, items: list[Difference]) -> None:
+        shown = "; ".join(str(i) for i in items[:5])
+        more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+        super().__init__(f"verification failed: {shown}{more}")
+        self.items = items
+
+
+async def converge(
+    kernel: Kernel,
+    desired: NodeL2State,
+    *,
+    refused: list[str] | None = None,
+    before_step: StepHook | None = None,
+    on_planned: Callable[[list[Step]], Awaitable[None]] | None = None,
+) -> Outcome:
+    """Bring the kernel to ``desired`` or back to where it was (see the module docstring).
+
+    ``before_step`` runs before each step (tracing, tests injecting a failure);
+    ``on_planned`` runs once with the non-empty plan (the executor reports Progressing).
+    """
+    started = time.monotonic()
+    writes0 = kernel.writes
+    results = [
+        ObjectResult(object=_refused_object(r), action="refused", ok=False, error=r)
+        for r in refused or []
+    ]
+
+    def done(phase: str, **kw: object) -> Outcome:
+        out = Outcome(
+            phase=phase,
+            results=results,
+            writes=kernel.writes - writes0,
+            duration_s=time.monotonic() - started,
+        )
+        for key, value in kw.items():
+            setattr(out, key, value)
+        return out
+
+    snapshot = await kernel.read()
+    try:
+        steps = plan(desired, snapshot)
+    except (PlanError, StateError) as exc:
+        return done("Failed", error=str(exc))
+    if not steps:
+        return done("Applied")
+    if on_planned is not None:
+        await on_planned(steps)
+
+    applied: list[Step] = []
+    try:
+        for step in steps:
+            if before_step is not None:
+                await before_step(step)
+            await kernel.apply(step)
+            applied.append(step)
+            results.append(ObjectResult(object=step.target, action=step.describe()))
+        left = diff(desired, await kernel.read())
+        if left:
+            raise VerifyError(left)
+    except (KernelError, VerifyError) as exc:
+        failed = exc.step if isinstance(exc, KernelError) else None
+        if failed is not None:
+            results.append(
+                ObjectResult(
+                    object=failed.target, action=failed.describe(), ok=False, error=str(exc)
+                )
+            )
+        rollback_left, rollback_errors = await rollback(kernel, snapshot, applied)
+        if rollback_left or rollback_errors:
+            detail = "; ".join([*rollback_errors, *(str(i) for i in rollback_left[:5])])
+            return done(
+                "Failed",
+                error=f"{exc}; rollback incomplete: {detail}",
+                remaining=rollback_left,
+                steps=applied,
+            )
+        return done("RolledBack", error=str(exc), steps=applied)
+    return done("Applied", steps=applied)
+
+
+async def rollback(
+    kernel: Kernel, snapshot: NodeL2State, applied: list[Step]
+) -> tuple[list[Difference], list[str]]:
+    """Return the kernel to ``snapshot``; what still differs, and the errors on the way.
+
+    Two passes: undoing one thing can make another possible (a port released by a failed
+    bond change is enslaved again only once the bond is back).
+    """
+    target = exact_desired(snapshot)
+    errors: list[str] = []
+    for _ in range(2):
+        errors = []
+        current = await kernel.read()
+        try:
+            steps = plan(target, current)
+        except (PlanError, StateError) as exc:
+            errors.append(str(exc))
+            break
+        if not steps:
+            break
+        for step in steps:
+            try:
+                await kernel.apply(step)
+            except KernelError as exc:
+                errors.append(str(exc))
+    current = await kernel.read()
+    created = {s.target for s in applied if s.op == "netns.add"}
+    for vm in sorted(created - set(snapshot.namespaces)):
+        if vm in current.namespaces:
+            try:
+                await kernel.apply(Step(op="netns.del", target=vm))
+            except KernelError as exc:
+                errors.append(str(exc))
+    return diff(target, await kernel.read()), errors
+
+
+def _refused_object(reason: str) -> str:
+    head = reason.split(":", 1)[0]
+    return head.split()[-1] if head else reason

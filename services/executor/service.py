@@ -1,0 +1,414 @@
+"""The executor on one node: follows its intents on NATS, converges the kernel, reports.
+
+Concurrency model, in plain words. One executor serves one node, and everything that
+touches its kernel runs under one lock, one thing at a time: applying an intent, a reconcile
+asked for, a live-state read for the auditor, and publishing observed state after netlink
+events. Four tasks feed it:
+
+* the **intent follower**: on start the last intent of ``l2.intent.<node>`` (read directly
+  from the stream), then each new one from the durable consumer ``executor-<node>``.
+  A message is acknowledged only after its status is stored in JetStream; a generation
+  older than one already handled is acknowledged and ignored; a malformed one is
+  terminated (never redelivered) and reported as a Failed status;
+* the **watcher**: netlink events (links, addresses, bridge VLANs); after a short quiet
+  period it reads the state and, if the managed part changed, publishes it on
+  ``l2.observed.<node>``. It never changes anything: a hand-made change is drift, shown,
+  not hidden; the node converges again on a new intent or when asked;
+* the **heartbeat**: the node's inventory (labels, NICs, link states) on ``l2.node.<node>``;
+* two **request/reply** subjects: ``l2.executor.<node>.state`` answers the live
+  :class:`~shared.model.ObservedState`; ``l2.executor.<node>.reconcile`` converges to the
+  last intent again and answers the :class:`~shared.model.NodeStatus`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from services.executor.kernel import Kernel
+from services.executor.planning import Step
+from services.executor.reconciling import Outcome, converge
+from shared import bus, metrics, subjects, tracing
+from shared.l2state import StateError, desired_state, observed_from
+from shared.model import Node, NodeIntent, NodeStatus, ObjectResult, ObservedState
+
+log = logging.getLogger("l2net.executor")
+
+VERSION = "0.1.0"
+WRITE_STREAMS = (
+    subjects.STREAM_STATUS,
+    subjects.STREAM_OBSERVED,
+    subjects.STREAM_NODES,
+    subjects.STREAM_INTENTS,
+)
+"""Streams the executor creates at start (idempotently): those it writes, and its input."""
+
+
+def consumer_name(node: str) -> str:
+    """The durable JetStream consumer of one node's executor."""
+    return f"executor-{node}"
+
+
+@dataclass
+class ExecutorConfig:
+    """How one executor runs. ``heartbeat_s``: node inventory period; ``quiet_s``: how long
+    netlink must be quiet before observed state is read and published."""
+
+    node: str
+    servers: list[str]
+    labels: dict[str, str] = field(default_factory=dict)
+    heartbeat_s: float = 10.0
+    quiet_s: float = 0.2
+    ack_wait_s: float = 300.0
+
+
+class Executor:
+    """One node's executor. ``await run()`` until ``stop()``; or ``start()``/``stop()``."""
+
+    def __init__(
+        self,
+        config: ExecutorConfig,
+        kernel: Kernel,
+        *,
+        before_step: Callable[[Step], Awaitable[None]] | None = None,
+    ) -> None:
+        self.config = config
+        self.node = config.node
+        self.kernel = kernel
+        self.before_step = before_step
+        self.lock = asyncio.Lock()
+        self.intent: NodeIntent | None = None
+        self.handled_generation = 0
+        self._start_seq: int | None = None  # stream sequence of the intent applied at start
+        self.last_observed: ObservedState | None = None
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, create streams, register, converge to the last intent, start the tasks."""
+        self.nc = await bus.connect(self.config.servers, name=f"l2net-executor-{self.node}")
+        self.js = self.nc.jetstream()
+        await bus.ensure_streams(self.js, WRITE_STREAMS)
+        await self._publish_node()
+        await self.nc.subscribe(
+            subjects.executor_control(self.node, "state"), cb=self._on_state_request
+        )
+        await self.nc.subscribe(
+            subjects.executor_control(self.node, "reconcile"), cb=self._on_reconcile_request
+        )
+        watcher = self.kernel.events()
+        self._tasks.append(asyncio.create_task(self._watch(watcher), name="watch"))
+        await self._converge_to_last_intent()
+        sub = await self.js.pull_subscribe(
+            subjects.intent(self.node),
+            durable=consumer_name(self.node),
+            stream=subjects.STREAM_INTENTS,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.config.ack_wait_s,
+                filter_subject=subjects.intent(self.node),
+            ),
+        )
+        self._tasks.append(asyncio.create_task(self._follow(sub), name="follow"))
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        await self.publish_observed("executor started")
+        self.ready.set()
+        log.info("executor for %s ready on %s", self.node, ", ".join(self.config.servers))
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        await self.kernel.close()
+
+    async def run(self) -> None:
+        """Start and serve until :meth:`stop` is called (or the task is cancelled)."""
+        await self.start()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.stop()
+
+    # -- intents ------------------------------------------------------------------------
+
+    async def _converge_to_last_intent(self) -> None:
+        assert self.js is not None
+        try:
+            raw = await self.js.get_last_msg(subjects.STREAM_INTENTS, subjects.intent(self.node))
+        except NotFoundError:
+            return
+        if raw.data is None:
+            return
+        self._start_seq = raw.seq
+        try:
+            intent = bus.decode(raw.data, NodeIntent)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._report_malformed(f"last intent (stream sequence {raw.seq}): {exc}")
+            return
+        await self.handle_intent(intent, headers=raw.headers)
+
+    async def _follow(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self._stopped.is_set():
+            try:
+                msgs = await sub.fetch(1, timeout=5)
+            except TimeoutError:
+                continue
+            except Exception as exc:  # connection trouble: nats-py reconnects by itself
+                log.warning("fetching intents: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            for msg in msgs:
+                await self._on_intent_msg(msg)
+
+    async def _on_intent_msg(self, msg: Msg) -> None:
+        if msg.metadata.sequence.stream == self._start_seq:
+            await msg.ack()  # the very message converged to at start
+            return
+        try:
+            intent = bus.decode(msg.data, NodeIntent)
+            if intent.node != self.node:
+                raise ValueError(f"intent for node {intent.node!r} on {msg.subject}")
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            await self._report_malformed(f"{msg.subject}: {exc}")
+            await msg.term()
+            return
+        if intent.generation < self.handled_generation:
+            log.info(
+                "ignoring stale intent generation %d (handled %d)",
+                intent.generation,
+                self.handled_generation,
+            )
+            await msg.ack()
+            return
+        await self.handle_intent(intent, headers=msg.headers)
+        await msg.ack()
+
+    async def _report_malformed(self, what: str) -> None:
+        log.error("malformed intent: %s", what)
+        await self._publish_status(
+            NodeStatus(
+                node=self.node,
+                phase="Failed",
+                observed_generation=self.handled_generation,
+                error=f"malformed intent, not applied: {what}",
+                at=time.time(),
+            )
+        )
+
+    async def handle_intent(
+        self, intent: NodeIntent, *, headers: dict[str, str] | None = None
+    ) -> NodeStatus:
+        """Converge to ``intent``, publish its status (stored), then observed state."""
+        with tracing.process_span(
+            subjects.intent(self.node), headers, template="l2.intent.{node}"
+        ) as span:
+            tracing.annotate(span, node=self.node, generation=intent.generation)
+            self.intent = intent
+            self.handled_generation = max(self.handled_generation, intent.generation)
+            status = await self._apply(intent)
+            tracing.annotate(span, netlink_writes=status.netlink_writes)
+            await self._publish_status(status)
+        await self.publish_observed(f"applied generation {intent.generation}")
+        return status
+
+    async def reconcile(self) -> NodeStatus:
+        """Converge again to the last intent (the auditor's heal, ``l2net reconcile``)."""
+        if self.intent is None:
+            status = NodeStatus(
+                node=self.node,
+                phase="Failed",
+                observed_generation=0,
+                error="no intent received yet: nothing to reconcile to",
+                at=time.time(),
+            )
+            await self._publish_status(status)
+            return status
+        return await self.handle_intent(self.intent)
+
+    async def _apply(self, intent: NodeIntent) -> NodeStatus:
+        started = time.monotonic()
+        async with self.lock:
+            try:
+                desired, refused = desired_state(intent, mgmt_vlan=self._mgmt_vlan())
+            except StateError as exc:
+                outcome = Outcome(phase="Failed", error=f"intent cannot be applied: {exc}")
+            else:
+
+                async def progressing(steps: list[Step]) -> None:
+                    await self._publish_status(
+                        NodeStatus(
+                            node=self.node,
+                            phase="Progressing",
+                            observed_generation=intent.generation,
+                            results=[
+                                ObjectResult(object=s.target, action=s.describe(), ok=True)
+                                for s in steps
+                            ],
+                            at=time.time(),
+                        )
+                    )
+
+                outcome = await converge(
+                    self.kernel,
+                    desired,
+                    refused=refused,
+                    before_step=self._step_hook,
+                    on_planned=progressing,
+                )
+        attrs = {"l2net.node": self.node, "result": outcome.phase}
+        metrics.applies().add(1, attrs)
+        metrics.netlink_writes().add(outcome.writes, {"l2net.node": self.node})
+        metrics.apply_duration().record(time.monotonic() - started, attrs)
+        if outcome.phase == "RolledBack":
+            metrics.rollbacks().add(1, attrs)
+        if outcome.phase in ("RolledBack", "Failed"):
+            metrics.apply_failures().add(1, attrs)
+            log.error("generation %d: %s: %s", intent.generation, outcome.phase, outcome.error)
+        else:
+            log.info(
+                "generation %d: %s (%d writes)", intent.generation, outcome.phase, outcome.writes
+            )
+        return NodeStatus(
+            node=self.node,
+            phase=outcome.phase,
+            observed_generation=intent.generation,
+            results=outcome.results,
+            error=outcome.error,
+            netlink_writes=outcome.writes,
+            duration_s=outcome.duration_s,
+            at=time.time(),
+        )
+
+    async def _step_hook(self, step: Step) -> None:
+        span = tracing.tracer().start_span(f"step {step.op}")
+        span.set_attribute("l2net.step", step.describe())
+        span.end()
+        if self.before_step is not None:
+            await self.before_step(step)
+
+    def _mgmt_vlan(self) -> int | None:
+        value = getattr(self.kernel, "mgmt_vlan", None)
+        return value if isinstance(value, int) else None
+
+    # -- publishing ---------------------------------------------------------------------
+
+    async def _publish(self, subject: str, template: str, obj: Any) -> None:
+        assert self.js is not None
+        with tracing.publish_span(subject, template=template) as headers:
+            await self.js.publish(subject, bus.encode(obj), headers=headers)
+
+    async def _publish_status(self, status: NodeStatus) -> None:
+        await self._publish(subjects.status(self.node), "l2.status.{node}", status)
+
+    async def _publish_node(self) -> None:
+        nics = await self.kernel.nics()
+        node = Node(
+            name=self.node,
+            labels=dict(self.config.labels),
+            nics=nics,
+            mgmt_vlan=self._mgmt_vlan(),
+            heartbeat_at=time.time(),
+            executor_version=VERSION,
+        )
+        await self._publish(subjects.node(self.node), "l2.node.{node}", node)
+
+    async def live_state(self, reason: str) -> ObservedState:
+        """The node's managed L2 state, read now."""
+        async with self.lock:
+            state = await self.kernel.read()
+        return observed_from(
+            state, generation=self.handled_generation, reason=reason, at=time.time()
+        )
+
+    async def publish_observed(self, reason: str, *, only_if_changed: bool = False) -> None:
+        observed = await self.live_state(reason)
+        if only_if_changed and self.last_observed is not None:
+            before = (self.last_observed.links, self.last_observed.vlans)
+            if before == (observed.links, observed.vlans) and (
+                self.last_observed.namespaces == observed.namespaces
+            ):
+                return
+        self.last_observed = observed
+        await self._publish(subjects.observed(self.node), "l2.observed.{node}", observed)
+
+    # -- tasks --------------------------------------------------------------------------
+
+    async def _watch(self, events: Any) -> None:
+        """Publish observed state shortly after the kernel reports changes (never revert)."""
+        queue: asyncio.Queue[str] = asyncio.Queue()
+
+        async def pump() -> None:
+            async for name in events:
+                queue.put_nowait(name)
+
+        pumper = asyncio.create_task(pump())
+        try:
+            while True:
+                first = await queue.get()
+                names = {first}
+                while True:  # wait for a quiet moment: one publish per burst of events
+                    try:
+                        names.add(await asyncio.wait_for(queue.get(), self.config.quiet_s))
+                    except TimeoutError:
+                        break
+                try:
+                    await self.publish_observed(
+                        "kernel event: " + ", ".join(sorted(names))[:200], only_if_changed=True
+                    )
+                except Exception as exc:
+                    log.warning("publishing observed state: %s", exc)
+        finally:
+            pumper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pumper
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            try:
+                await self._publish_node()
+            except Exception as exc:
+                log.warning("heartbeat: %s", exc)
+
+    async def _on_state_request(self, msg: Msg) -> None:
+        try:
+            observed = await self.live_state("requested")
+            await msg.respond(bus.encode(observed))
+        except Exception as exc:
+            log.error("state request: %s", exc)
+
+    async def _on_reconcile_request(self, msg: Msg) -> None:
+        # Served in its own task: the NATS callback must not block other messages.
+        async def serve() -> None:
+            try:
+                status = await self.reconcile()
+                await msg.respond(bus.encode(status))
+            except Exception as exc:
+                log.error("reconcile request: %s", exc)
+
+        self._tasks.append(asyncio.create_task(serve()))

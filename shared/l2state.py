@@ -1,0 +1,752 @@
+"""The actual L2 state of a node, and the one diff between desired and actual.
+
+A node's L2 state is three things the kernel holds:
+
+* **links** by name (bridges, bonds, NICs, VLAN devices, the host side of VM veths) with the
+  attributes l2net cares about (master, admin state, MTU, bond mode and options, VLAN
+  filtering, ownership alias, addresses);
+* **VLANs** per bridge port (and per bridge, for its ``self`` entries), as canonical
+  :class:`~shared.model.VlanRange` lists;
+* **namespaces**: the VMs (network namespaces named after them).
+
+The same :class:`NodeL2State` describes what a node *should* look like (built from a
+:class:`~shared.model.NodeIntent` by :func:`desired_state`, where ``None`` fields mean "no
+opinion") and what it *does* look like (read from the kernel, every field filled). The one
+:func:`diff` turns the pair into :class:`Difference` items in nmstate's style (object, field
+path, desired, actual): the executor plans its steps from them and the auditor reports them as
+drift, so the two can never disagree about what "converged" means.
+
+Ownership is recorded in the kernel itself: every link l2net creates carries an interface
+alias starting with ``l2net`` (:func:`owner_alias`), so an executor restarted with no memory
+still knows which bridges, bonds, VLAN devices and VM ports are its own, and never touches
+anything else. The mgmt bridge, bond and VLAN device are never owned, only their VIDs.
+
+Everything here is pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from shared.model import MGMT, NodeIntent, ObservedState, VlanRange
+
+MGMT_BRIDGE = f"{MGMT}-br"
+MGMT_BOND = f"{MGMT}-bo"
+ALIAS_PREFIX = "l2net"
+
+VID_MIN = 1
+VID_MAX = 4094
+
+DEFAULT_PVID = VlanRange(vid=1, pvid=True, untagged=True)
+"""What a port gets when it joins a VLAN-filtering bridge: VID 1, PVID, egress untagged."""
+
+# Kernel numbers of the bond options that are enumerations (include/uapi/linux/if_bonding.h,
+# drivers/net/bonding/bond_options.c). The kernel reports numbers; people write names.
+BOND_MODE_NAMES: dict[int, str] = {
+    0: "balance-rr",
+    1: "active-backup",
+    2: "balance-xor",
+    3: "broadcast",
+    4: "802.3ad",
+    5: "balance-tlb",
+    6: "balance-alb",
+}
+BOND_ENUMS: dict[str, dict[int, str]] = {
+    "xmit_hash_policy": {
+        0: "layer2",
+        1: "layer3+4",
+        2: "layer2+3",
+        3: "encap2+3",
+        4: "encap3+4",
+        5: "vlan+srcmac",
+    },
+    "lacp_rate": {0: "slow", 1: "fast"},
+    "ad_select": {0: "stable", 1: "bandwidth", 2: "count"},
+    "arp_validate": {
+        0: "none",
+        1: "active",
+        2: "backup",
+        3: "all",
+        4: "filter",
+        5: "filter_active",
+        6: "filter_backup",
+    },
+}
+BOND_INT_OPTIONS: tuple[str, ...] = ("miimon", "updelay", "downdelay", "arp_interval")
+BOND_OPTIONS: tuple[str, ...] = (
+    *BOND_INT_OPTIONS,
+    *BOND_ENUMS,
+    "arp_ip_target",
+    "primary",
+)
+"""Bond options l2net sets and reads back, by the kernel's (sysfs) names."""
+
+
+class StateError(ValueError):
+    """A desired state that cannot be expressed (unknown bond option, bad VID...)."""
+
+
+# ---------------------------------------------------------------------------
+# The state structs
+# ---------------------------------------------------------------------------
+
+
+class LinkState(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    """One network interface. In a desired state, ``None`` means "no opinion".
+
+    ``kind`` is the kernel's link kind (``bridge``, ``bond``, ``vlan``, ``veth``) or
+    ``device`` for anything without one (a physical NIC).
+    """
+
+    name: str
+    kind: str | None = None
+    index: int | None = None
+    alias: str | None = None
+    master: str | None = None
+    up: bool | None = None
+    oper: str | None = None
+    mtu: int | None = None
+    mac: str | None = None
+    txqlen: int | None = None
+    bond_mode: str | None = None
+    bond_options: dict[str, Any] | None = None
+    bond_active: bool | None = None
+    vlan_filtering: bool | None = None
+    vlan_id: int | None = None
+    vlan_link: str | None = None
+    addresses: list[str] | None = None
+
+
+class VmPort(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    """A VM NIC: ``ifname`` inside netns ``vm``, its host veth enslaved to ``bridge``."""
+
+    vm: str
+    ifname: str
+    network: str
+    bridge: str | None = None
+    host_ifname: str | None = None
+    vlans: list[VlanRange] | None = None
+    cni_config: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        return port_key(self.vm, self.ifname)
+
+
+class NodeL2State(msgspec.Struct, kw_only=True, rename="camel"):
+    """The L2 state of one node: links, VLANs per port, VM namespaces and VM ports.
+
+    Read from the kernel, ``links`` holds every link of the namespace and ``vlans`` every
+    port the kernel reported VLANs for. Built from an intent, both hold only what the intent
+    has an opinion on. ``protected`` names links l2net must never delete or change.
+    """
+
+    node: str = ""
+    links: dict[str, LinkState] = msgspec.field(default_factory=dict)
+    vlans: dict[str, list[VlanRange]] = msgspec.field(default_factory=dict)
+    namespaces: list[str] = msgspec.field(default_factory=list)
+    vm_ports: dict[str, VmPort] = msgspec.field(default_factory=dict)
+    protected: list[str] = msgspec.field(default_factory=list)
+    mgmt_vlan: int | None = None
+    exact: bool = False
+    """A snapshot to return to (rollback): every field counts, ``None`` included."""
+
+
+class Difference(msgspec.Struct, kw_only=True, rename="camel", frozen=True):
+    """One way actual differs from desired, in nmstate's words.
+
+    ``object`` is a link name, ``vm/<vm>/<ifname>`` for a VM NIC or ``netns/<vm>`` for a
+    VM namespace; ``path`` is the field (``""`` for the object's presence); ``desired`` and
+    ``actual`` are plain JSON values (``"present"``/``"absent"`` for presence).
+    """
+
+    object: str
+    path: str
+    desired: Any
+    actual: Any
+
+    def __str__(self) -> str:
+        where = f"{self.object}.{self.path}" if self.path else self.object
+        return f"{where}: desired {self.desired!r}, actual {self.actual!r}"
+
+
+PRESENT = "present"
+ABSENT = "absent"
+
+
+def port_key(vm: str, ifname: str) -> str:
+    """Key of a VM NIC in :attr:`NodeL2State.vm_ports`: ``<vm>/<ifname>``."""
+    return f"{vm}/{ifname}"
+
+
+# ---------------------------------------------------------------------------
+# Ownership aliases
+# ---------------------------------------------------------------------------
+
+
+def owner_alias(**fields: str) -> str:
+    """The interface alias that marks a link as l2net's: ``l2net k=v k=v`` (sorted keys)."""
+    return " ".join([ALIAS_PREFIX, *(f"{k}={v}" for k, v in sorted(fields.items()))])
+
+
+def parse_alias(alias: str | None) -> dict[str, str] | None:
+    """The fields of an l2net alias, or None when the link is not l2net's."""
+    if not alias:
+        return None
+    words = alias.split()
+    if not words or words[0] != ALIAS_PREFIX:
+        return None
+    out: dict[str, str] = {}
+    for word in words[1:]:
+        key, sep, value = word.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def is_owned(link: LinkState) -> bool:
+    """True when l2net created this link (its alias says so)."""
+    return parse_alias(link.alias) is not None
+
+
+# ---------------------------------------------------------------------------
+# VLAN sets
+# ---------------------------------------------------------------------------
+
+VlanFlags = tuple[bool, bool]
+
+
+def expand_vlans(ranges: Iterable[VlanRange]) -> dict[int, VlanFlags]:
+    """VID -> (pvid, untagged); a later entry for the same VID wins."""
+    out: dict[int, VlanFlags] = {}
+    for r in ranges:
+        last = r.last
+        if not (VID_MIN <= r.vid <= last <= VID_MAX):
+            raise StateError(f"VLAN range {r.vid}-{last} is outside {VID_MIN}-{VID_MAX}")
+        if r.pvid and last != r.vid:
+            raise StateError(f"VLAN range {r.vid}-{last} cannot be a PVID (one VID only)")
+        for vid in range(r.vid, last + 1):
+            out[vid] = (r.pvid, r.untagged)
+    return out
+
+
+def compress_vlans(entries: Mapping[int, VlanFlags]) -> list[VlanRange]:
+    """Canonical ranges: sorted, consecutive VIDs with equal flags merged, PVID alone."""
+    out: list[VlanRange] = []
+    start = prev = -1
+    flags: VlanFlags = (False, False)
+    for vid in sorted(entries):
+        f = entries[vid]
+        if out or start >= 0:
+            if vid == prev + 1 and f == flags and not f[0] and not flags[0]:
+                prev = vid
+                continue
+            out.append(_range(start, prev, flags))
+        start = prev = vid
+        flags = f
+    if start >= 0:
+        out.append(_range(start, prev, flags))
+    return out
+
+
+def _range(first: int, last: int, flags: VlanFlags) -> VlanRange:
+    return VlanRange(
+        vid=first, vid_end=last if last != first else 0, pvid=flags[0], untagged=flags[1]
+    )
+
+
+def canonical_vlans(ranges: Iterable[VlanRange]) -> list[VlanRange]:
+    return compress_vlans(expand_vlans(ranges))
+
+
+def format_vlans(ranges: Iterable[VlanRange]) -> list[str]:
+    """Readable VLAN entries, as ``bridge vlan show`` words: ``1 PVID untagged``, ``2-10``."""
+    out = []
+    for r in canonical_vlans(ranges):
+        text = f"{r.vid}-{r.last}" if r.last != r.vid else str(r.vid)
+        if r.pvid:
+            text += " PVID"
+        if r.untagged:
+            text += " untagged"
+        out.append(text)
+    return out
+
+
+def vlan_changes(
+    desired: Iterable[VlanRange], actual: Iterable[VlanRange]
+) -> tuple[list[VlanRange], list[VlanRange]]:
+    """(to add, to delete) that turn ``actual`` into ``desired``, as canonical ranges.
+
+    A VID whose flags change is re-added with the new flags (the kernel updates it in place),
+    so it appears only in the "add" list.
+    """
+    want = expand_vlans(desired)
+    have = expand_vlans(actual)
+    add = {vid: f for vid, f in want.items() if have.get(vid) != f}
+    delete = {vid: f for vid, f in have.items() if vid not in want}
+    return compress_vlans(add), compress_vlans(delete)
+
+
+# ---------------------------------------------------------------------------
+# Bond options
+# ---------------------------------------------------------------------------
+
+
+def normalize_bond_mode(mode: str | int) -> str:
+    if isinstance(mode, int) or (isinstance(mode, str) and mode.isdigit()):
+        number = int(mode)
+        if number not in BOND_MODE_NAMES:
+            raise StateError(f"bond mode {mode!r} is not one of 0-6")
+        return BOND_MODE_NAMES[number]
+    if mode not in BOND_MODE_NAMES.values():
+        raise StateError(f"bond mode {mode!r} is not one of {sorted(BOND_MODE_NAMES.values())}")
+    return mode
+
+
+def normalize_bond_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Bond options by kernel name with enumerations as names; None values dropped."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key in BOND_INT_OPTIONS:
+            out[key] = int(value)
+        elif key in BOND_ENUMS:
+            names = BOND_ENUMS[key]
+            if isinstance(value, int) or str(value).isdigit():
+                if int(value) not in names:
+                    raise StateError(f"bond option {key}={value!r} is not a known value")
+                out[key] = names[int(value)]
+            elif value in names.values():
+                out[key] = value
+            else:
+                raise StateError(
+                    f"bond option {key}={value!r} is not one of {sorted(names.values())}"
+                )
+        elif key == "arp_ip_target":
+            targets = value if isinstance(value, list) else str(value).split(",")
+            cleaned = sorted(str(t).strip() for t in targets if str(t).strip())
+            if cleaned:
+                out[key] = cleaned
+        elif key == "primary":
+            if value:
+                out[key] = str(value)
+        else:
+            raise StateError(f"bond option {key!r} is not supported (known: {BOND_OPTIONS})")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Desired state from an intent
+# ---------------------------------------------------------------------------
+
+
+def mgmt_vlan_interface(mgmt_vlan: int | None) -> str | None:
+    return f"{MGMT_BRIDGE}.{mgmt_vlan}" if mgmt_vlan else None
+
+
+def protected_links(mgmt_vlan: int | None) -> list[str]:
+    """Links l2net never deletes or changes: mgmt bridge, bond, and mgmt VLAN interface."""
+    out = [MGMT_BRIDGE, MGMT_BOND]
+    vif = mgmt_vlan_interface(mgmt_vlan)
+    if vif:
+        out.append(vif)
+    return out
+
+
+def desired_state(
+    intent: NodeIntent, *, mgmt_vlan: int | None = None
+) -> tuple[NodeL2State, list[str]]:
+    """The state a node must reach for ``intent``, and what of the intent was refused.
+
+    Refused (with a reason each, and left out of the state): anything that would create,
+    delete or change ``mgmt-br``, ``mgmt-bo`` or the mgmt VLAN interface. What mgmt keeps
+    under l2net's hands is the VIDs of networks placed on it: on ``mgmt-bo`` and, for host
+    networks on mgmt, on ``mgmt-br`` itself.
+    """
+    protected = protected_links(mgmt_vlan)
+    refused: list[str] = []
+    links: dict[str, LinkState] = {}
+    vlans: dict[str, list[VlanRange]] = {}
+    base_mgmt = [DEFAULT_PVID] + ([VlanRange(vid=mgmt_vlan)] if mgmt_vlan else [])
+
+    for cn in intent.cluster_networks:
+        uplink = [DEFAULT_PVID, *cn.uplink_vlans]
+        if cn.name == MGMT or cn.bridge in protected or cn.bond_name in protected:
+            if cn.managed or cn.bond is not None:
+                refused.append(
+                    f"cluster network {cn.name}: {cn.bridge} and {cn.bond_name} are protected;"
+                    " only the VIDs of its networks are applied"
+                )
+            vlans[cn.bond_name] = canonical_vlans([*base_mgmt, *cn.uplink_vlans])
+            continue
+        if not cn.managed or cn.bond is None:
+            # The planner has no uplink for this cluster network on this node.
+            continue
+        bond = cn.bond
+        links[cn.bridge] = LinkState(
+            name=cn.bridge,
+            kind="bridge",
+            alias=owner_alias(cn=cn.name),
+            up=True,
+            mtu=cn.mtu,
+            vlan_filtering=True,
+            master=None,
+        )
+        links[bond.name] = LinkState(
+            name=bond.name,
+            kind="bond",
+            alias=owner_alias(cn=cn.name),
+            master=cn.bridge,
+            up=True,
+            mtu=bond.mtu,
+            txqlen=bond.txqlen,
+            mac=bond.hwaddr.lower() if bond.hwaddr else None,
+            bond_mode=normalize_bond_mode(bond.mode),
+            bond_options=normalize_bond_options(bond.options),
+        )
+        for nic in bond.ports:
+            if nic in protected:
+                refused.append(f"cluster network {cn.name}: {nic} is protected, not enslaved")
+                continue
+            links[nic] = LinkState(name=nic, master=bond.name, up=True, mtu=bond.mtu)
+        vlans[bond.name] = canonical_vlans(uplink)
+        vlans[cn.bridge] = [DEFAULT_PVID]
+
+    for hv in intent.host_vlans:
+        if hv.name in protected:
+            refused.append(f"host network {hv.host_network}: {hv.name} is protected, unchanged")
+            continue
+        links[hv.name] = LinkState(
+            name=hv.name,
+            kind="vlan",
+            alias=owner_alias(hostnet=hv.host_network),
+            vlan_link=hv.bridge,
+            vlan_id=hv.vlan,
+            up=True,
+            mtu=hv.mtu,
+            addresses=sorted(hv.addresses),
+        )
+        if hv.bridge == MGMT_BRIDGE:
+            current = vlans.get(MGMT_BRIDGE, base_mgmt)
+            vlans[MGMT_BRIDGE] = canonical_vlans([*current, VlanRange(vid=hv.vlan)])
+        else:
+            current = vlans.get(hv.bridge, [DEFAULT_PVID])
+            vlans[hv.bridge] = canonical_vlans([*current, VlanRange(vid=hv.vlan)])
+
+    vm_ports: dict[str, VmPort] = {}
+    for vp in intent.vm_ports:
+        port = VmPort(
+            vm=vp.vm,
+            ifname=vp.ifname,
+            network=vp.network,
+            bridge=vp.bridge,
+            vlans=canonical_vlans(vp.vlans),
+            cni_config=vp.cni_config,
+        )
+        vm_ports[port.key] = port
+    namespaces = sorted({p.vm for p in vm_ports.values()})
+    return (
+        NodeL2State(
+            node=intent.node,
+            links=links,
+            vlans=vlans,
+            namespaces=namespaces,
+            vm_ports=vm_ports,
+            protected=protected,
+            mgmt_vlan=mgmt_vlan,
+        ),
+        refused,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Actual state from kernel facts
+# ---------------------------------------------------------------------------
+
+
+def build_actual(
+    *,
+    node: str,
+    links: Iterable[LinkState],
+    vlans: Mapping[str, list[VlanRange]],
+    namespaces: Iterable[str],
+    mgmt_vlan: int | None = None,
+) -> NodeL2State:
+    """An actual state from what the kernel reported; VM ports are found by their alias."""
+    by_name = {link.name: link for link in links}
+    canon = {name: canonical_vlans(r) for name, r in vlans.items() if name in by_name}
+    vm_ports: dict[str, VmPort] = {}
+    for link in by_name.values():
+        fields = parse_alias(link.alias)
+        if fields and "vm" in fields and "if" in fields:
+            port = VmPort(
+                vm=fields["vm"],
+                ifname=fields["if"],
+                network=fields.get("net", ""),
+                bridge=link.master,
+                host_ifname=link.name,
+                vlans=canon.get(link.name, []),
+            )
+            vm_ports[port.key] = port
+    return NodeL2State(
+        node=node,
+        links=by_name,
+        vlans=canon,
+        namespaces=sorted(set(namespaces)),
+        vm_ports=vm_ports,
+        protected=protected_links(mgmt_vlan),
+        mgmt_vlan=mgmt_vlan,
+    )
+
+
+def is_vm_port(link: LinkState) -> bool:
+    fields = parse_alias(link.alias)
+    return bool(fields and "vm" in fields)
+
+
+def relevant_links(state: NodeL2State) -> list[str]:
+    """Links an observer of the node cares about: protected, owned, and their ports."""
+    owners = set(state.protected) | {n for n, lk in state.links.items() if is_owned(lk)}
+    names = set(owners)
+    for name, link in state.links.items():
+        if link.master in owners:
+            names.add(name)
+    return sorted(n for n in names if n in state.links)
+
+
+def observed_from(state: NodeL2State, *, generation: int, reason: str, at: float) -> ObservedState:
+    """What an executor publishes on ``l2.observed.<node>``: the managed part of ``state``."""
+    names = relevant_links(state)
+    vm_ns = sorted({p.vm for p in state.vm_ports.values()})
+    return ObservedState(
+        node=state.node,
+        generation=generation,
+        links=[msgspec.to_builtins(state.links[n]) for n in names],
+        vlans={n: state.vlans[n] for n in names if n in state.vlans},
+        namespaces=[ns for ns in state.namespaces if ns in vm_ns],
+        mgmt_vlan=state.mgmt_vlan,
+        reason=reason,
+        at=at,
+    )
+
+
+def exact_desired(snapshot: NodeL2State) -> NodeL2State:
+    """``snapshot`` as a state to return to, field for field (the executor's rollback).
+
+    VM NICs are compared as VM NICs (their host veth names are the CNI plugin's choice);
+    a VM NIC to re-plug gets the minimal bridge CNI configuration its alias allows.
+    """
+    links = {n: lk for n, lk in snapshot.links.items() if not is_vm_port(lk)}
+    ports = {
+        key: msgspec.structs.replace(
+            port,
+            host_ifname=None,
+            cni_config=port.cni_config
+            or {
+                "cniVersion": "0.3.1",
+                "name": port.network or "l2net",
+                "type": "bridge",
+                "bridge": port.bridge or "",
+            },
+        )
+        for key, port in snapshot.vm_ports.items()
+    }
+    return NodeL2State(
+        node=snapshot.node,
+        links=links,
+        vlans={n: v for n, v in snapshot.vlans.items() if n in links},
+        # Only VM namespaces: other namespaces on the machine are not l2net's to restore.
+        namespaces=[ns for ns in snapshot.namespaces if ns in {p.vm for p in ports.values()}],
+        vm_ports=ports,
+        protected=list(snapshot.protected),
+        mgmt_vlan=snapshot.mgmt_vlan,
+        exact=True,
+    )
+
+
+def state_from_observed(observed: ObservedState) -> NodeL2State:
+    """The :class:`NodeL2State` an :class:`ObservedState` describes (the auditor's side)."""
+    links = [msgspec.convert(raw, LinkState) for raw in observed.links]
+    return build_actual(
+        node=observed.node,
+        links=links,
+        vlans=observed.vlans,
+        namespaces=observed.namespaces,
+        mgmt_vlan=observed.mgmt_vlan,
+    )
+
+
+# ---------------------------------------------------------------------------
+# The diff
+# ---------------------------------------------------------------------------
+
+_LINK_FIELDS: tuple[str, ...] = (
+    "kind",
+    "alias",
+    "master",
+    "up",
+    "mtu",
+    "mac",
+    "txqlen",
+    "bond_mode",
+    "vlan_filtering",
+    "vlan_id",
+    "vlan_link",
+    "addresses",
+)
+_FIELD_PATHS: dict[str, str] = {
+    "bond_mode": "bond.mode",
+    "vlan_filtering": "bridge.vlanFiltering",
+    "vlan_id": "vlan.id",
+    "vlan_link": "vlan.link",
+}
+
+
+def _field_path(name: str) -> str:
+    return _FIELD_PATHS.get(name, name)
+
+
+def diff(desired: NodeL2State, actual: NodeL2State) -> list[Difference]:
+    """Every way ``actual`` differs from ``desired``, in a stable order.
+
+    * A desired link must exist with every field desired has an opinion on (``None``: none).
+    * A link l2net owns (alias) that desired does not name is extra. A link enslaved to an
+      owned link that desired does not name has an extra ``master`` (a released port is
+      expected). Links that are neither are not l2net's business and never appear.
+    * VLANs: each port desired names carries exactly the desired VIDs. On a bridge without
+      VLAN filtering the kernel has no VIDs at all; there only "1 PVID untagged" (what such
+      a bridge does anyway) is satisfied, anything else is a ``bridge.vlanFiltering`` item.
+    * VM NICs by ``<vm>/<ifname>``: present, on the desired bridge, exact VIDs; an owned VM
+      NIC not desired is extra. VM namespaces: desired ones must exist.
+    """
+    out: list[Difference] = []
+    for name, want in desired.links.items():
+        have = actual.links.get(name)
+        if have is None:
+            out.append(Difference(object=name, path="", desired=PRESENT, actual=ABSENT))
+            continue
+        for field in _LINK_FIELDS:
+            wanted = getattr(want, field)
+            got = getattr(have, field)
+            # None is "no opinion" (except in a snapshot), but a bridge is never enslaved.
+            bridge_master = field == "master" and want.kind == "bridge"
+            if wanted is None and not desired.exact and not bridge_master:
+                continue
+            if wanted != got:
+                out.append(
+                    Difference(object=name, path=_field_path(field), desired=wanted, actual=got)
+                )
+        if want.bond_options is not None:
+            have_opts = have.bond_options or {}
+            keys = set(want.bond_options) | (set(have_opts) if desired.exact else set())
+            for key in sorted(keys):
+                value = want.bond_options.get(key)
+                if have_opts.get(key) != value:
+                    out.append(
+                        Difference(
+                            object=name,
+                            path=f"bond.options.{key}",
+                            desired=value,
+                            actual=have_opts.get(key),
+                        )
+                    )
+
+    owned = {n for n, lk in actual.links.items() if is_owned(lk) and not is_vm_port(lk)}
+    for name in sorted(owned - set(desired.links)):
+        out.append(Difference(object=name, path="", desired=ABSENT, actual=PRESENT))
+    for name, link in sorted(actual.links.items()):
+        if (
+            name not in desired.links
+            and name not in owned
+            and link.master in owned
+            and not is_vm_port(link)
+        ):
+            out.append(Difference(object=name, path="master", desired=None, actual=link.master))
+
+    vlan_ports = list(desired.vlans)
+    if desired.exact:
+        # Returning to a snapshot: a port that had no VIDs must have none again.
+        vlan_ports += sorted(
+            n for n in actual.vlans if n not in desired.vlans and n in desired.links
+        )
+    for name in vlan_ports:
+        if name not in actual.links:
+            continue  # its absence is already an item
+        want_vlans = desired.vlans.get(name, [])
+        out.extend(_vlan_items(name, want_vlans, actual, bridge=_bridge_of(name, actual)))
+
+    for key, want_port in desired.vm_ports.items():
+        obj = f"vm/{key}"
+        have_port = actual.vm_ports.get(key)
+        if have_port is None:
+            out.append(Difference(object=obj, path="", desired=PRESENT, actual=ABSENT))
+            continue
+        if want_port.bridge is not None and have_port.bridge != want_port.bridge:
+            out.append(
+                Difference(
+                    object=obj, path="bridge", desired=want_port.bridge, actual=have_port.bridge
+                )
+            )
+        if want_port.vlans is not None and have_port.host_ifname:
+            out.extend(
+                _vlan_items(
+                    obj,
+                    want_port.vlans,
+                    actual,
+                    bridge=have_port.bridge,
+                    port=have_port.host_ifname,
+                )
+            )
+    for key in sorted(set(actual.vm_ports) - set(desired.vm_ports)):
+        out.append(Difference(object=f"vm/{key}", path="", desired=ABSENT, actual=PRESENT))
+
+    for ns in desired.namespaces:
+        if ns not in actual.namespaces:
+            out.append(Difference(object=f"netns/{ns}", path="", desired=PRESENT, actual=ABSENT))
+    return out
+
+
+def _bridge_of(name: str, state: NodeL2State) -> str | None:
+    link = state.links.get(name)
+    if link is None:
+        return None
+    if link.kind == "bridge":
+        return name
+    return link.master
+
+
+def _vlan_items(
+    obj: str,
+    want: list[VlanRange],
+    actual: NodeL2State,
+    *,
+    bridge: str | None,
+    port: str | None = None,
+) -> list[Difference]:
+    port = port or obj
+    have = actual.vlans.get(port, [])
+    want_c = canonical_vlans(want)
+    have_c = canonical_vlans(have)
+    bridge_link = actual.links.get(bridge) if bridge else None
+    if bridge_link is not None and bridge_link.vlan_filtering is False:
+        if want_c in ([], [DEFAULT_PVID]):
+            return []
+        return [
+            Difference(
+                object=bridge_link.name,
+                path=_field_path("vlan_filtering"),
+                desired=True,
+                actual=False,
+            )
+        ]
+    if want_c == have_c:
+        return []
+    return [
+        Difference(
+            object=obj, path="vlans", desired=format_vlans(want_c), actual=format_vlans(have_c)
+        )
+    ]
