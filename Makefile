@@ -3,17 +3,25 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := user-mode-linux kmod iproute2 containernetworking-plugins procps
+# Only the deploy/ tests use these (systemd-analyze, openssl, docker-compose config); they are
+# installed without Recommends so that no Docker engine comes along.
+APT_TEST_PACKAGES := systemd openssl docker-compose
 
 .PHONY: demo test lint unit bench deps venv clean
 
 deps: $(VENV)/.installed .apt-installed
 
 # Debian packages: the lab kernel (UML), modprobe, iproute2 and the bridge CNI plugin.
-.apt-installed:
+.apt-installed: Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "apt-get install$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install --no-install-recommends$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@touch $@
 
