@@ -1,0 +1,197 @@
+"""The executor's kernel work in a host network namespace: bridge CNI, idempotency, rollback.
+
+Everything here runs on the real host kernel inside a namespace made for the test (see
+conftest). Packets between VMs are real: ping between VM namespaces over mgmt-br.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import msgspec
+import pytest
+
+from services.executor.kernel import KernelError, NetlinkKernel
+from services.executor.planning import Step
+from services.executor.reconciling import converge
+from shared.l2state import NodeL2State, desired_state
+from shared.model import BondIntent, ClusterNetworkIntent, NodeIntent
+from tests.executor.conftest import HostNode, intent, mgmt_cn, untagged_port
+
+
+def run_in(ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=30
+    )
+
+
+def ping(ns: str, address: str) -> bool:
+    return run_in(ns, "ping", "-c", "2", "-W", "1", "-i", "0.2", address).returncode == 0
+
+
+def set_address(ns: str, address: str) -> None:
+    assert run_in(ns, "ip", "addr", "add", address, "dev", "eth0").returncode == 0
+
+
+def comparable(state: NodeL2State) -> dict[str, object]:
+    """A full dump without what the kernel renumbers or flips by itself."""
+    links = {
+        name: msgspec.structs.replace(link, index=None, oper=None)
+        for name, link in state.links.items()
+    }
+    return {
+        "links": links,
+        "vlans": state.vlans,
+        "namespaces": [ns for ns in state.namespaces if ns.startswith("l2t-")],
+    }
+
+
+async def test_untagged_vms_are_plugged_by_bridge_cni_and_exchange_packets(
+    host_node: HostNode, kernel: NetlinkKernel
+) -> None:
+    a, b = host_node.vm("a"), host_node.vm("b")
+    desired, refused = desired_state(intent(host_node, 1, [untagged_port(a), untagged_port(b)]))
+    outcome = await converge(kernel, desired, refused=refused)
+    assert outcome.phase == "Applied", outcome.error
+    state = await kernel.read()
+    for vm in (a, b):
+        port = state.vm_ports[f"{vm}/eth0"]
+        assert port.bridge == "mgmt-br"
+        assert state.links[port.host_ifname or ""].master == "mgmt-br"
+        assert "eth0" in run_in(vm, "ip", "-br", "link").stdout
+    set_address(a, "169.254.77.1/24")
+    set_address(b, "169.254.77.2/24")
+    assert ping(a, "169.254.77.2")
+
+
+async def test_second_apply_of_the_same_intent_writes_nothing(
+    host_node: HostNode, kernel: NetlinkKernel
+) -> None:
+    desired, _ = desired_state(intent(host_node, 1, [untagged_port(host_node.vm("a"))]))
+    first = await converge(kernel, desired)
+    assert first.phase == "Applied" and first.writes > 0
+    before = kernel.writes
+    second = await converge(kernel, desired)
+    assert second.phase == "Applied"
+    assert second.writes == 0
+    assert kernel.writes == before
+
+
+async def test_deleted_vm_nic_is_unplugged_and_its_namespace_removed(
+    host_node: HostNode, kernel: NetlinkKernel
+) -> None:
+    a, b = host_node.vm("a"), host_node.vm("b")
+    desired, _ = desired_state(intent(host_node, 1, [untagged_port(a), untagged_port(b)]))
+    assert (await converge(kernel, desired)).phase == "Applied"
+    host_veth = (await kernel.read()).vm_ports[f"{b}/eth0"].host_ifname
+    desired, _ = desired_state(intent(host_node, 2, [untagged_port(a)]))
+    outcome = await converge(kernel, desired)
+    assert outcome.phase == "Applied", outcome.error
+    state = await kernel.read()
+    assert f"{b}/eth0" not in state.vm_ports
+    assert host_veth not in state.links
+    assert b not in state.namespaces
+    assert f"{a}/eth0" in state.vm_ports and a in state.namespaces
+
+
+async def test_links_l2net_does_not_own_are_never_touched(
+    host_node: HostNode, kernel: NetlinkKernel
+) -> None:
+    assert run_in(host_node.ns, "ip", "link", "add", "other-br", "type", "bridge").returncode == 0
+    assert run_in(host_node.ns, "ip", "link", "set", "eth1", "master", "other-br").returncode == 0
+    before = comparable(await kernel.read())
+    a = host_node.vm("a")
+    desired, _ = desired_state(intent(host_node, 1, [untagged_port(a)]))
+    assert (await converge(kernel, desired)).phase == "Applied"
+    desired, _ = desired_state(intent(host_node, 2, []))
+    assert (await converge(kernel, desired)).phase == "Applied"
+    after = comparable(await kernel.read())
+    assert after == before
+
+
+async def test_intent_that_would_take_a_nic_from_another_bridge_changes_nothing(
+    host_node: HostNode, kernel: NetlinkKernel
+) -> None:
+    # eth1 sits in a bridge l2net does not own: enslaving it elsewhere would steal it.
+    assert run_in(host_node.ns, "ip", "link", "add", "other-br", "type", "bridge").returncode == 0
+    assert run_in(host_node.ns, "ip", "link", "set", "eth1", "master", "other-br").returncode == 0
+    before = comparable(await kernel.read())
+    bad = NodeIntent(
+        node=host_node.node,
+        generation=1,
+        cluster_networks=[
+            mgmt_cn(),
+            ClusterNetworkIntent(
+                name="oob",
+                bridge="oob-br",
+                bond_name="oob-bo",
+                managed=True,
+                bond=BondIntent(name="oob-bo", ports=["eth1"], mode="active-backup"),
+                mtu=1500,
+                uplink_vlans=[],
+            ),
+        ],
+    )
+    desired, _ = desired_state(bad)
+    outcome = await converge(kernel, desired)
+    assert outcome.phase == "Failed"
+    assert outcome.error is not None and "eth1" in outcome.error and "other-br" in outcome.error
+    assert outcome.writes == 0
+    assert comparable(await kernel.read()) == before
+
+
+async def test_mgmt_is_protected_whatever_the_intent_says(
+    host_node: HostNode, kernel: NetlinkKernel
+) -> None:
+    before = comparable(await kernel.read())
+    hostile = NodeIntent(
+        node=host_node.node,
+        generation=1,
+        cluster_networks=[
+            ClusterNetworkIntent(
+                name="mgmt",
+                bridge="mgmt-br",
+                bond_name="mgmt-bo",
+                managed=True,
+                bond=BondIntent(name="mgmt-bo", ports=["eth1"], mode="802.3ad", mtu=9000),
+                mtu=9000,
+                uplink_vlans=[],
+            )
+        ],
+    )
+    desired, refused = desired_state(hostile)
+    outcome = await converge(kernel, desired, refused=refused)
+    assert outcome.phase == "Applied"
+    assert outcome.writes == 0
+    assert any(r.action == "refused" and "mgmt-br" in (r.error or "") for r in outcome.results)
+    assert comparable(await kernel.read()) == before
+
+
+async def test_failure_at_a_step_rolls_back_to_the_exact_prior_state(
+    host_node: HostNode, kernel: NetlinkKernel
+) -> None:
+    a, b, c = host_node.vm("a"), host_node.vm("b"), host_node.vm("c")
+    desired, _ = desired_state(intent(host_node, 1, [untagged_port(a)]))
+    assert (await converge(kernel, desired)).phase == "Applied"
+    before = comparable(await kernel.read())
+    seen: list[Step] = []
+
+    async def fail_on_second_plug(step: Step) -> None:
+        seen.append(step)
+        if step.op == "cni.add" and sum(s.op == "cni.add" for s in seen) == 2:
+            raise KernelError(step, "injected failure")
+
+    desired, _ = desired_state(
+        intent(host_node, 2, [untagged_port(a), untagged_port(b), untagged_port(c)])
+    )
+    outcome = await converge(kernel, desired, before_step=fail_on_second_plug)
+    assert outcome.phase == "RolledBack", outcome.error
+    assert outcome.error is not None and "injected failure" in outcome.error
+    assert any(s.op == "cni.add" for s in outcome.steps)  # something was applied, then undone
+    assert comparable(await kernel.read()) == before
+
+
+async def test_kernel_error_text_is_reported(host_node: HostNode, kernel: NetlinkKernel) -> None:
+    with pytest.raises(KernelError) as info:
+        await kernel.apply(Step(op="link.set", target="mgmt-br", args={"mtu": 100000}))
+    assert "mtu greater than device maximum" in str(info.value)
