@@ -263,10 +263,12 @@ def plan(desired: NodeL2State, actual: NodeL2State) -> list[Step]:
     for key, vport in desired.vm_ports.items():
         obj = f"vm/{key}"
         fix = Step(op="vm.vlans", target=obj, args={"vlans": vport.vlans or []})
-        if changed(obj, "bridge"):
-            create.append(Step(op="cni.del", target=obj, args=_cni_args(actual.vm_ports[key])))
-        if missing(obj) or changed(obj, "bridge"):
+        if missing(obj):
             create += [Step(op="cni.add", target=obj, args=_cni_args(vport)), fix]
+        elif changed(obj, "bridge"):
+            # Released or moved by hand: the VM keeps its NIC, the veth goes back in place.
+            host = actual.vm_ports[key].host_ifname or ""
+            create += [Step(op="link.set", target=host, args={"master": vport.bridge}), fix]
         elif changed(obj, "vlans"):
             create.append(fix)
 

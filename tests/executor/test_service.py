@@ -1,0 +1,266 @@
+"""The executor as a NATS service, on a real nats-server, converging a host namespace node."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+
+from services.cli.main import main as l2net
+from services.executor.kernel import NetlinkKernel
+from services.executor.service import Executor, ExecutorConfig, consumer_name
+from shared import bus, natsserver, subjects
+from shared.l2state import state_from_observed
+from shared.model import Node, NodeIntent, NodeStatus, ObservedState
+from tests.executor.conftest import HostNode, intent, untagged_port
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def until(check: Callable[[], object], *, timeout: float = 30.0) -> None:
+    """Poll ``check`` (sync or async) until truthy; generous bounds, no timing asserted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.1)
+
+
+async def statuses(nc: Client, node: str) -> list[NodeStatus]:
+    """Every status of ``node`` stored in L2_STATUS, oldest first."""
+    js = nc.jetstream()
+    out: list[NodeStatus] = []
+    try:
+        info = await js.stream_info(subjects.STREAM_STATUS)
+    except NotFoundError:
+        return out
+    for seq in range(max(1, info.state.first_seq), info.state.last_seq + 1):
+        try:
+            raw = await js.get_msg(subjects.STREAM_STATUS, seq)
+        except NotFoundError:
+            continue
+        if raw.subject == subjects.status(node) and raw.data:
+            out.append(bus.decode(raw.data, NodeStatus))
+    return out
+
+
+async def final_status(nc: Client, node: str, generation: int) -> NodeStatus | None:
+    for st in reversed(await statuses(nc, node)):
+        if st.observed_generation == generation and st.phase != "Progressing":
+            return st
+    return None
+
+
+async def publish_intent(nc: Client, it: NodeIntent) -> None:
+    js = nc.jetstream()
+    await bus.ensure_streams(js, [subjects.STREAM_INTENTS])
+    await js.publish(subjects.intent(it.node), bus.encode(it))
+
+
+@pytest.fixture
+async def start_executor(
+    host_node: HostNode, nats_server: natsserver.EmbeddedNats
+) -> AsyncIterator[Callable[[], asyncio.Future[Executor]]]:
+    started: list[Executor] = []
+
+    async def start() -> Executor:
+        ex = Executor(
+            ExecutorConfig(
+                node=host_node.node,
+                servers=[nats_server.url],
+                labels={"rack": "r1"},
+                heartbeat_s=0.3,
+            ),
+            NetlinkKernel(host_node.node, netns=host_node.ns),
+        )
+        await ex.start()
+        started.append(ex)
+        return ex
+
+    try:
+        yield start  # type: ignore[misc]
+    finally:
+        for ex in started:
+            await ex.stop()
+
+
+async def test_registers_its_node_with_labels_nics_and_heartbeats(
+    host_node: HostNode, nc: Client, start_executor: Callable[[], asyncio.Future[Executor]]
+) -> None:
+    await start_executor()
+    js = nc.jetstream()
+
+    async def node_msg() -> Node:
+        raw = await js.get_last_msg(subjects.STREAM_NODES, subjects.node(host_node.node))
+        assert raw.data is not None
+        return bus.decode(raw.data, Node)
+
+    first = await node_msg()
+    assert first.labels == {"rack": "r1"}
+    eth1 = {n.name: n for n in first.nics}["eth1"]
+    assert eth1.mac and eth1.state in ("up", "unknown", "lowerlayerdown")
+
+    async def newer() -> bool:
+        return (await node_msg()).heartbeat_at > first.heartbeat_at
+
+    await until(newer)
+
+
+async def test_follows_intents_and_acks_only_after_status(
+    host_node: HostNode, nc: Client, start_executor: Callable[[], asyncio.Future[Executor]]
+) -> None:
+    await start_executor()
+    a = host_node.vm("a")
+    await publish_intent(nc, intent(host_node, 1, [untagged_port(a)]))
+
+    async def applied() -> NodeStatus | None:
+        return await final_status(nc, host_node.node, 1)
+
+    await until(applied)
+    status = await applied()
+    assert status is not None and status.phase == "Applied", status
+    assert status.netlink_writes > 0
+    js = nc.jetstream()
+    info = await js.consumer_info(subjects.STREAM_INTENTS, consumer_name(host_node.node))
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+    assert a in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+async def test_on_start_converges_to_the_last_intent_then_follows(
+    host_node: HostNode, nc: Client, start_executor: Callable[[], asyncio.Future[Executor]]
+) -> None:
+    a, b = host_node.vm("a"), host_node.vm("b")
+    await publish_intent(nc, intent(host_node, 1, [untagged_port(a)]))
+    await publish_intent(nc, intent(host_node, 2, [untagged_port(b)]))
+    ex = await start_executor()
+    status = await final_status(nc, host_node.node, 2)  # done inside start()
+    assert status is not None and status.phase == "Applied"
+    assert await final_status(nc, host_node.node, 1) is None  # only the last one
+    state = await ex.kernel.read()
+    assert set(state.vm_ports) == {f"{b}/eth0"}
+    await publish_intent(nc, intent(host_node, 3, [untagged_port(a)]))
+    await until(lambda: final_status(nc, host_node.node, 3))
+    assert set((await ex.kernel.read()).vm_ports) == {f"{a}/eth0"}
+
+
+async def test_a_stale_generation_is_ignored(
+    host_node: HostNode, nc: Client, start_executor: Callable[[], asyncio.Future[Executor]]
+) -> None:
+    ex = await start_executor()
+    a, b = host_node.vm("a"), host_node.vm("b")
+    await publish_intent(nc, intent(host_node, 5, [untagged_port(a)]))
+    await until(lambda: final_status(nc, host_node.node, 5))
+    await publish_intent(nc, intent(host_node, 4, [untagged_port(b)]))
+    js = nc.jetstream()
+
+    async def consumed() -> bool:
+        info = await js.consumer_info(subjects.STREAM_INTENTS, consumer_name(host_node.node))
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await until(consumed)
+    assert await final_status(nc, host_node.node, 4) is None
+    assert set((await ex.kernel.read()).vm_ports) == {f"{a}/eth0"}
+
+
+async def test_a_malformed_intent_is_terminated_and_reported(
+    host_node: HostNode, nc: Client, start_executor: Callable[[], asyncio.Future[Executor]]
+) -> None:
+    await start_executor()
+    js = nc.jetstream()
+    await bus.ensure_streams(js, [subjects.STREAM_INTENTS])
+    await js.publish(subjects.intent(host_node.node), b'{"type": "NodeIntent", "node": 3}')
+
+    async def reported() -> NodeStatus | None:
+        for st in await statuses(nc, host_node.node):
+            if st.phase == "Failed" and st.error and "malformed" in st.error:
+                return st
+        return None
+
+    await until(reported)
+    info = await js.consumer_info(subjects.STREAM_INTENTS, consumer_name(host_node.node))
+    assert info.num_ack_pending == 0 and info.num_redelivered == 0
+    # The executor carries on with the next good intent.
+    await publish_intent(nc, intent(host_node, 1, [untagged_port(host_node.vm("a"))]))
+    await until(lambda: final_status(nc, host_node.node, 1))
+
+
+async def test_hand_made_change_shows_as_observed_state_and_is_not_reverted(
+    host_node: HostNode, nc: Client, start_executor: Callable[[], asyncio.Future[Executor]]
+) -> None:
+    ex = await start_executor()
+    a = host_node.vm("a")
+    await publish_intent(nc, intent(host_node, 1, [untagged_port(a)]))
+    await until(lambda: final_status(nc, host_node.node, 1))
+    veth = (await ex.kernel.read()).vm_ports[f"{a}/eth0"].host_ifname
+    assert veth is not None
+    seen: list[ObservedState] = []
+
+    async def collect(msg: object) -> None:
+        seen.append(bus.decode(msg.data, ObservedState))  # type: ignore[attr-defined]
+
+    await nc.subscribe(subjects.observed(host_node.node), cb=collect)
+    changed = subprocess.run(
+        ["ip", "netns", "exec", host_node.ns, "ip", "link", "set", veth, "nomaster"],
+        capture_output=True,
+    )
+    assert changed.returncode == 0
+
+    def released() -> bool:
+        return any(
+            state_from_observed(o).vm_ports.get(f"{a}/eth0") is not None
+            and state_from_observed(o).vm_ports[f"{a}/eth0"].bridge is None
+            for o in seen
+        )
+
+    await until(released)
+    assert (await ex.kernel.read()).links[veth].master is None  # drift stays visible
+
+    # Asked to, it converges again (what `l2net reconcile NODE` does).
+    code = await asyncio.to_thread(
+        l2net, ["reconcile", host_node.node, "--nats", ex.config.servers[0]]
+    )
+    assert code == 0
+    assert (await ex.kernel.read()).links[veth].master == "mgmt-br"
+
+
+async def test_state_request_answers_live_state(
+    host_node: HostNode, nc: Client, start_executor: Callable[[], asyncio.Future[Executor]]
+) -> None:
+    ex = await start_executor()
+    await publish_intent(nc, intent(host_node, 1, [untagged_port(host_node.vm("a"))]))
+    await until(lambda: final_status(nc, host_node.node, 1))
+    reply = await nc.request(subjects.executor_control(host_node.node, "state"), b"", timeout=10)
+    observed = bus.decode(reply.data, ObservedState)
+    assert observed.generation == 1
+    state = state_from_observed(observed)
+    assert set(state.vm_ports) == {f"{host_node.vms[0]}/eth0"}
+    assert "mgmt-br" in state.links and "eth1" not in state.links
+    assert state.vm_ports == (await ex.kernel.read()).vm_ports
+
+
+def test_executor_command_refuses_bad_arguments_with_a_clear_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert l2net(["executor", "--node", "bad node"]) == 2
+    assert "--node 'bad node'" in capsys.readouterr().out
+    assert l2net(["executor", "--node", "n1", "--label", "rack"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().out
+    assert l2net(["executor", "--node", "n1", "--mgmt-vlan", "5000"]) == 2
+    assert "1-4094" in capsys.readouterr().out
+
+
+def test_reconcile_without_an_executor_fails_clearly(
+    nats_server: natsserver.EmbeddedNats, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert l2net(["reconcile", "nobody", "--nats", nats_server.url, "--timeout", "1"]) == 1
+    assert "no answer from the executor of 'nobody'" in capsys.readouterr().out
