@@ -80,6 +80,7 @@ def test_nodes_have_eth_nics_and_harvester_mgmt_layout(lab: Lab) -> None:
         assert ls["mgmt-bo"]["master"] == "mgmt-br"
         assert ls["mgmt-br"]["linkinfo"]["info_data"]["vlan_filtering"] == 1
         rc, out, _ = lab.exec(node, ["ip", "-j", "-4", "addr", "show", "dev", "mgmt-br"])
+        assert rc == 0
         addrs = [a["local"] for i in json.loads(out) for a in i["addr_info"]]
         assert addrs == [lab.node_address(node)]
         assert addrs[0].startswith("169.254.")
