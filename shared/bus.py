@@ -91,15 +91,22 @@ for _cfg in STREAMS.values():
     _cfg.discard = DiscardPolicy.OLD
 
 
-async def connect(servers: list[str], *, name: str, timeout: float = 5.0) -> Client:
-    """Connect to NATS, failing with a clear error (not an endless reconnect) when unreachable."""
+async def connect(
+    servers: list[str], *, name: str, timeout: float = 5.0, attempts: int = 3
+) -> Client:
+    """Connect to NATS, failing with a clear error when unreachable.
+
+    ``attempts`` bounds the tries per server (each ``reconnect_time_wait`` apart), for the
+    first connection and for reconnections alike; services pass a large number, so that they
+    ride out a NATS restart, and ``-1`` to wait for ever.
+    """
     try:
         return await nats.connect(
             servers=servers,
             name=name,
             connect_timeout=timeout,
             allow_reconnect=True,
-            max_reconnect_attempts=-1,
+            max_reconnect_attempts=attempts,
             reconnect_time_wait=0.5,
         )
     except Exception as exc:  # nats raises several unrelated types for "not reachable"

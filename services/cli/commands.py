@@ -147,7 +147,7 @@ async def _apply(args: argparse.Namespace) -> int:
     body = _read_manifest(args.file)
     async with connected(args.nats) as nc:
         reply = await request(nc, subjects.API_APPLY, body, api.ApplyReply)
-    return print_apply_reply(reply, source=args.file)
+    return print_apply_reply(reply, source="stdin" if args.file == "-" else args.file)
 
 
 async def _delete(args: argparse.Namespace) -> int:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
 from services.planner.service import Planner
 from shared import bus, config, lifecycle, tracing
+
+log = logging.getLogger("l2net.planner")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,7 +19,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 async def serve(nats_url: str | None) -> None:
-    nc = await bus.connect(config.nats_servers(nats_url), name="l2net-planner")
+    servers = config.nats_servers(nats_url)
+    log.info("connecting to NATS at %s", ", ".join(servers))
+    nc = await bus.connect(servers, name="l2net-planner", attempts=-1)
     planner = Planner(nc)
     try:
         await planner.start()

@@ -87,10 +87,13 @@ class Planner:
         )
 
     async def stop(self) -> None:
-        if self._service is not None:
-            await self._service.stop()
-        if self._node_sub is not None:
-            await self._node_sub.unsubscribe()
+        """Stop answering and following nodes (idempotent)."""
+        service, self._service = self._service, None
+        node_sub, self._node_sub = self._node_sub, None
+        if service is not None:
+            await service.stop()
+        if node_sub is not None:
+            await node_sub.unsubscribe()
 
     async def rebuild(self) -> None:
         """Rebuild specs and generations from JetStream (after a restart, or at first start)."""
