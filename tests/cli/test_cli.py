@@ -112,7 +112,7 @@ def test_apply_get_nad_delete(nats_server: EmbeddedNats, planner_process: object
     switch = l2net("switch-config", "node-1", url=url)
     assert switch.returncode == 0
     rows = [line.split() for line in switch.stdout.splitlines()]
-    assert ["node-1", "oob", "eth1,eth2", "active-backup", "none", "hybrid", "200"] == rows[2][:7]
+    assert rows[2][:7] == ["node-1", "oob", "eth1,eth2", "active-backup", "none", "hybrid", "200"]
 
     as_json = json.loads(l2net("get", "VlanConfig", "-o", "json", url=url).stdout)
     assert as_json[0]["spec"]["uplink"]["nics"] == ["eth1", "eth2"]

@@ -82,7 +82,8 @@ async def test_rejected_submission_stores_nothing_and_names_every_reason(
     # The cross-object problem is reported too once the per-object one is fixed.
     reply = await apply(nc, bad.replace("vlan: 4095", "vlan: 40"))
     assert [str(p) for p in reply.errors] == [
-        "document 7, line 38: Network lost: clusterNetwork: cluster network 'nowhere' does not exist"
+        "document 7, line 38: Network lost: clusterNetwork: "
+        "cluster network 'nowhere' does not exist"
     ]
     assert await stream_messages(nc, subjects.STREAM_SPECS) == 0
 
