@@ -14,8 +14,9 @@ Users (all in account ``L2NET`` with JetStream; ``SYS`` is the system account):
 - ``planner``: serves ``l2.api.>``, publishes specs and intents, manages the streams.
 - ``auditor``: reads every ``l2.>`` subject and stream, publishes ``l2.drift.>``, asks
   executors for live state or a reconcile (``l2.executor.<node>.state|reconcile``).
-- ``operator``: people and the ``l2net`` CLI: submits over ``l2.api.>``, reads everything,
-  administers JetStream; cannot publish intents, status or drift itself.
+- ``operator``: people and the ``l2net`` CLI: submits over ``l2.api.>``, asks executors for
+  state or a reconcile, reads everything, administers JetStream; cannot publish intents,
+  status or drift itself.
 - ``<node>``: the executor of that node. Publishes only ``l2.status.<node>``,
   ``l2.observed.<node>``, ``l2.node.<node>``; reads intents only through its durable consumer
   ``executor-<node>`` on ``L2_INTENTS`` filtered to ``l2.intent.<node>`` (created with the
@@ -128,7 +129,15 @@ def render(nodes: list[str]) -> str:
     )
     operator = _user(
         "operator",
-        ["l2.api.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$SRV.>"],
+        [
+            "l2.api.>",
+            "l2.executor.*.state",
+            "l2.executor.*.reconcile",
+            "$JS.API.>",
+            "$JS.ACK.>",
+            "$JS.FC.>",
+            "$SRV.>",
+        ],
         ["l2.>", "_INBOX.>", "$SRV.>"],
     )
     header = (

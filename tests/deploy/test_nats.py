@@ -7,6 +7,7 @@ are rendered with ``deploy/nats/render_accounts.py`` for node-1 and node-2.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -23,6 +24,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
 from shared import bus, natsserver, subjects
@@ -245,6 +247,15 @@ async def test_a_node_reads_only_its_own_intents(secured: SecuredNats, planner: 
     assert json.loads(msg.data) == {"node": "node-1"}
     await msg.ack()
 
+    # Its own last intent by direct get (the subject is in the API subject, so it is checked),
+    # once the stream allows direct gets; another node's is denied.
+    cfg = bus.STREAMS[subjects.STREAM_INTENTS]
+    await planner.jetstream().update_stream(dataclasses.replace(cfg, allow_direct=True))
+    last = await js.get_last_msg(subjects.STREAM_INTENTS, "l2.intent.node-1", direct=True)
+    assert json.loads(last.data or b"") == {"node": "node-1"}
+    with pytest.raises(asyncio.TimeoutError):
+        await js.get_last_msg(subjects.STREAM_INTENTS, "l2.intent.node-2", direct=True)
+
     # The same consumer name with another node's filter in the request body: the server
     # refuses because the filter in the API subject does not match.
     mismatch = {
@@ -324,6 +335,18 @@ async def test_operator_submits_but_cannot_forge_events(secured: SecuredNats) ->
     await nc.flush()
     assert (await served.next_msg(timeout=5)).subject == subjects.API_GET
     assert await denied(secured.errors["operator"], "publish", "l2.status.node-1")
+
+    # Asking a node's executor for its state: the node answers on the operator's inbox.
+    node = await secured.connect("node-1")
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b'{"links": []}')
+
+    await node.subscribe(subjects.executor_control("node-1", "state"), cb=answer)
+    await node.flush()
+    reply = await nc.request(subjects.executor_control("node-1", "state"), b"", timeout=5)
+    assert reply.data == b'{"links": []}'
+    await node.close()
     await planner_nc.close()
     await nc.close()
 
