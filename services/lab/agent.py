@@ -78,6 +78,20 @@ def _meminfo() -> tuple[int, int]:
     return total, avail
 
 
+def executor_state(node_dir: str) -> str:
+    """ "" when the init script started no executor, else "running" or "exited"."""
+    try:
+        with open(os.path.join(node_dir, "executor.pid")) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/stat") as f:
+            status = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "" if not os.path.exists(os.path.join(node_dir, "executor.pid")) else "exited"
+    except (OSError, ValueError, IndexError):
+        return "exited"
+    return "exited" if status == "Z" else "running"
+
+
 def _uptime() -> float:
     with open("/proc/uptime") as f:
         return float(f.read().split()[0])
@@ -133,6 +147,7 @@ async def serve(*, lab: str, node: str, address: str, url: str, cwd: str) -> Non
             helper_started=_STARTED,
             mem_total_kb=total,
             mem_available_kb=avail,
+            executor=executor_state(cwd),
         )
         await msg.respond(encoder.encode(reply))
 

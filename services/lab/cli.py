@@ -84,7 +84,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"NATS_URL={st.nats_url} (nodes use {st.nats_url_inside})")
     print(
         f"{'NODE':<10} {'ADDRESS':<15} {'PID':>8} {'UML':<7} {'HELPER':<7} "
-        f"{'BOOT':>6} {'HOST MEM':>9}"
+        f"{'EXECUTOR':<8} {'BOOT':>6} {'HOST MEM':>9}"
     )
     ok = st.phase == "up"
     for n in lab.status():
@@ -93,9 +93,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"{n.name:<10} {n.address:<15} {n.pid or '-':>8} "
             f"{'running' if n.running else 'stopped':<7} {'ok' if n.helper else 'silent':<7} "
-            f"{boot:>6} {mem:>9}"
+            f"{n.executor or '-':<8} {boot:>6} {mem:>9}"
         )
-        ok = ok and n.running and n.helper
+        ok = ok and n.running and n.helper and n.executor in ("", "running")
     return 0 if ok else 1
 
 

@@ -85,6 +85,7 @@ class NodeStatus(NamedTuple):
     helper: bool
     boot_seconds: float | None
     host_mem_kb: int
+    executor: str  # "" (not started by the lab), "running", "exited", or "?" (no answer)
 
 
 def default_dir() -> Path:
@@ -106,11 +107,18 @@ def executor_available() -> bool:
         return False
 
 
-def executor_command(*, node: str, nats_url: str, python: str = sys.executable) -> list[str]:
+def executor_command(
+    *, node: str, nats_url: str, mgmt_vlan: int | None = None, python: str = sys.executable
+) -> list[str]:
     """The command line each node runs for its executor (cwd: the repository root; the
     environment also has ``NATS_URL``, ``L2NET_NODE``, ``L2NET_STATE_DIR`` = the node's
-    private directory, and the relayed ``OTEL_*`` variables)."""
-    return [python, "-m", "services.executor", "--node", node, "--nats", nats_url]
+    private directory, and the relayed ``OTEL_*`` variables). Its output goes to
+    ``<node dir>/executor.log``; ``lab up`` waits for its first message on ``l2.node.<node>``.
+    """
+    argv = [python, "-m", "services.executor", "--node", node, "--nats", nats_url]
+    if mgmt_vlan is not None:
+        argv += ["--mgmt-vlan", str(mgmt_vlan)]
+    return argv
 
 
 # ---------------------------------------------------------------------------
@@ -160,19 +168,23 @@ def _tail(path: Path, limit: int = 3000) -> str:
         return "(no log)"
 
 
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _host_mem_kb(proc: state.ProcRef | None) -> int:
-    """Proportional set size of every host process of a node (its memory cost)."""
+    """Host memory a node costs: the guest memory it touched (shared memory mapped by the
+    UML kernel process, counted once) plus each UML process's private memory."""
     if proc is None or not state.alive(proc):
         return 0
-    total = 0
-    for pid in state.session_members(proc):
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
+    members = state.session_members(proc)
+    return _status_kb(proc.pid, "RssShmem") + sum(_status_kb(p, "RssAnon") for p in members)
 
 
 def check_prerequisites() -> None:
@@ -340,10 +352,12 @@ class Lab:
 
         async def one(n: state.NodeState) -> NodeStatus:
             helper = False
+            executor = "?" if self.state.executor else ""
             if nc is not None:
                 try:
-                    await self.aping(n.name, timeout=2.0, nc=nc)
+                    reply = await self.aping(n.name, timeout=2.0, nc=nc)
                     helper = True
+                    executor = reply.executor
                 except LabError:
                     pass
             return NodeStatus(
@@ -354,6 +368,7 @@ class Lab:
                 helper=helper,
                 boot_seconds=n.boot_seconds,
                 host_mem_kb=_host_mem_kb(n.proc),
+                executor=executor,
             )
 
         try:
@@ -681,7 +696,7 @@ class Lab:
         }
         if st.executor:
             env["L2LAB_EXECUTOR_CMD"] = shlex.join(
-                executor_command(node=n.name, nats_url=st.nats_url_inside)
+                executor_command(node=n.name, nats_url=st.nats_url_inside, mgmt_vlan=st.mgmt_vlan)
             )
         (nd / "node.env").write_text(naming.env_file(env))
 

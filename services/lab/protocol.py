@@ -38,3 +38,4 @@ class PingReply(msgspec.Struct, kw_only=True):
     helper_started: float
     mem_total_kb: int = 0
     mem_available_kb: int = 0
+    executor: str = ""  # "" (not started by the lab), "running" or "exited"
