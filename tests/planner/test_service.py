@@ -165,6 +165,12 @@ async def test_delete_refuses_objects_in_use_and_removes_the_rest(
     refused = await delete("Network", "vlan200")
     assert not refused.ok and "still in use by VmNic nic-a" in str(refused.errors[0])
     assert not (await delete("ClusterNetwork", "mgmt")).ok
+    # Removing the uplink under a VM NIC would strand it: refused, naming the NIC.
+    stranded = await delete("VlanConfig", "oob-all")
+    assert not stranded.ok
+    assert "VmNic nic-a: network: node node-1 is not in cluster network oob" in str(
+        stranded.errors[0]
+    )
     assert (await delete("VmNic", "nic-a")).ok
     done = await delete("Network", "vlan200")
     assert done.ok and done.changes[0].action == "deleted"
