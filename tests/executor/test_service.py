@@ -4,67 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 from nats.aio.client import Client
-from nats.js.errors import NotFoundError
 
 from services.cli.main import main as l2net
 from services.executor.kernel import NetlinkKernel
 from services.executor.service import Executor, ExecutorConfig, consumer_name
 from shared import bus, natsserver, subjects
 from shared.l2state import state_from_observed
-from shared.model import Node, NodeIntent, NodeStatus, ObservedState
+from shared.model import Node, NodeStatus, ObservedState
 from tests.executor.conftest import HostNode, intent, untagged_port
+from tests.executor.helpers import final_status, publish_intent, statuses, until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def until(check: Callable[[], object], *, timeout: float = 30.0) -> None:
-    """Poll ``check`` (sync or async) until truthy; generous bounds, no timing asserted."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.1)
-
-
-async def statuses(nc: Client, node: str) -> list[NodeStatus]:
-    """Every status of ``node`` stored in L2_STATUS, oldest first."""
-    js = nc.jetstream()
-    out: list[NodeStatus] = []
-    try:
-        info = await js.stream_info(subjects.STREAM_STATUS)
-    except NotFoundError:
-        return out
-    for seq in range(max(1, info.state.first_seq), info.state.last_seq + 1):
-        try:
-            raw = await js.get_msg(subjects.STREAM_STATUS, seq)
-        except NotFoundError:
-            continue
-        if raw.subject == subjects.status(node) and raw.data:
-            out.append(bus.decode(raw.data, NodeStatus))
-    return out
-
-
-async def final_status(nc: Client, node: str, generation: int) -> NodeStatus | None:
-    for st in reversed(await statuses(nc, node)):
-        if st.observed_generation == generation and st.phase != "Progressing":
-            return st
-    return None
-
-
-async def publish_intent(nc: Client, it: NodeIntent) -> None:
-    js = nc.jetstream()
-    await bus.ensure_streams(js, [subjects.STREAM_INTENTS])
-    await js.publish(subjects.intent(it.node), bus.encode(it))
 
 
 @pytest.fixture

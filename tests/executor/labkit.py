@@ -1,0 +1,164 @@
+"""The seed topology as node intents, and small helpers to look inside lab nodes.
+
+Seed (Harvester's deep-dive): cluster network ``oob`` on eth1+eth2 (bond active-backup),
+networks ``vlan100`` (VLAN 100) on mgmt, ``vlan200`` (VLAN 200) and ``untagged-network`` on
+oob; one VM per network per node. VMs are namespaces ``vm100``, ``vm200``, ``vmu`` inside
+each node. Intents are built here directly, as the planner would compile them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from services.lab import Lab
+from shared.model import (
+    BondIntent,
+    ClusterNetworkIntent,
+    HostVlanIntent,
+    NodeIntent,
+    VlanRange,
+    VmPortIntent,
+)
+
+UNTAGGED = VlanRange(vid=1, pvid=True, untagged=True)
+
+
+def nad(name: str, bridge: str, vlan: int | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "cniVersion": "0.3.1",
+        "name": name,
+        "type": "bridge",
+        "bridge": bridge,
+        "promiscMode": True,
+    }
+    if vlan is not None:
+        config["vlan"] = vlan
+    config["ipam"] = {}
+    return config
+
+
+def seed_intent(
+    node: str,
+    generation: int,
+    *,
+    mode: str = "active-backup",
+    vlan200: int | None = 200,
+    host_vlans: list[HostVlanIntent] | None = None,
+    extra_oob_vids: list[int] | None = None,
+) -> NodeIntent:
+    """The seed topology for ``node``; ``vlan200=None`` deletes that network."""
+    oob_vids = [UNTAGGED]
+    oob_vids += [
+        VlanRange(vid=v) for v in sorted({*([vlan200] if vlan200 else []), *(extra_oob_vids or [])})
+    ]
+    ports = [
+        VmPortIntent(
+            name=f"{node}-vm100",
+            vm="vm100",
+            ifname="eth0",
+            network="vlan100",
+            cluster_network="mgmt",
+            bridge="mgmt-br",
+            vlans=[VlanRange(vid=100, pvid=True, untagged=True)],
+            mac=None,
+            cni_config=nad("vlan100", "mgmt-br", 100),
+        ),
+        VmPortIntent(
+            name=f"{node}-vmu",
+            vm="vmu",
+            ifname="eth0",
+            network="untagged-network",
+            cluster_network="oob",
+            bridge="oob-br",
+            vlans=[UNTAGGED],
+            mac=None,
+            cni_config=nad("untagged-network", "oob-br"),
+        ),
+    ]
+    if vlan200 is not None:
+        ports.append(
+            VmPortIntent(
+                name=f"{node}-vm200",
+                vm="vm200",
+                ifname="eth0",
+                network="vlan200",
+                cluster_network="oob",
+                bridge="oob-br",
+                vlans=[VlanRange(vid=vlan200, pvid=True, untagged=True)],
+                mac=None,
+                cni_config=nad("vlan200", "oob-br", vlan200),
+            )
+        )
+    return NodeIntent(
+        node=node,
+        generation=generation,
+        cluster_networks=[
+            ClusterNetworkIntent(
+                name="mgmt",
+                bridge="mgmt-br",
+                bond_name="mgmt-bo",
+                managed=False,
+                bond=None,
+                mtu=1500,
+                uplink_vlans=[VlanRange(vid=100)],
+            ),
+            ClusterNetworkIntent(
+                name="oob",
+                bridge="oob-br",
+                bond_name="oob-bo",
+                managed=True,
+                bond=BondIntent(
+                    name="oob-bo", ports=["eth1", "eth2"], mode=mode, options={"miimon": 100}
+                ),
+                mtu=1500,
+                uplink_vlans=oob_vids,
+            ),
+        ],
+        host_vlans=host_vlans or [],
+        vm_ports=ports,
+    )
+
+
+async def sh(lab: Lab, node: str, *argv: str, check: bool = True, timeout: float = 60) -> str:
+    """Run a command in a node; its stdout (fails the test on a non-zero exit if ``check``)."""
+    rc, out, err = await lab.aexec(node, list(argv), timeout=timeout)
+    if check:
+        assert rc == 0, f"{node}: {' '.join(argv)} -> {rc}\n{out}\n{err}"
+    return out
+
+
+async def port_vids(lab: Lab, node: str, port: str) -> list[str]:
+    """A port's VLAN entries as ``bridge vlan show`` words: ``1 PVID untagged``, ``200``."""
+    data = json.loads(await sh(lab, node, "bridge", "-j", "vlan", "show", "dev", port))
+    out = []
+    for entry in data:
+        if entry.get("ifname") != port:
+            continue
+        for v in entry.get("vlans", []):
+            text = f"{v['vlan']}-{v['vlanEnd']}" if "vlanEnd" in v else str(v["vlan"])
+            flags = v.get("flags", [])
+            if "PVID" in flags:
+                text += " PVID"
+            if "Egress Untagged" in flags:
+                text += " untagged"
+            out.append(text)
+    return out
+
+
+async def vm_ping(lab: Lab, node: str, vm: str, address: str) -> bool:
+    """Real ICMP from the VM namespace ``vm`` in ``node`` to ``address`` (169.254/16 only)."""
+    assert address.startswith("169.254."), "lab traffic stays in 169.254.0.0/16"
+    rc, _, _ = await lab.aexec(
+        node,
+        ["ip", "netns", "exec", vm, "ping", "-c", "3", "-i", "0.3", "-W", "2", address],
+        timeout=30,
+    )
+    return rc == 0
+
+
+async def vm_address(lab: Lab, node: str, vm: str, cidr: str) -> None:
+    """Give the VM's eth0 an address (as its guest would: ``ipam: {}`` sets none)."""
+    assert cidr.startswith("169.254.")
+    await sh(lab, node, "ip", "netns", "exec", vm, "ip", "addr", "replace", cidr, "dev", "eth0")
+    await sh(lab, node, "ip", "netns", "exec", vm, "ip", "link", "set", "eth0", "up")

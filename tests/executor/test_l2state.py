@@ -1,0 +1,243 @@
+"""The one diff (shared.l2state) and the planner built on it: pure, no kernel."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.executor.planning import PlanError, plan
+from shared.l2state import (
+    DEFAULT_PVID,
+    Difference,
+    LinkState,
+    NodeL2State,
+    StateError,
+    build_actual,
+    canonical_vlans,
+    desired_state,
+    diff,
+    exact_desired,
+    expand_vlans,
+    format_vlans,
+    normalize_bond_options,
+    observed_from,
+    owner_alias,
+    state_from_observed,
+    vlan_changes,
+)
+from shared.model import HostVlanIntent, VlanRange
+from tests.executor.labkit import seed_intent
+
+
+def vr(vid: int, end: int = 0, *, pvid: bool = False, untagged: bool = False) -> VlanRange:
+    return VlanRange(vid=vid, vid_end=end, pvid=pvid, untagged=untagged)
+
+
+def converged_seed_node(mode: str = "active-backup") -> NodeL2State:
+    """What a node that applied the seed intent looks like, as the kernel reports it."""
+    oob = owner_alias(cn="oob")
+    links = [
+        LinkState(name="eth0", kind="device", master="mgmt-bo", up=True, mtu=1500),
+        LinkState(name="mgmt-bo", kind="bond", master="mgmt-br", up=True, mtu=1500),
+        LinkState(name="mgmt-br", kind="bridge", up=True, mtu=1500, vlan_filtering=True),
+        LinkState(name="eth1", kind="device", master="oob-bo", up=True, mtu=1500),
+        LinkState(name="eth2", kind="device", master="oob-bo", up=True, mtu=1500),
+        LinkState(
+            name="oob-bo",
+            kind="bond",
+            alias=oob,
+            master="oob-br",
+            up=True,
+            mtu=1500,
+            bond_mode=mode,
+            bond_options={"miimon": 100, "updelay": 0},
+        ),
+        LinkState(name="oob-br", kind="bridge", alias=oob, up=True, mtu=1500, vlan_filtering=True),
+    ]
+    vlans = {
+        "mgmt-bo": [DEFAULT_PVID, vr(100)],
+        "mgmt-br": [DEFAULT_PVID],
+        "oob-bo": [DEFAULT_PVID, vr(200)],
+        "oob-br": [DEFAULT_PVID],
+    }
+    for i, (vm, net, bridge, vid) in enumerate(
+        [
+            ("vm100", "vlan100", "mgmt-br", 100),
+            ("vmu", "untagged-network", "oob-br", 1),
+            ("vm200", "vlan200", "oob-br", 200),
+        ]
+    ):
+        name = f"veth{i}"
+        alias = owner_alias(vm=vm, net=net, **{"if": "eth0"})
+        links.append(LinkState(name=name, kind="veth", alias=alias, master=bridge, up=True))
+        vlans[name] = [vr(vid, pvid=True, untagged=True)]
+    return build_actual(
+        node="node-1", links=links, vlans=vlans, namespaces=["vm100", "vm200", "vmu"]
+    )
+
+
+def test_converged_node_has_no_differences_and_no_steps() -> None:
+    desired, refused = desired_state(seed_intent("node-1", 1))
+    assert refused == []
+    actual = converged_seed_node()
+    assert diff(desired, actual) == []
+    assert plan(desired, actual) == []
+
+
+def test_differences_read_like_nmstate() -> None:
+    desired, _ = desired_state(seed_intent("node-1", 1, mode="802.3ad"))
+    items = diff(desired, converged_seed_node())
+    assert (
+        Difference(object="oob-bo", path="bond.mode", desired="802.3ad", actual="active-backup")
+        in items
+    )
+    assert str(items[0]) == "oob-bo.bond.mode: desired '802.3ad', actual 'active-backup'"
+
+
+def test_a_bond_mode_change_releases_ports_and_downs_the_bond_first() -> None:
+    desired, _ = desired_state(seed_intent("node-1", 1, mode="balance-xor"))
+    steps = [s.describe() for s in plan(desired, converged_seed_node())]
+    assert steps[:4] == [
+        "link.set eth1 (master=None)",
+        "link.set eth2 (master=None)",
+        "link.set oob-bo (up=False)",
+        "link.set oob-bo (bond_mode=balance-xor, bond_options={'miimon': 100})",
+    ]
+    # ports are enslaved while down, then everything comes up again
+    assert steps.index("link.set eth1 (up=False)") < steps.index("link.set eth1 (master=oob-bo)")
+    assert steps.index("link.set eth1 (master=oob-bo)") < steps.index("link.set eth1 (up=True)")
+    assert steps[-1] == "link.set oob-bo (up=True)"
+
+
+def test_a_vlan_change_moves_vids_on_uplink_and_vm_port() -> None:
+    desired, _ = desired_state(seed_intent("node-1", 1, vlan200=210))
+    steps = [s.describe() for s in plan(desired, converged_seed_node())]
+    assert steps == [
+        "vlan.del oob-bo (ranges=200, self=False)",
+        "vlan.add oob-bo (ranges=210, self=False)",
+        "vm.vlans vm/vm200/eth0 (vlans=210 pvid untagged)",
+    ]
+
+
+def test_a_trunk_range_is_one_step() -> None:
+    desired, _ = desired_state(seed_intent("node-1", 1, extra_oob_vids=list(range(300, 400))))
+    steps = plan(desired, converged_seed_node())
+    vid_steps = [s for s in steps if s.op == "vlan.add"]
+    assert len(vid_steps) == 1
+    assert vid_steps[0].args["ranges"] == [vr(300, 399)]
+
+
+def test_deleting_a_network_unplugs_its_vm_and_removes_its_namespace_last() -> None:
+    desired, _ = desired_state(seed_intent("node-1", 1, vlan200=None))
+    steps = [s.describe() for s in plan(desired, converged_seed_node())]
+    assert steps[0] == "vlan.del oob-bo (ranges=200, self=False)"
+    assert steps[-2].startswith("cni.del vm/vm200/eth0")
+    assert steps[-1] == "netns.del vm200"
+
+
+def test_mgmt_links_are_protected_whatever_the_intent_says() -> None:
+    hostile = seed_intent(
+        "node-1",
+        1,
+        host_vlans=[
+            HostVlanIntent(
+                name="mgmt-br.10",
+                host_network="x",
+                cluster_network="mgmt",
+                bridge="mgmt-br",
+                vlan=10,
+                addresses=["169.254.9.9/24"],
+            )
+        ],
+    )
+    hostile.cluster_networks[0].managed = True
+    desired, refused = desired_state(hostile, mgmt_vlan=10)
+    assert "mgmt-br.10" not in desired.links and "mgmt-br" not in desired.links
+    assert len(refused) == 2
+    # The mgmt VLAN stays on mgmt-bo with the VIDs of the networks on mgmt.
+    assert desired.vlans["mgmt-bo"] == [DEFAULT_PVID, vr(10), vr(100)]
+
+
+def test_a_port_of_a_link_l2net_does_not_own_is_never_taken() -> None:
+    actual = converged_seed_node()
+    actual.links["eth2"].master = "other-br"
+    actual.links["other-br"] = LinkState(name="other-br", kind="bridge")
+    desired, _ = desired_state(seed_intent("node-1", 1))
+    with pytest.raises(PlanError, match="eth2 belongs to other-br"):
+        plan(desired, actual)
+
+
+def test_extra_owned_links_are_removed_and_foreign_ones_ignored() -> None:
+    actual = converged_seed_node()
+    actual.links["old-br"] = LinkState(name="old-br", kind="bridge", alias=owner_alias(cn="old"))
+    actual.links["docker0"] = LinkState(name="docker0", kind="bridge", up=True)
+    desired, _ = desired_state(seed_intent("node-1", 1))
+    assert [s.describe() for s in plan(desired, actual)] == ["link.delete old-br"]
+
+
+def test_rollback_target_compares_every_field() -> None:
+    snapshot = converged_seed_node()
+    now = converged_seed_node()
+    now.links["eth1"].up = False
+    now.links["new-br"] = LinkState(name="new-br", kind="bridge", alias=owner_alias(cn="x"))
+    now.vlans["oob-bo"] = [DEFAULT_PVID, vr(200), vr(300)]
+    steps = [s.describe() for s in plan(exact_desired(snapshot), now)]
+    assert sorted(steps) == sorted(
+        [
+            "vlan.del oob-bo (ranges=300, self=False)",
+            "link.delete new-br",
+            "link.set eth1 (up=True)",
+        ]
+    )
+
+
+def test_observed_state_round_trips_to_the_same_managed_state() -> None:
+    actual = converged_seed_node()
+    actual.links["docker0"] = LinkState(name="docker0", kind="bridge")
+    observed = observed_from(actual, generation=3, reason="test", at=0.0)
+    assert "docker0" not in {link["name"] for link in observed.links}
+    back = state_from_observed(observed)
+    desired, _ = desired_state(seed_intent("node-1", 1))
+    assert diff(desired, back) == []
+    assert back.vm_ports == actual.vm_ports
+
+
+def test_bond_options_are_normalized_and_unknown_ones_refused() -> None:
+    assert normalize_bond_options({"lacp_rate": 1, "xmit_hash_policy": "layer3+4"}) == {
+        "lacp_rate": "fast",
+        "xmit_hash_policy": "layer3+4",
+    }
+    with pytest.raises(StateError, match="bond option 'bogus'"):
+        normalize_bond_options({"bogus": 1})
+    with pytest.raises(StateError, match="lacp_rate='medium'"):
+        normalize_bond_options({"lacp_rate": "medium"})
+
+
+def test_vlan_sets_print_like_bridge_vlan_show() -> None:
+    assert format_vlans([vr(200), DEFAULT_PVID, vr(100, 110)]) == [
+        "1 PVID untagged",
+        "100-110",
+        "200",
+    ]
+    with pytest.raises(StateError, match="4095"):
+        canonical_vlans([vr(4095)])
+
+
+vlan_sets = st.lists(
+    st.tuples(st.integers(1, 60), st.integers(0, 5), st.booleans()).map(
+        lambda t: vr(t[0], t[0] + t[1] if t[1] else 0, untagged=t[2])
+    ),
+    max_size=8,
+)
+
+
+@given(vlan_sets, vlan_sets)
+def test_vlan_changes_turn_actual_into_desired(
+    want: list[VlanRange], have: list[VlanRange]
+) -> None:
+    add, delete = vlan_changes(want, have)
+    result = {v: f for v, f in expand_vlans(have).items() if v not in expand_vlans(delete)}
+    result.update(expand_vlans(add))
+    assert result == expand_vlans(want)
+    assert canonical_vlans(canonical_vlans(want)) == canonical_vlans(want)
