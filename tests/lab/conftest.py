@@ -29,7 +29,9 @@ from services.lab import Lab
 REPO = Path(__file__).resolve().parents[2]
 
 
-def lab_cli(*args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+def lab_cli(
+    *args: str, timeout: float = 300.0, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``l2net lab ARGS`` (as ``python -m services.lab``), capturing its output.
 
     ``capture_output`` also proves ``up`` detaches: if a node or helper kept the command's
@@ -38,6 +40,7 @@ def lab_cli(*args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[s
     return subprocess.run(
         [sys.executable, "-m", "services.lab", *args],
         cwd=REPO,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -126,6 +126,11 @@ def test_exec_cli_returns_stdout_stderr_and_exit_code(lab: Lab) -> None:
         "sh", "-c", "echo to-out; echo to-err >&2; exit 7",
     )  # fmt: skip
     assert (res.returncode, res.stdout, res.stderr) == (7, "to-out\n", "to-err\n")
+    res = lab_cli(
+        "exec", "--state-dir", str(lab.dir), "--stdin", "node-1", "--", "tr", "a-z", "A-Z",
+        stdin="piped through node-1\n",
+    )  # fmt: skip
+    assert (res.returncode, res.stdout) == (0, "PIPED THROUGH NODE-1\n")
 
 
 def test_exec_unknown_node_or_command_is_a_clear_error(lab: Lab) -> None:

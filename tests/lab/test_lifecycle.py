@@ -15,6 +15,7 @@ import pytest
 
 from services.lab import Lab, LabError
 from services.lab import state as labstate
+from shared.natsserver import EmbeddedNats
 from tests.lab.conftest import lab_cli
 
 pytestmark = pytest.mark.lab
@@ -63,7 +64,9 @@ def leftovers(lab: Lab, *, state_dir: bool = True) -> list[str]:
     return found
 
 
-def test_mgmt_vlan_lab_otlp_relay_restart_after_kill_and_clean_down(tmp_path: Path) -> None:
+def test_mgmt_vlan_lab_otlp_relay_restart_after_kill_and_clean_down(
+    tmp_path: Path, nats_server: EmbeddedNats
+) -> None:
     directory = tmp_path / "vlanlab"
     sink = OtlpSink()
     environ = {
@@ -103,16 +106,18 @@ def test_mgmt_vlan_lab_otlp_relay_restart_after_kill_and_clean_down(tmp_path: Pa
         assert res.returncode == 1 and "still running" in res.stderr
         assert Lab.load(directory).lab_id == first.lab_id
 
-        # kill -9 of every recorded pid, then `lab up` again in the same directory.
+        # kill -9 of every recorded pid, then `lab up` again in the same directory, this
+        # time on a NATS server of the caller's (--nats).
         for proc in first.processes():
             os.kill(proc.pid, signal.SIGKILL)
         res = lab_cli(
             "up", "--nodes", "2", "--data-nics", "0", "--mgmt-vlan", "42", "--no-executor",
-            "--state-dir", str(directory),
+            "--nats", nats_server.url, "--state-dir", str(directory),
         )  # fmt: skip
         assert res.returncode == 0, res.stderr
         second = Lab.load(directory)
         assert second.lab_id != first.lab_id
+        assert res.stdout == f"NATS_URL={nats_server.url}\n"
         assert leftovers(first, state_dir=False) == []  # the killed lab was cleaned up
         rc, out, _ = second.exec("node-2", ["ping", "-c", "1", "-W", "2", "169.254.1.1"])
         assert rc == 0, out
@@ -121,6 +126,7 @@ def test_mgmt_vlan_lab_otlp_relay_restart_after_kill_and_clean_down(tmp_path: Pa
         res = lab_cli("down", "--state-dir", str(directory))
         assert res.returncode == 0, res.stderr
         assert leftovers(second) == []
+        assert nats_server.process.poll() is None  # not the lab's: still running
         assert lab_cli("status", "--state-dir", str(directory)).returncode == 1
         with pytest.raises(LabError, match="no lab"):
             Lab.load(directory)
