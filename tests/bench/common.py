@@ -1,0 +1,48 @@
+"""What every benchmark part shares: timing loops and the result record."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Result:
+    """l2net against a baseline, measured in the same run: ``ratio`` = l2net / baseline."""
+
+    name: str
+    l2net: float
+    baseline: float
+    baseline_name: str
+    unit: str
+
+    @property
+    def ratio(self) -> float:
+        return self.l2net / self.baseline if self.baseline else float("inf")
+
+    def line(self) -> str:
+        return (
+            f"{self.name}: l2net {self.l2net:.4g} {self.unit}, {self.baseline_name} "
+            f"{self.baseline:.4g} {self.unit}, ratio {self.ratio:.2f}"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "ratio": round(self.ratio, 3)}
+
+
+async def median_seconds(fn: Callable[[], Awaitable[object]], *, repeat: int) -> float:
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        await fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def rss_kb(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
