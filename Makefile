@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := user-mode-linux kmod iproute2 containernetworking-plugins procps
+APT_PACKAGES := user-mode-linux kmod iproute2 containernetworking-plugins procps iputils-ping
 # Only the deploy/ tests use these (systemd-analyze, openssl, docker-compose config); they are
 # installed without Recommends so that no Docker engine comes along.
 APT_TEST_PACKAGES := systemd openssl docker-compose
