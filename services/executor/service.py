@@ -36,6 +36,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
 
 from services.executor.kernel import Kernel
 from services.executor.planning import Step
@@ -96,6 +99,7 @@ class Executor:
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._service: Service | None = None
         self._stopped = asyncio.Event()
         self.ready = asyncio.Event()
 
@@ -107,12 +111,22 @@ class Executor:
         self.js = self.nc.jetstream()
         await bus.ensure_streams(self.js, WRITE_STREAMS)
         await self._publish_node()
-        await self.nc.subscribe(
-            subjects.executor_control(self.node, "state"), cb=self._on_state_request
+        # A NATS micro service instance per node: `nats micro ls` lists every executor.
+        self._service = await add_service(
+            self.nc,
+            name="l2net-executor",
+            version=VERSION,
+            description="Converges one node's kernel to its l2net intent",
+            metadata={"node": self.node},
+            queue_group=f"l2net-executor-{self.node}",
         )
-        await self.nc.subscribe(
-            subjects.executor_control(self.node, "reconcile"), cb=self._on_reconcile_request
-        )
+        for verb, handler in (
+            ("state", self._on_state_request),
+            ("reconcile", self._on_reconcile_request),
+        ):
+            await self._service.add_endpoint(
+                name=verb, subject=subjects.executor_control(self.node, verb), handler=handler
+            )
         watcher = self.kernel.events()
         self._tasks.append(asyncio.create_task(self._watch(watcher), name="watch"))
         await self._converge_to_last_intent()
@@ -141,6 +155,10 @@ class Executor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._service is not None:
+            with contextlib.suppress(Exception):
+                await self._service.stop()
+            self._service = None
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
@@ -395,20 +413,15 @@ class Executor:
             except Exception as exc:
                 log.warning("heartbeat: %s", exc)
 
-    async def _on_state_request(self, msg: Msg) -> None:
+    async def _on_state_request(self, req: Request) -> None:
         try:
             observed = await self.live_state("requested")
-            await msg.respond(bus.encode(observed))
         except Exception as exc:
             log.error("state request: %s", exc)
+            await req.respond_error("500", f"reading the kernel failed: {exc}")
+            return
+        await req.respond(bus.encode(observed))
 
-    async def _on_reconcile_request(self, msg: Msg) -> None:
-        # Served in its own task: the NATS callback must not block other messages.
-        async def serve() -> None:
-            try:
-                status = await self.reconcile()
-                await msg.respond(bus.encode(status))
-            except Exception as exc:
-                log.error("reconcile request: %s", exc)
-
-        self._tasks.append(asyncio.create_task(serve()))
+    async def _on_reconcile_request(self, req: Request) -> None:
+        status = await self.reconcile()
+        await req.respond(bus.encode(status))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import AsyncIterator, Callable
 
@@ -218,3 +219,17 @@ def test_reconcile_without_an_executor_fails_clearly(
 ) -> None:
     assert l2net(["reconcile", "nobody", "--nats", nats_server.url, "--timeout", "1"]) == 1
     assert "no answer from the executor of 'nobody'" in capsys.readouterr().out
+
+
+async def test_executor_is_listed_as_a_nats_micro_service(
+    host_node: HostNode, nc: Client, start_executor: Callable[[], asyncio.Future[Executor]]
+) -> None:
+    await start_executor()
+    reply = await nc.request("$SRV.INFO.l2net-executor", b"", timeout=5)
+    info = json.loads(reply.data)
+    assert info["name"] == "l2net-executor"
+    assert info["metadata"]["node"] == host_node.node
+    assert {e["subject"] for e in info["endpoints"]} == {
+        subjects.executor_control(host_node.node, "state"),
+        subjects.executor_control(host_node.node, "reconcile"),
+    }
