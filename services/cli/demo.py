@@ -1,39 +1,74 @@
-"""``l2net demo`` (what ``make demo`` runs): the seed's topology, end to end on the bus.
+"""``l2net demo`` (what ``make demo`` runs): the seed's topology on real kernels, end to end.
 
-Embedded NATS with JetStream in a temporary directory, the planner, three nodes registering
-the way executors do (inventory with labels and NICs), the seed's topology applied through
-the planner's API like any client would, then the per-node intents and the NAD configs the
-planner generated.
+1. An embedded NATS server with JetStream, in a temporary directory.
+2. A lab of three user-mode Linux nodes (``l2net lab up --nodes 3``), each booted like a
+   Harvester node (``mgmt-bo`` of eth0 under ``mgmt-br``) and running its executor, which
+   registers the node on the bus.
+3. The planner (and the auditor, when installed), in this process.
+4. The seed's topology applied through the planner's API, as any client would: cluster
+   network ``oob`` on eth1+eth2 (active-backup), ``vlan100`` on mgmt, ``vlan200`` and
+   ``untagged-network`` on oob, and one VM NIC per network per node.
+5. What came of it: each node's status, ``bridge vlan show`` of each uplink from each node,
+   and a connectivity matrix from real pings between the VMs (169.254.0.0/16, inside the
+   lab only), the pairs on different networks shown as isolated.
+6. A drift made by hand on one node, caught, and healed.
+
+Everything started is stopped at the end, by the pids and names recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from services.cli.commands import format_switch_ports, print_apply_reply
-from services.planner import compiling
+from nats.aio.client import Client
+
+from services.cli.commands import format_table, print_apply_reply
+from services.lab import Lab
 from services.planner.service import Planner
 from shared import api, bus, model, natsserver, subjects
 
 SEED = Path(__file__).resolve().parents[2] / "docs" / "examples" / "seed.yaml"
 NODES = ("node-1", "node-2", "node-3")
 NETWORKS = ("vlan100", "vlan200", "untagged-network")
+SUBNET_OCTET = {"vlan100": 100, "vlan200": 200, "untagged-network": 50}
+DRIFT_NODE = "node-2"
 
 
-def vm_nics_manifest(nodes: tuple[str, ...] = NODES) -> str:
-    """One VM NIC per network per node: VM ``<network>-<n>`` on node-n."""
-    docs = []
-    for node in nodes:
-        n = node.rsplit("-", 1)[-1]
-        for net in NETWORKS:
-            vm = f"{net.split('-')[0]}-vm{n}"
-            docs.append(f"kind: VmNic\nname: {vm}-nic0\nvm: {vm}\nnode: {node}\nnetwork: {net}\n")
-    return "---\n".join(docs)
+@dataclass(frozen=True)
+class Vm:
+    name: str
+    node: str
+    network: str
+
+    @property
+    def address(self) -> str:
+        """169.254.<network>.<node>: one /16, so isolation can only come from the VLANs."""
+        return f"169.254.{SUBNET_OCTET[self.network]}.{self.node.rsplit('-', 1)[-1]}"
+
+
+def demo_vms(nodes: tuple[str, ...] = NODES) -> list[Vm]:
+    """One VM per network per node, named ``<network>-vm<n>``."""
+    return [
+        Vm(name=f"{net.split('-')[0]}-vm{node.rsplit('-', 1)[-1]}", node=node, network=net)
+        for node in nodes
+        for net in NETWORKS
+    ]
+
+
+def vm_nics_manifest(vms: list[Vm]) -> str:
+    return "---\n".join(
+        f"kind: VmNic\nname: {vm.name}-nic0\nvm: {vm.name}\nnode: {vm.node}\n"
+        f"network: {vm.network}\n"
+        for vm in vms
+    )
 
 
 def demo_node(name: str) -> model.Node:
@@ -50,115 +85,264 @@ def demo_node(name: str) -> model.Node:
     )
 
 
-def _heading(text: str) -> None:
-    print(f"\n== {text} " + "=" * max(0, 70 - len(text)))
+def heading(text: str) -> None:
+    print(f"\n== {text} " + "=" * max(0, 72 - len(text)), flush=True)
 
 
-def describe_intent(intent: model.NodeIntent) -> list[str]:
-    lines = [f"{intent.node}: generation {intent.generation}"]
-    for cn in intent.cluster_networks:
-        vids = ", ".join(_vid_text(v) for v in cn.uplink_vlans) or "(none)"
-        if cn.bond is None:
-            lines.append(
-                f"  {cn.name}: {cn.bridge} and {cn.bond_name} built in; {cn.bond_name} VIDs: {vids}"
-            )
-        else:
-            opts = " ".join(f"{k}={v}" for k, v in cn.bond.options.items())
-            lines.append(
-                f"  {cn.name}: bond {cn.bond.name} [{' '.join(cn.bond.ports)}] {cn.bond.mode}"
-                f" {opts} mtu {cn.mtu} -> bridge {cn.bridge}; {cn.bond.name} VIDs: {vids}"
-            )
-    for hv in intent.host_vlans:
-        lines.append(f"  host interface {hv.name} {' '.join(hv.addresses)}")
-    for port in intent.vm_ports:
-        vids = ", ".join(_vid_text(v) for v in port.vlans)
-        lines.append(f"  VM {port.vm} {port.ifname} -> {port.bridge} ({port.network}): {vids}")
-    return lines
+class DemoError(Exception):
+    pass
 
 
-def _vid_text(v: model.VlanRange) -> str:
-    text = str(v.vid) if not v.vid_end else f"{v.vid}-{v.vid_end}"
-    flags = [f for f, on in (("PVID", v.pvid), ("Egress Untagged", v.untagged)) if on]
-    return " ".join([text, *flags])
+async def wait_for(check: Callable[[], Any], what: str, *, timeout: float) -> Any:
+    """Poll ``check`` (sync or async) until it returns something true; show progress."""
+    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    shown = 0
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            if shown:
+                print(file=sys.stderr)
+            return result
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+        waited = int(time.monotonic() - started)
+        if waited >= 2 and waited != shown and sys.stderr.isatty():
+            print(f"\r  waiting for {what}… {waited}s", end="", file=sys.stderr, flush=True)
+            shown = waited
+        await asyncio.sleep(0.2)
 
 
-async def _main(state: Path) -> int:
-    server = natsserver.start(state / "nats")
-    print(f"embedded NATS with JetStream: {server.url} (store {server.store_dir})")
+async def last_status(nc: Client, node: str) -> model.NodeStatus | None:
     try:
-        nc = await bus.connect([server.url], name="l2net-demo")
-        planner = Planner(nc)
-        await planner.start()
-        print("planner: listening on l2.api.*")
-
-        _heading("nodes register (as their executors do)")
-        js = nc.jetstream()
-        await bus.ensure_streams(js, [subjects.STREAM_NODES])
-        for name in NODES:
-            await js.publish(subjects.node(name), bus.encode(demo_node(name)))
-            print(f"{name}: eth0 (mgmt-bo), eth1, eth2")
-        await _wait(lambda: all(n in planner.catalog.nodes for n in NODES), "nodes")
-
-        _heading(f"l2net apply -f {SEED.relative_to(SEED.parents[2])}")
-        reply = await _apply(nc, SEED.read_bytes())
-        if print_apply_reply(reply, source=str(SEED)):
-            return 1
-        _heading("l2net apply (one VM NIC per network per node)")
-        reply = await _apply(nc, vm_nics_manifest().encode())
-        if print_apply_reply(reply, source="vm-nics"):
-            return 1
-
-        _heading("per-node intents (l2.intent.<node>)")
-        for name in NODES:
-            msg = await js.get_last_msg(subjects.STREAM_INTENTS, subjects.intent(name))
-            intent = bus.decode(msg.data or b"", model.NodeIntent)
-            print("\n".join(describe_intent(intent)))
-
-        _heading("NAD configs (l2net nad NETWORK)")
-        for net_name in NETWORKS:
-            net = planner.catalog.get(model.Network, net_name)
-            assert net is not None
-            print(json.dumps(compiling.nad_config(planner.catalog, net), indent=2))
-
-        _heading("switch configuration (l2net switch-config)")
-        print(format_switch_ports(planner.switch_config(None).ports))
-
-        _heading("a bad submission is refused as a whole")
-        bad = (
-            SEED.read_bytes()
-            + b"---\nkind: Network\nname: vlan5000\nclusterNetwork: oob\nvlan: 5000\n"
-        )
-        print_apply_reply(await _apply(nc, bad), source="seed + vlan5000")
-        await planner.stop()
-        await nc.drain()
-        return 0
-    finally:
-        server.stop()
+        msg = await nc.jetstream().get_last_msg(subjects.STREAM_STATUS, subjects.status(node))
+    except Exception:
+        return None
+    return bus.decode(msg.data or b"", model.NodeStatus)
 
 
-async def _apply(nc: object, body: bytes) -> api.ApplyReply:
-    from nats.aio.client import Client
+async def statuses_at(nc: Client, generations: dict[str, int]) -> dict[str, model.NodeStatus]:
+    """The nodes' last status, once every node has reported on its latest generation."""
+    out: dict[str, model.NodeStatus] = {}
+    for node, gen in generations.items():
+        st = await last_status(nc, node)
+        if st is None or st.observed_generation < gen or st.phase == "Progressing":
+            return {}
+        out[node] = st
+    return out
 
-    assert isinstance(nc, Client)
-    msg = await nc.request(subjects.API_APPLY, body, timeout=30)
+
+async def apply(nc: Client, body: bytes) -> api.ApplyReply:
+    msg = await nc.request(subjects.API_APPLY, body, timeout=60)
     return bus.decode(msg.data, api.ApplyReply)
 
 
-async def _wait(done: object, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(done) and done():
-            return
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
+async def show_uplinks(lab: Lab) -> None:
+    for node in NODES:
+        for dev in ("mgmt-bo", "oob-bo"):
+            res = await lab.aexec(node, ["bridge", "-compressvlans", "vlan", "show", "dev", dev])
+            print(f"{node}$ bridge -compressvlans vlan show dev {dev}")
+            print(res.out.rstrip() or res.err.rstrip())
+
+
+async def connectivity(lab: Lab, vms: list[Vm]) -> bool:
+    """Ping every VM from every other; True when exactly the same-network pairs connect."""
+    for vm in vms:
+        await lab.aexec(
+            vm.node,
+            [
+                "ip",
+                "netns",
+                "exec",
+                vm.name,
+                "ip",
+                "addr",
+                "replace",
+                f"{vm.address}/16",
+                "dev",
+                "eth0",
+            ],
+        )
+        await lab.aexec(
+            vm.node, ["ip", "netns", "exec", vm.name, "ip", "link", "set", "eth0", "up"]
+        )
+
+    async def reach(src: Vm, dst: Vm) -> bool:
+        res = await lab.aexec(
+            src.node,
+            [
+                "ip",
+                "netns",
+                "exec",
+                src.name,
+                "ping",
+                "-c",
+                "2",
+                "-i",
+                "0.3",
+                "-W",
+                "1",
+                dst.address,
+            ],
+            timeout=20,
+        )
+        return res.rc == 0
+
+    async def row(src: Vm) -> list[bool]:
+        return [await reach(src, dst) if dst != src else True for dst in vms]
+
+    matrix = await asyncio.gather(*(row(src) for src in vms))
+    rows = [["from \\ to", *(vm.name for vm in vms)]]
+    ok = True
+    for src, results in zip(vms, matrix, strict=True):
+        cells = []
+        for dst, reached in zip(vms, results, strict=True):
+            if dst == src:
+                cells.append("-")
+                continue
+            expected = src.network == dst.network
+            ok &= reached == expected
+            mark = "ok" if reached else "isolated"
+            cells.append(mark if reached == expected else f"{mark}(!)")
+        rows.append([src.name, *cells])
+    print(format_table(rows))
+    print(
+        "\nsame network: connected; different networks: isolated "
+        + ("(as expected, every pair)" if ok else "(!) marks a pair that is NOT as expected")
+    )
+    return ok
+
+
+async def drift_and_heal(nc: Client, lab: Lab) -> bool:
+    """Remove VID 200 from node-2's uplink by hand; show it is seen; heal; show it is gone."""
+    audit_demo = _auditor_demo()
+    assert audit_demo is not None
+    cmd = ["bridge", "vlan", "del", "dev", "oob-bo", "vid", "200"]
+    print(f"{DRIFT_NODE}$ {' '.join(cmd)}    # by hand, behind l2net's back")
+    await lab.aexec(DRIFT_NODE, cmd)
+    found = await audit_demo.show_audit(nc, DRIFT_NODE, expect_drift=True)
+    print(f"\n$ l2net reconcile {DRIFT_NODE}")
+    msg = await nc.request(subjects.executor_control(DRIFT_NODE, "reconcile"), b"", timeout=120)
+    status = bus.decode(msg.data, model.NodeStatus)
+    print(f"{DRIFT_NODE}: {status.phase} ({status.netlink_writes} netlink writes)")
+    clean = await audit_demo.show_audit(nc, DRIFT_NODE, expect_drift=False)
+    return bool(found and clean)
+
+
+def _auditor_demo() -> Any:
+    """The auditor's demo hooks, once the auditor is installed."""
+    import importlib
+
+    try:
+        return importlib.import_module("services.auditor.demo")
+    except ModuleNotFoundError:
+        return None
+
+
+async def _main(server: natsserver.EmbeddedNats, lab: Lab) -> int:
+    nc = await bus.connect([server.url], name="l2net-demo")
+    planner = Planner(nc)
+    auditor: Any = None
+    try:
+        await planner.start()
+        print("planner: answering on l2.api.*")
+        audit_demo = _auditor_demo()
+        if audit_demo is not None:
+            auditor = await audit_demo.start_auditor(nc)
+            print("auditor: replaying and following the streams")
+
+        await wait_for(
+            lambda: all(n in planner.catalog.nodes for n in NODES),
+            "the executors to register",
+            timeout=60,
+        )
+        heading("nodes (registered by their executors)")
+        for name in NODES:
+            node = planner.catalog.nodes[name]
+            nics = ", ".join(
+                f"{n.name} {n.state}" + (f" in {n.master}" if n.master else "") for n in node.nics
+            )
+            print(f"{name}: {nics}")
+
+        heading(f"l2net apply -f {SEED.relative_to(SEED.parents[2])}")
+        reply = await apply(nc, SEED.read_bytes())
+        if print_apply_reply(reply, source=str(SEED)):
+            return 1
+        vms = demo_vms()
+        heading("l2net apply (one VM NIC per network per node)")
+        reply = await apply(nc, vm_nics_manifest(vms).encode())
+        if print_apply_reply(reply, source="vm-nics"):
+            return 1
+
+        generations = reply.generations
+        heading("per-node status (l2.status.<node>)")
+        done = await wait_for(
+            lambda: statuses_at(nc, generations), "every node to converge", timeout=180
+        )
+        rows = [["NODE", "GENERATION", "PHASE", "NETLINK-WRITES", "SECONDS", "ERROR"]]
+        for node, st in sorted(done.items()):
+            rows.append(
+                [
+                    node,
+                    str(st.observed_generation),
+                    st.phase,
+                    str(st.netlink_writes),
+                    f"{st.duration_s:.2f}",
+                    st.error or "-",
+                ]
+            )
+        print(format_table(rows))
+        if any(st.phase != "Applied" for st in done.values()):
+            return 1
+
+        heading("uplinks, live (the seed: oob-bo 1 PVID untagged + 200; mgmt-bo + 100)")
+        await show_uplinks(lab)
+
+        heading("connectivity matrix (real pings between the VMs)")
+        matrix_ok = await connectivity(lab, vms)
+
+        heading(f"a drift made by hand on {DRIFT_NODE}, caught and healed")
+        healed = await drift_and_heal(nc, lab) if auditor is not None else True
+        return 0 if matrix_ok and healed else 1
+    finally:
+        if auditor is not None:
+            await auditor.stop()
+        await planner.stop()
+        await nc.drain()
 
 
 def run(*, keep: bool = False) -> int:
     state = Path(tempfile.mkdtemp(prefix="l2net-demo-"))
+    server: natsserver.EmbeddedNats | None = None
+    lab: Lab | None = None
     try:
-        return asyncio.run(_main(state))
+        server = natsserver.start(state / "nats")
+        print(f"embedded NATS with JetStream: {server.url}")
+        heading("l2net lab up --nodes 3")
+        started = time.monotonic()
+        lab = Lab.up(
+            directory=state / "lab",
+            nodes=3,
+            nats_url=server.url,
+            executor=True,
+            progress=lambda line: print(f"  {line}", flush=True),
+        )
+        print(f"3 nodes up with their executors in {time.monotonic() - started:.1f}s")
+        return asyncio.run(_main(server, lab))
+    except DemoError as exc:
+        print(f"l2net demo: {exc}", file=sys.stderr)
+        if lab is not None:
+            print(f"  node logs: {lab.dir}", file=sys.stderr)
+        return 1
     finally:
+        if lab is not None:
+            lab.down()
+            print("\nlab down: nodes, switches and namespaces removed")
+        if server is not None:
+            server.stop()
         if keep:
-            print(f"\nstate kept in {state}")
+            print(f"state kept in {state}")
         else:
             shutil.rmtree(state, ignore_errors=True)

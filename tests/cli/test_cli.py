@@ -221,15 +221,3 @@ def test_up_runs_the_embedded_server_and_records_its_url(tmp_path: Path) -> None
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0
     assert not natsserver.wait_for_port("127.0.0.1", port, timeout=0.5)
-
-
-def test_demo_compiles_the_seed_for_three_nodes() -> None:
-    result = subprocess.run([*L2NET, "demo"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    for node in ("node-1", "node-2", "node-3"):
-        assert f"{node}: generation" in out
-    assert "oob-bo VIDs: 1 PVID Egress Untagged, 200" in out
-    assert "mgmt-bo VIDs: 100" in out
-    assert '"bridge": "oob-br"' in out and '"vlan": 100' in out
-    assert "VLAN ID 5000 is out of range" in result.stderr
