@@ -25,7 +25,9 @@ The API (nothing else here is public):
       ``http://jaeger:4317``);
     - ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``: ``otlp`` (default), ``console``
       (print to stdout, for debugging), ``none``, or a comma-separated list;
-    - ``OTEL_SDK_DISABLED=true`` turns everything off.
+    - ``OTEL_SDK_DISABLED=true`` turns everything off;
+    - ``OTEL_EXPORTER_OTLP_TIMEOUT``: how long an export may retry (exporter default 10 s;
+      2 s for ``cli`` unless set, so that a command does not hang when the collector is down).
 
     With no endpoint and no console exporter nothing is installed: spans are the API's
     non-recording spans (near zero cost), nothing is exported, no port is opened. Spans go
@@ -121,6 +123,7 @@ INSTRUMENTATION_NAME: Final = "l2net"
 SERVICES: Final = ("planner", "executor", "auditor", "cli")
 PROTOCOLS: Final = ("http/protobuf", "grpc")
 EXPORTERS: Final = ("otlp", "console", "none")
+CLI_EXPORT_TIMEOUT_S: Final = 2.0
 
 _TRUE = ("true", "1", "yes")
 
@@ -199,7 +202,7 @@ def _protocol(signal: str) -> str:
     return "http/protobuf"
 
 
-def _span_exporters() -> list[SpanExporter]:
+def _span_exporters(timeout: float | None) -> list[SpanExporter]:
     found: list[SpanExporter] = []
     for name in _exporters("TRACES"):
         if name == "console":
@@ -210,17 +213,17 @@ def _span_exporters() -> list[SpanExporter]:
                     OTLPSpanExporter as GrpcSpanExporter,
                 )
 
-                found.append(GrpcSpanExporter())
+                found.append(GrpcSpanExporter(timeout=timeout))
             else:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                     OTLPSpanExporter as HttpSpanExporter,
                 )
 
-                found.append(HttpSpanExporter())
+                found.append(HttpSpanExporter(timeout=timeout))
     return found
 
 
-def _metric_exporters() -> list[MetricExporter]:
+def _metric_exporters(timeout: float | None) -> list[MetricExporter]:
     found: list[MetricExporter] = []
     for name in _exporters("METRICS"):
         if name == "console":
@@ -231,14 +234,22 @@ def _metric_exporters() -> list[MetricExporter]:
                     OTLPMetricExporter as GrpcMetricExporter,
                 )
 
-                found.append(GrpcMetricExporter())
+                found.append(GrpcMetricExporter(timeout=timeout))
             else:
                 from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
                     OTLPMetricExporter as HttpMetricExporter,
                 )
 
-                found.append(HttpMetricExporter())
+                found.append(HttpMetricExporter(timeout=timeout))
     return found
+
+
+def _timeout(service: str, signal: str) -> float | None:
+    """Export timeout: the variables when set; 2 s for the CLI (so that a command does not
+    hang at exit when the collector is down); otherwise the exporter's default (10 s)."""
+    if _env(f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT") or _env("OTEL_EXPORTER_OTLP_TIMEOUT"):
+        return None
+    return CLI_EXPORT_TIMEOUT_S if service == "cli" else None
 
 
 def _service_name(service: str) -> str:
@@ -270,10 +281,15 @@ def setup(
             raise TracingConfigError("setup(node=...) must be a non-empty node name")
         disabled = (_env("OTEL_SDK_DISABLED") or "").lower() in _TRUE
         if span_exporters is None:
-            span_exporters = [] if disabled else _span_exporters()
+            span_exporters = [] if disabled else _span_exporters(_timeout(service, "TRACES"))
         if metric_readers is None:
             metric_readers = (
-                [] if disabled else [PeriodicExportingMetricReader(e) for e in _metric_exporters()]
+                []
+                if disabled
+                else [
+                    PeriodicExportingMetricReader(e)
+                    for e in _metric_exporters(_timeout(service, "METRICS"))
+                ]
             )
         state = _State(service_name=name)
         if span_exporters or metric_readers:
