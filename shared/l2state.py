@@ -509,11 +509,13 @@ def is_vm_port(link: LinkState) -> bool:
 
 
 def relevant_links(state: NodeL2State) -> list[str]:
-    """Links an observer of the node cares about: protected, owned, and their ports."""
+    """Links an observer of the node cares about: protected, owned, their ports, and the
+    physical NICs (so that a port released from its bond is seen as ``master`` changed,
+    not as a missing link)."""
     owners = set(state.protected) | {n for n, lk in state.links.items() if is_owned(lk)}
     names = set(owners)
     for name, link in state.links.items():
-        if link.master in owners:
+        if link.master in owners or (link.kind == "device" and name != "lo"):
             names.add(name)
     return sorted(n for n in names if n in state.links)
 

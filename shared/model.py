@@ -315,6 +315,13 @@ class ObservedState(msgspec.Struct, kw_only=True, rename="camel", tag="ObservedS
 
 
 class DriftItem(msgspec.Struct, kw_only=True, rename="camel"):
+    """One drift episode: ``object``'s field ``path`` differs (``""``: the object's presence).
+
+    ``first_seen`` and ``resolved_at`` are the times of the events that showed the difference
+    first and no more (``None`` while it lasts). ``node/<node>`` objects are about the node
+    itself: ``generation`` (stuck on an old one) and ``heartbeat`` (stopped reporting).
+    """
+
     object: str
     path: str
     desired: Any
@@ -330,6 +337,15 @@ class DriftReport(msgspec.Struct, kw_only=True, rename="camel", tag="DriftReport
     generation: int
     items: list[DriftItem] = msgspec.field(default_factory=list)
     at: float = 0.0
+    # Added by the auditor issue: each report carries only the episodes that opened or
+    # resolved (a finding is published once); these say where the node stands after it.
+    open: int = 0
+    """Findings open on the node after this report."""
+    unverified: bool = False
+    """The node stopped reporting: its last known state may no longer be true."""
+    heals: int = 0
+    """How often the auditor has asked this node's executor to re-converge (heal policy)."""
+    note: str = ""
 
 
 EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (

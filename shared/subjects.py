@@ -10,6 +10,13 @@ API_NAD = "l2.api.nad"
 API_SWITCH = "l2.api.switch"
 API_RECONCILE = "l2.api.reconcile"
 
+AUDITOR_CHECK = "l2.auditor.check"
+"""Request/reply into the auditor: check nodes (live first) and answer their findings."""
+AUDITOR_HISTORY = "l2.auditor.history"
+"""Request/reply into the auditor: a node's generations, apply results and drift episodes."""
+AUDITOR_DESIRED = "l2.auditor.desired"
+"""Request/reply into the auditor: a node's desired state at a generation."""
+
 STREAM_SPECS = "L2_SPECS"
 STREAM_INTENTS = "L2_INTENTS"
 STREAM_STATUS = "L2_STATUS"
