@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CNI_PATH = "/usr/lib/cni"
+"""Where Debian's containernetworking-plugins installs; ``$CNI_PATH`` overrides it."""
 NETNS_DIR = "/run/netns"
 
 
@@ -48,16 +49,18 @@ async def run_plugin(
     """Run the plugin named by ``config["type"]`` with ``command`` (``ADD`` or ``DEL``).
 
     ``vm`` is the VM's namespace (``/run/netns/<vm>``) and its CNI container id; ``netns``
-    is the namespace the plugin itself runs in (None: this process's own).
+    is the namespace the plugin itself runs in (None: this process's own). ``cni_path`` is
+    searched like ``$CNI_PATH`` (directories separated by ``:``) and passed on as it.
     """
     plugin_type = str(config.get("type", "bridge"))
     if "/" in plugin_type or not plugin_type:
         raise CniError(f"CNI config type {plugin_type!r} is not a plugin name")
-    plugin = Path(cni_path) / plugin_type
-    if not plugin.exists():
+    found = [Path(d) / plugin_type for d in cni_path.split(":") if d]
+    plugin = next((p for p in found if p.exists()), None)
+    if plugin is None:
         raise CniError(
-            f"CNI plugin {plugin} not found: install containernetworking-plugins"
-            " (apt-get install containernetworking-plugins)"
+            f"CNI plugin {plugin_type!r} not found in {cni_path}: install"
+            " containernetworking-plugins (apt-get install containernetworking-plugins)"
         )
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),

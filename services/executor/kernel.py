@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -116,6 +117,7 @@ class NetlinkKernel:
 
     ``netns``: work in that named network namespace instead of the process's own.
     ``mgmt_vlan``: the node's mgmt VLAN; found from ``mgmt-br.<vid>`` when not given.
+    ``cni_path``: where CNI plugins are (default ``$CNI_PATH``, else ``/usr/lib/cni``).
     """
 
     def __init__(
@@ -124,12 +126,12 @@ class NetlinkKernel:
         *,
         netns: str | None = None,
         mgmt_vlan: int | None = None,
-        cni_path: str = cni.DEFAULT_CNI_PATH,
+        cni_path: str | None = None,
     ) -> None:
         self.node = node
         self.netns = netns
         self.mgmt_vlan = mgmt_vlan
-        self.cni_path = cni_path
+        self.cni_path = cni_path or os.environ.get("CNI_PATH") or cni.DEFAULT_CNI_PATH
         self._writes = 0
         self._ipr: AsyncIPRoute | None = None
         self._events: AsyncIPRoute | None = None

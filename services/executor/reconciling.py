@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from services.executor.kernel import Kernel, KernelError
 from services.executor.planning import PlanError, Step, plan
+from shared import tracing
 from shared.l2state import Difference, NodeL2State, StateError, diff, exact_desired
 from shared.model import ObjectResult
 
@@ -97,9 +98,11 @@ async def converge(
     applied: list[Step] = []
     try:
         for step in steps:
-            if before_step is not None:
-                await before_step(step)
-            await kernel.apply(step)
+            with tracing.tracer().start_as_current_span(f"step {step.op}") as span:
+                span.set_attribute("l2net.step", step.describe())
+                if before_step is not None:
+                    await before_step(step)
+                await kernel.apply(step)
             applied.append(step)
             results.append(ObjectResult(object=step.target, action=step.describe()))
         left = diff(desired, await kernel.read())

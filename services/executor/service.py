@@ -295,7 +295,7 @@ class Executor:
                     self.kernel,
                     desired,
                     refused=refused,
-                    before_step=self._step_hook,
+                    before_step=self.before_step,
                     on_planned=progressing,
                 )
         attrs = {"l2net.node": self.node, "result": outcome.phase}
@@ -321,13 +321,6 @@ class Executor:
             duration_s=outcome.duration_s,
             at=time.time(),
         )
-
-    async def _step_hook(self, step: Step) -> None:
-        span = tracing.tracer().start_span(f"step {step.op}")
-        span.set_attribute("l2net.step", step.describe())
-        span.end()
-        if self.before_step is not None:
-            await self.before_step(step)
 
     def _mgmt_vlan(self) -> int | None:
         value = getattr(self.kernel, "mgmt_vlan", None)

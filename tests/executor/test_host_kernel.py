@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import subprocess
 
-import msgspec
 import pytest
 
+from services.executor import dump
 from services.executor.kernel import KernelError, NetlinkKernel
 from services.executor.planning import Step
 from services.executor.reconciling import converge
@@ -34,16 +34,10 @@ def set_address(ns: str, address: str) -> None:
 
 
 def comparable(state: NodeL2State) -> dict[str, object]:
-    """A full dump without what the kernel renumbers or flips by itself."""
-    links = {
-        name: msgspec.structs.replace(link, index=None, oper=None)
-        for name, link in state.links.items()
-    }
-    return {
-        "links": links,
-        "vlans": state.vlans,
-        "namespaces": [ns for ns in state.namespaces if ns.startswith("l2t-")],
-    }
+    """The full dump as ``services.executor.dump`` gives it, this test's namespaces only."""
+    out = dump.comparable(state)
+    out["namespaces"] = [ns for ns in state.namespaces if ns.startswith("l2t-")]
+    return out
 
 
 async def test_untagged_vms_are_plugged_by_bridge_cni_and_exchange_packets(
@@ -195,3 +189,21 @@ async def test_kernel_error_text_is_reported(host_node: HostNode, kernel: Netlin
     with pytest.raises(KernelError) as info:
         await kernel.apply(Step(op="link.set", target="mgmt-br", args={"mtu": 100000}))
     assert "mtu greater than device maximum" in str(info.value)
+
+
+async def test_a_missing_cni_plugin_fails_clearly_and_changes_nothing(
+    host_node: HostNode,
+) -> None:
+    kernel = NetlinkKernel(host_node.node, netns=host_node.ns, cni_path="/nonexistent")
+    try:
+        before = comparable(await kernel.read())
+        a = host_node.vm("a")
+        desired, _ = desired_state(intent(host_node, 1, [untagged_port(a)]))
+        outcome = await converge(kernel, desired)
+        assert outcome.phase == "RolledBack"
+        assert outcome.error is not None
+        assert "'bridge' not found in /nonexistent" in outcome.error
+        assert comparable(await kernel.read()) == before
+        assert a not in (await kernel.read()).namespaces
+    finally:
+        await kernel.close()
