@@ -69,13 +69,16 @@ class SecuredNats:
     def tls(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))
 
-    async def connect(self, user: str, password: str | None = None) -> Client:
+    async def connect(
+        self, user: str, password: str | None = None, *, inbox: str | None = None
+    ) -> Client:
         errors = self.errors.setdefault(user, [])
 
         async def on_error(exc: Exception) -> None:
             errors.append(str(exc))
 
-        inbox = f"_INBOX.{user}" if user.startswith("node-") else "_INBOX"
+        if inbox is None:
+            inbox = f"_INBOX.{user}" if user.startswith("node-") else "_INBOX"
         return await nats.connect(
             servers=[self.url],
             user=user,
@@ -288,6 +291,26 @@ async def test_a_node_reads_only_its_own_intents(secured: SecuredNats, planner: 
     for subject in ("l2.intent.node-2", "_inbox.>"):
         assert await denied(secured.errors["node-1"], "subscription", subject), subject
     await nc.close()
+
+
+async def test_a_node_gets_replies_only_on_its_own_inbox_prefix(
+    secured: SecuredNats, planner: Client
+) -> None:
+    """Replies (JetStream API answers, pulled intents) go to the requester's inbox; a node
+    may only subscribe under ``_INBOX.<node>``, so it cannot read another node's replies."""
+    default = await secured.connect("node-1", inbox="_INBOX")
+    with pytest.raises(asyncio.TimeoutError):
+        await default.jetstream(timeout=1).stream_info(subjects.STREAM_INTENTS)
+    assert any('subscription to "_inbox.' in e.lower() for e in secured.errors["node-1"])
+    await default.close()
+    other = await secured.connect("node-1", inbox="_INBOX.node-2")
+    with pytest.raises(asyncio.TimeoutError):
+        await other.jetstream(timeout=1).stream_info(subjects.STREAM_INTENTS)
+    await other.close()
+    own = await secured.connect("node-1")
+    info = await own.jetstream(timeout=2).stream_info(subjects.STREAM_INTENTS)
+    assert info.config.name == subjects.STREAM_INTENTS
+    await own.close()
 
 
 async def test_a_node_cannot_change_or_delete_streams(
