@@ -224,9 +224,17 @@ class NetlinkKernel:
         if self._events is None:
             self._events = AsyncIPRoute(netns=self.netns)
             await self._events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
-        while True:
-            async for msg in self._events.get():
-                yield str(msg.get("ifname") or msg.get("index") or "*")
+        sock = self._events
+        try:
+            while True:
+                async for msg in sock.get():
+                    yield str(msg.get("ifname") or msg.get("index") or "*")
+        except Exception:
+            # A socket that overflowed is useless: the next events() call opens a new one.
+            sock.close()
+            if self._events is sock:
+                self._events = None
+            raise
 
     # -- writing ------------------------------------------------------------------------
 

@@ -184,11 +184,21 @@ class Executor:
             return
         self._start_seq = raw.seq
         try:
-            intent = bus.decode(raw.data, NodeIntent)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            intent = self._decode_intent(raw.data, raw.subject or subjects.intent(self.node))
+        except ValueError as exc:
             await self._report_malformed(f"last intent (stream sequence {raw.seq}): {exc}")
             return
         await self.handle_intent(intent, headers=raw.headers)
+
+    def _decode_intent(self, data: bytes, subject: str) -> NodeIntent:
+        """The intent in ``data``, or ValueError saying what is wrong with it."""
+        try:
+            intent = bus.decode(data, NodeIntent)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ValueError(f"{subject}: {exc}") from exc
+        if intent.node != self.node:
+            raise ValueError(f"{subject}: intent for node {intent.node!r}, this is {self.node!r}")
+        return intent
 
     async def _follow(self, sub: JetStreamContext.PullSubscription) -> None:
         while not self._stopped.is_set():
@@ -201,18 +211,23 @@ class Executor:
                 await asyncio.sleep(1)
                 continue
             for msg in msgs:
-                await self._on_intent_msg(msg)
+                try:
+                    await self._on_intent_msg(msg)
+                except Exception as exc:
+                    # Not acked: JetStream redelivers it; applying is idempotent.
+                    log.error("handling intent (stream sequence %s): %s", _seq(msg), exc)
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=2.0)
 
     async def _on_intent_msg(self, msg: Msg) -> None:
+        """Apply one intent message; ack after its status is stored (see module)."""
         if msg.metadata.sequence.stream == self._start_seq:
             await msg.ack()  # the very message converged to at start
             return
         try:
-            intent = bus.decode(msg.data, NodeIntent)
-            if intent.node != self.node:
-                raise ValueError(f"intent for node {intent.node!r} on {msg.subject}")
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            await self._report_malformed(f"{msg.subject}: {exc}")
+            intent = self._decode_intent(msg.data, msg.subject)
+        except ValueError as exc:
+            await self._report_malformed(str(exc))
             await msg.term()
             return
         if intent.generation < self.handled_generation:
@@ -374,8 +389,16 @@ class Executor:
         queue: asyncio.Queue[str] = asyncio.Queue()
 
         async def pump() -> None:
-            async for name in events:
-                queue.put_nowait(name)
+            stream = events
+            while True:
+                try:
+                    async for name in stream:
+                        queue.put_nowait(name)
+                except Exception as exc:  # e.g. ENOBUFS: events were lost, read afresh
+                    log.warning("netlink events: %s; resubscribing", exc)
+                    await asyncio.sleep(1.0)
+                    stream = self.kernel.events()
+                    queue.put_nowait("*")
 
         pumper = asyncio.create_task(pump())
         try:
@@ -418,3 +441,10 @@ class Executor:
     async def _on_reconcile_request(self, req: Request) -> None:
         status = await self.reconcile()
         await req.respond(bus.encode(status))
+
+
+def _seq(msg: Msg) -> object:
+    try:
+        return msg.metadata.sequence.stream
+    except Exception:
+        return "?"

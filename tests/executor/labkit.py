@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from services.lab import Lab
+from shared.l2state import canonical_vlans
 from shared.model import (
     BondIntent,
     ClusterNetworkIntent,
@@ -46,8 +47,12 @@ def seed_intent(
     vlan200: int | None = 200,
     host_vlans: list[HostVlanIntent] | None = None,
     extra_oob_vids: list[int] | None = None,
+    trunk: tuple[int, int] | None = None,
 ) -> NodeIntent:
-    """The seed topology for ``node``; ``vlan200=None`` deletes that network."""
+    """The seed topology for ``node``; ``vlan200=None`` deletes that network.
+
+    ``trunk=(lo, hi)`` adds a trunk network on oob carrying VIDs lo-hi, and a VM ``vmt`` on it.
+    """
     oob_vids = [UNTAGGED]
     oob_vids += [
         VlanRange(vid=v) for v in sorted({*([vlan200] if vlan200 else []), *(extra_oob_vids or [])})
@@ -90,6 +95,24 @@ def seed_intent(
                 cni_config=nad("vlan200", "oob-br", vlan200),
             )
         )
+    if trunk is not None:
+        lo, hi = trunk
+        config = nad("trunk", "oob-br")
+        config["vlanTrunk"] = [{"minID": lo, "maxID": hi}]
+        ports.append(
+            VmPortIntent(
+                name=f"{node}-vmt",
+                vm="vmt",
+                ifname="eth0",
+                network="trunk",
+                cluster_network="oob",
+                bridge="oob-br",
+                vlans=[VlanRange(vid=lo, vid_end=hi)],
+                mac=None,
+                cni_config=config,
+            )
+        )
+        oob_vids = canonical_vlans([*oob_vids, VlanRange(vid=lo, vid_end=hi)])
     return NodeIntent(
         node=node,
         generation=generation,
@@ -130,7 +153,7 @@ async def sh(lab: Lab, node: str, *argv: str, check: bool = True, timeout: float
 
 async def port_vids(lab: Lab, node: str, port: str) -> list[str]:
     """A port's VLAN entries as ``bridge vlan show`` words: ``1 PVID untagged``, ``200``."""
-    data = json.loads(await sh(lab, node, "bridge", "-j", "vlan", "show", "dev", port))
+    data = json.loads(await sh(lab, node, "bridge", "-j", "-c", "vlan", "show", "dev", port))
     out = []
     for entry in data:
         if entry.get("ifname") != port:

@@ -173,12 +173,86 @@ async def test_second_apply_of_the_same_intent_writes_nothing(labnc: Client) -> 
     assert {n: s.netlink_writes for n, s in statuses.items()} == {n: 0 for n in NODES}
 
 
+def storage(node: str) -> HostVlanIntent:
+    """A host network on oob, VLAN 300, one 169.254.30.N address per node."""
+    return HostVlanIntent(
+        name="oob-br.300",
+        host_network="storage",
+        cluster_network="oob",
+        bridge="oob-br",
+        vlan=300,
+        addresses=[f"169.254.30.{NODES.index(node) + 1}/24"],
+    )
+
+
+async def test_host_networks_and_trunk_vms_carry_traffic_between_nodes(
+    lab: Lab, labnc: Client
+) -> None:
+    def with_storage_and_trunk(node: str, gen: int) -> NodeIntent:
+        return seed_intent(
+            node, gen, host_vlans=[storage(node)], extra_oob_vids=[300], trunk=(310, 320)
+        )
+
+    assert_applied(await apply_all(labnc, with_storage_and_trunk))
+    for node in NODES:
+        assert await port_vids(lab, node, "oob-bo") == [
+            "1 PVID untagged",
+            "200",
+            "300",
+            "310-320",
+        ]
+        assert "300" in await port_vids(lab, node, "oob-br")  # the bridge's own (self) VID
+    # Host interfaces on VLAN 300 reach each other across the lab switch.
+    assert await vm_ping_host(lab, "node-1", "169.254.30.2")
+    # The trunk VM's port carries exactly 310-320, tagged (bridge CNI ignored vlanTrunk and
+    # left VID 1 untagged); a VLAN inside the VMs passes between nodes.
+    out = json.loads(await sh(lab, "node-1", "bridge", "-j", "-c", "vlan", "show"))
+    trunk_ports = [
+        e for e in out if e["ifname"].startswith("veth") and e["vlans"][0]["vlan"] == 310
+    ]
+    assert len(trunk_ports) == 1
+    assert trunk_ports[0]["vlans"] == [{"vlan": 310, "vlanEnd": 320}]
+    for i, node in enumerate(("node-1", "node-2"), start=1):
+        in_vm = ["ip", "netns", "exec", "vmt", "ip"]
+        await sh(lab, node, *in_vm, "link", "set", "eth0", "up")
+        await sh(
+            lab,
+            node,
+            *in_vm,
+            "link",
+            "add",
+            "link",
+            "eth0",
+            "name",
+            "v315",
+            "type",
+            "vlan",
+            "id",
+            "315",
+        )
+        await sh(lab, node, *in_vm, "addr", "add", f"169.254.31.{i}/24", "dev", "v315")
+        await sh(lab, node, *in_vm, "link", "set", "v315", "up")
+    assert await vm_ping(lab, "node-1", "vmt", "169.254.31.2")
+
+
+async def vm_ping_host(lab: Lab, node: str, address: str) -> bool:
+    """ICMP from the node itself (its root namespace inside the guest)."""
+    assert address.startswith("169.254.")
+    rc, _, _ = await lab.aexec(node, ["ping", "-c", "3", "-i", "0.3", "-W", "2", address])
+    return rc == 0
+
+
 async def test_changing_a_networks_vlan_moves_the_vids_on_every_node(
     lab: Lab, labnc: Client
 ) -> None:
     assert_applied(await apply_all(labnc, lambda n, g: seed_intent(n, g, vlan200=210)))
     for node in NODES:
         assert await port_vids(lab, node, "oob-bo") == ["1 PVID untagged", "210"]
+        # The host network and the trunk VM of the previous generation are gone.
+        links = json.loads(await sh(lab, node, "ip", "-j", "link", "show"))
+        assert "oob-br.300" not in {link["ifname"] for link in links}
+        assert "vmt" not in await sh(lab, node, "ip", "netns", "list")
+        assert await port_vids(lab, node, "oob-br") == ["1 PVID untagged"]
     for i, node in enumerate(NODES, start=1):
         await vm_address(lab, node, "vm200", f"169.254.200.{i}/24")
     assert await vm_ping(lab, "node-1", "vm200", "169.254.200.3")

@@ -142,8 +142,24 @@ async def test_a_malformed_intent_is_terminated_and_reported(
         return None
 
     await until(reported)
+    # An intent for another node on this node's subject is refused the same way.
+    stray = intent(host_node, 7, [untagged_port(host_node.vm("stray"))])
+    stray.node = "someone-else"
+    await js.publish(subjects.intent(host_node.node), bus.encode(stray))
+
+    async def refused_stray() -> bool:
+        return any(
+            st.phase == "Failed" and "intent for node 'someone-else'" in (st.error or "")
+            for st in await statuses(nc, host_node.node)
+        )
+
+    await until(refused_stray)
     info = await js.consumer_info(subjects.STREAM_INTENTS, consumer_name(host_node.node))
     assert info.num_ack_pending == 0 and info.num_redelivered == 0
+    assert (
+        host_node.vm("stray")
+        not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    )
     # The executor carries on with the next good intent.
     await publish_intent(nc, intent(host_node, 1, [untagged_port(host_node.vm("a"))]))
     await until(lambda: final_status(nc, host_node.node, 1))
