@@ -34,7 +34,11 @@ def _nats_arg(p: argparse.ArgumentParser) -> None:
 
 def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        tracing.setup("cli")
+        try:
+            tracing.setup("cli")
+        except tracing.TracingConfigError as exc:
+            print(f"l2net: {exc}", file=sys.stderr)
+            return 2
         try:
             return asyncio.run(handler(args))
         except CliError as exc:

@@ -33,7 +33,11 @@ async def serve(nats_url: str | None) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     lifecycle.setup_logging("planner")
-    tracing.setup("planner")
+    try:
+        tracing.setup("planner")
+    except tracing.TracingConfigError as exc:
+        print(f"l2net planner: {exc}")
+        return 2
     try:
         asyncio.run(serve(args.nats))
     except bus.BusError as exc:

@@ -221,3 +221,11 @@ def test_up_runs_the_embedded_server_and_records_its_url(tmp_path: Path) -> None
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0
     assert not natsserver.wait_for_port("127.0.0.1", port, timeout=0.5)
+
+
+def test_bad_opentelemetry_setting_is_named_not_a_traceback(nats_server: EmbeddedNats) -> None:
+    env = {**os.environ, "NATS_URL": nats_server.url, "OTEL_TRACES_EXPORTER": "carrier-pigeon"}
+    result = subprocess.run([*L2NET, "get"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert "OTEL_TRACES_EXPORTER" in result.stderr
+    assert "Traceback" not in result.stderr
