@@ -92,14 +92,28 @@ for _cfg in STREAMS.values():
 
 
 async def connect(
-    servers: list[str], *, name: str, timeout: float = 5.0, attempts: int = 3
+    servers: list[str],
+    *,
+    name: str,
+    timeout: float = 5.0,
+    attempts: int = 3,
+    inbox_prefix: str | None = None,
+    user_credentials: str | None = None,
 ) -> Client:
     """Connect to NATS, failing with a clear error when unreachable.
 
     ``attempts`` bounds the tries per server (each ``reconnect_time_wait`` apart), for the
     first connection and for reconnections alike; services pass a large number, so that they
-    ride out a NATS restart, and ``-1`` to wait for ever.
+    ride out a NATS restart, and ``-1`` to wait for ever. ``inbox_prefix`` (e.g.
+    ``_INBOX.node-1``) lets a least-privilege user receive replies only under its own prefix;
+    ``user_credentials`` is a NATS ``.creds`` file. User, password and TLS may also be given in
+    the URL (``tls://user:pass@host:4222``).
     """
+    options: dict[str, Any] = {}
+    if inbox_prefix:
+        options["inbox_prefix"] = inbox_prefix
+    if user_credentials:
+        options["user_credentials"] = user_credentials
     try:
         return await nats.connect(
             servers=servers,
@@ -108,6 +122,7 @@ async def connect(
             allow_reconnect=True,
             max_reconnect_attempts=attempts,
             reconnect_time_wait=0.5,
+            **options,
         )
     except Exception as exc:  # nats raises several unrelated types for "not reachable"
         raise BusError(f"cannot reach NATS at {', '.join(servers)}: {exc}") from exc
