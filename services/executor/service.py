@@ -101,7 +101,6 @@ class Executor:
         self._tasks: list[asyncio.Task[None]] = []
         self._service: Service | None = None
         self._stopped = asyncio.Event()
-        self.ready = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -144,7 +143,6 @@ class Executor:
         self._tasks.append(asyncio.create_task(self._follow(sub), name="follow"))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
         await self.publish_observed("executor started")
-        self.ready.set()
         log.info("executor for %s ready on %s", self.node, ", ".join(self.config.servers))
 
     async def stop(self) -> None:

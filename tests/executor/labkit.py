@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from services.lab import Lab
-from shared.l2state import canonical_vlans
+from shared.l2state import canonical_vlans, format_vlans
 from shared.model import (
     BondIntent,
     ClusterNetworkIntent,
@@ -152,21 +152,24 @@ async def sh(lab: Lab, node: str, *argv: str, check: bool = True, timeout: float
 
 
 async def port_vids(lab: Lab, node: str, port: str) -> list[str]:
-    """A port's VLAN entries as ``bridge vlan show`` words: ``1 PVID untagged``, ``200``."""
-    data = json.loads(await sh(lab, node, "bridge", "-j", "-c", "vlan", "show", "dev", port))
-    out = []
+    """A port's VLAN entries as ``bridge vlan show`` words, ranges merged: ``1 PVID untagged``,
+    ``310-320``."""
+    data = json.loads(await sh(lab, node, "bridge", "-j", "vlan", "show", "dev", port))
+    ranges = []
     for entry in data:
         if entry.get("ifname") != port:
             continue
         for v in entry.get("vlans", []):
-            text = f"{v['vlan']}-{v['vlanEnd']}" if "vlanEnd" in v else str(v["vlan"])
             flags = v.get("flags", [])
-            if "PVID" in flags:
-                text += " PVID"
-            if "Egress Untagged" in flags:
-                text += " untagged"
-            out.append(text)
-    return out
+            ranges.append(
+                VlanRange(
+                    vid=v["vlan"],
+                    vid_end=v.get("vlanEnd", 0),
+                    pvid="PVID" in flags,
+                    untagged="Egress Untagged" in flags,
+                )
+            )
+    return format_vlans(ranges)
 
 
 async def vm_ping(lab: Lab, node: str, vm: str, address: str) -> bool:
