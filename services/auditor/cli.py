@@ -1,0 +1,272 @@
+"""``l2net auditor`` (run the service), ``l2net audit [NODE]`` and ``l2net history NODE``.
+
+``l2net audit`` exits like ``terraform plan -detailed-exitcode``: 0 no drift, 2 drift, 1 an
+error (no auditor, unknown node, NATS unreachable). The demo and scripts call
+:func:`audit_once` and :func:`~services.auditor.report.format_audit` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import yaml
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from services.auditor import protocol, report
+from services.auditor.service import Auditor, AuditorConfig
+from shared import bus, config, lifecycle, subjects, tracing
+from shared.model import DriftItem
+
+T = TypeVar("T")
+
+EXIT_CLEAN = 0
+EXIT_ERROR = 1
+EXIT_DRIFT = 2
+
+
+class AuditError(Exception):
+    """A failure to report in one line (exit code 1)."""
+
+
+class PolicyFile(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """``--policy FILE`` (YAML or JSON): ``heal: [oob, ...]`` (``"*"`` for all),
+    ``silenceSeconds``, ``graceSeconds``."""
+
+    heal: list[str] = msgspec.field(default_factory=list)
+    silence_seconds: float | None = None
+    grace_seconds: float | None = None
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``auditor``, ``audit`` and ``history`` to the ``l2net`` command line."""
+    p = sub.add_parser("auditor", help="run the auditor service (replays history, finds drift)")
+    p.add_argument("--nats", help="NATS URL(s), comma-separated (default: $NATS_URL)")
+    p.add_argument(
+        "--heal",
+        action="append",
+        default=[],
+        metavar="CLUSTER_NETWORK",
+        help="heal drift on this cluster network (repeatable; '*' for all); default: report only",
+    )
+    p.add_argument("--policy", type=Path, help="YAML/JSON: heal, silenceSeconds, graceSeconds")
+    p.add_argument("--silence", type=float, help="seconds without heartbeat = not reporting (30)")
+    p.add_argument("--grace", type=float, help="seconds for a node to apply a generation (60)")
+    p.set_defaults(handler=run_auditor)
+
+    p = sub.add_parser("audit", help="show drift between intent and nodes (exit 2 on drift)")
+    p.add_argument("node", nargs="?", help="one node (default: every node)")
+    p.add_argument("--json", action="store_true", help="the findings as JSON")
+    p.add_argument(
+        "--cached", action="store_true", help="answer from the last reports (no live check)"
+    )
+    p.add_argument("--nats", help="NATS URL(s), comma-separated (default: $NATS_URL)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    p.set_defaults(handler=_audit)
+
+    p = sub.add_parser("history", help="a node's generations, apply results and drift episodes")
+    p.add_argument("node")
+    p.add_argument(
+        "--generation", type=int, help="print the desired state at this generation instead"
+    )
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.add_argument("--nats", help="NATS URL(s), comma-separated (default: $NATS_URL)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    p.set_defaults(handler=_history)
+
+
+# -- the service ------------------------------------------------------------------------------
+
+
+def load_policy(args: argparse.Namespace) -> AuditorConfig:
+    """The auditor's configuration from ``--policy`` and the flags (flags win)."""
+    cfg = AuditorConfig()
+    if args.policy is not None:
+        try:
+            raw = yaml.safe_load(args.policy.read_text())
+            pf = msgspec.convert(raw or {}, PolicyFile)
+        except OSError as exc:
+            raise ValueError(f"--policy {args.policy}: {exc.strerror}") from exc
+        except (yaml.YAMLError, msgspec.ValidationError) as exc:
+            raise ValueError(f"--policy {args.policy}: {exc}") from exc
+        cfg.heal |= set(pf.heal)
+        if pf.silence_seconds is not None:
+            cfg.policy.silence_s = pf.silence_seconds
+        if pf.grace_seconds is not None:
+            cfg.policy.grace_s = pf.grace_seconds
+    cfg.heal |= set(args.heal)
+    if args.silence is not None:
+        cfg.policy.silence_s = args.silence
+    if args.grace is not None:
+        cfg.policy.grace_s = args.grace
+    for name, value in (("silence", cfg.policy.silence_s), ("grace", cfg.policy.grace_s)):
+        if value <= 0:
+            raise ValueError(f"{name} must be a positive number of seconds, not {value}")
+    for cn in cfg.heal:
+        if cn != "*" and not cn.replace("-", "").isalnum():
+            raise ValueError(f"--heal {cn!r}: not a cluster network name")
+    return cfg
+
+
+def run_auditor(args: argparse.Namespace) -> int:
+    """Run until SIGINT/SIGTERM; 2 on a bad policy, 1 when NATS is unreachable."""
+    try:
+        cfg = load_policy(args)
+    except ValueError as exc:
+        print(f"l2net auditor: {exc}", file=sys.stderr)
+        return 2
+    lifecycle.setup_logging("auditor")
+    tracing.setup("auditor")
+
+    async def serve() -> None:
+        nc = await bus.connect(config.nats_servers(args.nats), name="l2net-auditor", attempts=-1)
+        auditor = Auditor(nc, cfg)
+        try:
+            await auditor.start()
+            await lifecycle.wait_for_stop()
+        finally:
+            await auditor.stop()
+            await nc.drain()
+
+    try:
+        asyncio.run(serve())
+    except bus.BusError as exc:
+        print(f"l2net auditor: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        tracing.shutdown()
+    return 0
+
+
+# -- clients (also for the demo and scripts) ------------------------------------------------
+
+
+async def _ask(nc: Client, subject: str, body: bytes, reply_type: type[T], timeout: float) -> T:
+    with tracing.publish_span(subject) as headers:
+        try:
+            msg = await nc.request(subject, body, timeout=timeout, headers=headers)
+        except NoRespondersError as exc:
+            raise AuditError(
+                f"no auditor answers on {subject}: is `l2net auditor` running?"
+            ) from exc
+        except NatsTimeout as exc:
+            raise AuditError(
+                f"the auditor did not answer on {subject} within {timeout:g}s"
+            ) from exc
+    try:
+        return bus.decode(msg.data, reply_type)
+    except msgspec.DecodeError as exc:
+        raise AuditError(f"unexpected reply on {subject}: {exc}") from exc
+
+
+async def check(
+    nc: Client, node: str | None = None, *, live: bool = True, timeout: float = 30.0
+) -> protocol.CheckReply:
+    """Ask the running auditor to check ``node`` (or all; live first) and answer."""
+    body = bus.encode(protocol.CheckRequest(node=node, live=live))
+    return await _ask(nc, subjects.AUDITOR_CHECK, body, protocol.CheckReply, timeout)
+
+
+async def audit_once(nc: Client, node: str, *, timeout: float = 30.0) -> list[DriftItem]:
+    """The open findings of ``node`` after a live check by the running auditor."""
+    reply = await check(nc, node, live=True, timeout=timeout)
+    if not reply.ok:
+        raise AuditError("; ".join(reply.errors))
+    return [item for n in reply.nodes for item in n.items]
+
+
+async def history(nc: Client, node: str, *, timeout: float = 30.0) -> protocol.HistoryReply:
+    body = bus.encode(protocol.HistoryRequest(node=node))
+    return await _ask(nc, subjects.AUDITOR_HISTORY, body, protocol.HistoryReply, timeout)
+
+
+async def desired(
+    nc: Client, node: str, generation: int | None, *, timeout: float = 30.0
+) -> protocol.DesiredReply:
+    body = bus.encode(protocol.DesiredRequest(node=node, generation=generation))
+    return await _ask(nc, subjects.AUDITOR_DESIRED, body, protocol.DesiredReply, timeout)
+
+
+async def _with_nc(nats_url: str | None, name: str) -> Client:
+    try:
+        return await bus.connect(config.nats_servers(nats_url), name=name)
+    except bus.BusError as exc:
+        raise AuditError(str(exc)) from exc
+
+
+def _to_json(obj: object) -> str:
+    return json.dumps(msgspec.to_builtins(obj), indent=2, sort_keys=True)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        nc = await _with_nc(args.nats, "l2net-audit")
+        try:
+            reply = await check(nc, args.node, live=not args.cached, timeout=args.timeout)
+        finally:
+            await nc.drain()
+        if args.json:
+            print(_to_json(reply))
+        else:
+            print(report.format_audit(reply))
+        if not reply.ok:
+            return EXIT_ERROR
+        return EXIT_DRIFT if reply.drift else EXIT_CLEAN
+
+    return _run(run, "audit")
+
+
+def _history(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        nc = await _with_nc(args.nats, "l2net-history")
+        try:
+            if args.generation is not None:
+                answer = await desired(nc, args.node, args.generation, timeout=args.timeout)
+                if not answer.ok:
+                    print("\n".join(f"error: {e}" for e in answer.errors), file=sys.stderr)
+                    return EXIT_ERROR
+                out: dict[str, object] = {
+                    "intent": msgspec.to_builtins(answer.intent),
+                    "matchingSince": answer.matching_since,
+                    "lastMatched": answer.last_matched,
+                }
+                print(json.dumps(out, indent=2, sort_keys=True))
+                return EXIT_CLEAN
+            reply = await history(nc, args.node, timeout=args.timeout)
+        finally:
+            await nc.drain()
+        print(_to_json(reply) if args.json else report.format_history(reply))
+        return EXIT_CLEAN if reply.ok else EXIT_ERROR
+
+    return _run(run, "history")
+
+
+def _run(make: Callable[[], Coroutine[Any, Any, int]], command: str) -> int:
+    tracing.setup("cli")
+    try:
+        return asyncio.run(make())
+    except AuditError as exc:
+        print(f"l2net {command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        tracing.shutdown()
+
+
+__all__ = [
+    "AuditError",
+    "audit_once",
+    "check",
+    "desired",
+    "history",
+    "load_policy",
+    "register",
+    "run_auditor",
+]

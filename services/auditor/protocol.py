@@ -1,0 +1,88 @@
+"""Request and reply bodies of the auditor's ``l2.auditor.*`` subjects (JSON, any client).
+
+``l2.auditor.check``    body: :class:`CheckRequest` (or empty: every node, live first)
+                        reply: :class:`CheckReply`
+``l2.auditor.history``  body: :class:`HistoryRequest`   reply: :class:`HistoryReply`
+``l2.auditor.desired``  body: :class:`DesiredRequest`   reply: :class:`DesiredReply`
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared.model import DriftItem, NodeIntent
+
+
+class CheckRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """Check ``node`` (every node the auditor knows if None). ``live``: ask each executor for
+    its state now, rather than trusting the last report."""
+
+    node: str | None = None
+    live: bool = True
+
+
+class NodeAudit(msgspec.Struct, kw_only=True, rename="camel"):
+    """Where one node stands: its generations, whether it reports, its open findings."""
+
+    node: str
+    desired_generation: int
+    applied_generation: int
+    observed_generation: int
+    reporting: bool
+    verified: bool
+    """False when the node stopped reporting or did not answer a live check."""
+    heartbeat_at: float | None
+    observed_at: float | None
+    items: list[DriftItem] = msgspec.field(default_factory=list)
+    matching_since: float | None = None
+    last_matched: float | None = None
+    heals: int = 0
+    note: str = ""
+
+
+class CheckReply(msgspec.Struct, kw_only=True, rename="camel"):
+    ok: bool
+    nodes: list[NodeAudit] = msgspec.field(default_factory=list)
+    errors: list[str] = msgspec.field(default_factory=list)
+    at: float = 0.0
+
+    @property
+    def drift(self) -> bool:
+        return any(n.items for n in self.nodes)
+
+
+class HistoryRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    node: str
+
+
+class HistoryEvent(msgspec.Struct, kw_only=True, rename="camel"):
+    """``what``: intent | apply | drift | resolved | heal."""
+
+    at: float
+    what: str
+    generation: int | None = None
+    text: str = ""
+
+
+class HistoryReply(msgspec.Struct, kw_only=True, rename="camel"):
+    ok: bool
+    node: str = ""
+    events: list[HistoryEvent] = msgspec.field(default_factory=list)
+    errors: list[str] = msgspec.field(default_factory=list)
+
+
+class DesiredRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """The desired state of ``node`` at ``generation`` (the latest if None)."""
+
+    node: str
+    generation: int | None = None
+
+
+class DesiredReply(msgspec.Struct, kw_only=True, rename="camel"):
+    ok: bool
+    intent: NodeIntent | None = None
+    matching_since: float | None = None
+    """The node matches its desired state, since this time (None: it does not now)."""
+    last_matched: float | None = None
+    """The last time it stopped matching (None: never stopped, or never matched)."""
+    errors: list[str] = msgspec.field(default_factory=list)

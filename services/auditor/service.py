@@ -1,0 +1,559 @@
+"""The auditor service: replays the history, follows it live, publishes drift, heals.
+
+Model of operation, in order:
+
+1. **Replay.** At start it notes the last sequence of every stream it reads, then replays
+   each from its first message with an ordered consumer: ``L2_DRIFT`` (what was published
+   already, by itself before a restart or by another auditor), ``L2_SPECS``, ``L2_INTENTS``,
+   ``L2_STATUS``, ``L2_NODES`` and ``L2_OBSERVED``. Every event goes into the pure
+   :class:`~services.auditor.view.FleetView`; nothing is published while replaying.
+2. **Catch up.** When every stream has reached its noted sequence, the view is complete: time
+   is applied once (:meth:`FleetView.tick`), then every episode not yet in ``L2_DRIFT`` (or
+   still open there but resolved since) is published. A restarted auditor thus misses nothing
+   and repeats nothing; two auditors over the same streams find the same episodes, with the
+   same start times, because times come from the events, not from the auditor's clock.
+3. **Follow.** The same consumers keep delivering new events; after each one, what opened
+   or resolved is published at once on ``l2.drift.<node>`` (one report per change, never
+   per tick). A timer applies time every ``tick_s`` (stopped reporting, stuck generation).
+4. **Certainty.** A check (``l2.auditor.check``, ``l2net audit``) and every heal first ask
+   the node's executor for its live state (``l2.executor.<node>.state``) rather than trust
+   the last report.
+5. **Heal.** For cluster networks under the heal policy, a newly opened finding makes the
+   auditor ask the node's executor to re-converge (``l2.executor.<node>.reconcile``), one
+   heal at a time per node; each heal is counted and recorded in ``L2_DRIFT``. Under the
+   default policy (report only) the auditor never changes anything.
+
+It registers as the NATS micro service ``l2net-auditor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from services.auditor import protocol
+from services.auditor.view import (
+    FleetView,
+    Key,
+    NodeView,
+    Policy,
+    episode_id,
+    is_kernel_key,
+    merge,
+)
+from shared import bus, metrics, subjects, tracing
+from shared.model import DriftItem, DriftReport, Node, NodeIntent, NodeStatus, ObservedState
+
+log = logging.getLogger("l2net.auditor")
+
+VERSION = "0.1.0"
+SERVICE_NAME = "l2net-auditor"
+HEAL_ALL = "*"
+
+READ_STREAMS: tuple[tuple[str, str], ...] = (
+    (subjects.STREAM_DRIFT, subjects.ALL_DRIFT),
+    (subjects.STREAM_SPECS, subjects.ALL_SPECS),
+    (subjects.STREAM_INTENTS, subjects.ALL_INTENTS),
+    (subjects.STREAM_STATUS, subjects.ALL_STATUS),
+    (subjects.STREAM_NODES, subjects.ALL_NODES),
+    (subjects.STREAM_OBSERVED, subjects.ALL_OBSERVED),
+)
+
+
+@dataclass
+class AuditorConfig:
+    """``heal``: cluster networks under the heal policy (``*``: all); the rest report only.
+    ``tick_s``: how often time is applied; ``live_timeout_s``: wait for an executor's live
+    state; ``reconcile_timeout_s``: wait for a heal's re-converge."""
+
+    heal: set[str] = field(default_factory=set)
+    policy: Policy = field(default_factory=Policy)
+    tick_s: float = 1.0
+    live_timeout_s: float = 5.0
+    reconcile_timeout_s: float = 120.0
+
+
+def cluster_network_of(item: DriftItem, intent: NodeIntent | None) -> str | None:
+    """The cluster network a finding belongs to (decides the heal policy); None if unknown."""
+    obj = item.object
+    if obj.startswith("node/"):
+        return None
+    if intent is not None:
+        if obj.startswith("vm/"):
+            parts = obj.split("/")
+            for vp in intent.vm_ports:
+                if len(parts) >= 3 and (vp.vm, vp.ifname) == (parts[1], parts[2]):
+                    return vp.cluster_network
+        if obj.startswith("netns/"):
+            vm = obj.split("/", 1)[1]
+            for vp in intent.vm_ports:
+                if vp.vm == vm:
+                    return vp.cluster_network
+        for cn in intent.cluster_networks:
+            ports = cn.bond.ports if cn.bond is not None else []
+            if obj in (cn.bridge, cn.bond_name) or obj in ports:
+                return cn.name
+        for hv in intent.host_vlans:
+            if obj == hv.name:
+                return hv.cluster_network
+    # Not in the intent (an extra link): l2net's names start with "<cn>-".
+    head = obj.split("/")[-1].split("-", 1)[0]
+    return head or None
+
+
+class Auditor:
+    """The auditor. ``await start()`` … ``await stop()``; operations are also methods."""
+
+    def __init__(self, nc: Client, config: AuditorConfig | None = None) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.config = config or AuditorConfig()
+        self.view = FleetView(self.config.policy)
+        self.replaying = True
+        self.published: dict[str, bool] = {}
+        """Episode id -> published as resolved (False: published open)."""
+        self._published_open: dict[tuple[str, Key], DriftItem] = {}
+        self._heal_notes: set[tuple[str, float]] = set()
+        self._healed: set[str] = set()
+        self._healing: dict[str, asyncio.Task[None]] = {}
+        self._live_failed: set[str] = set()
+        self._flush_lock = asyncio.Lock()
+        self._subs: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._service: Service | None = None
+        self._targets: dict[str, int] = {}
+        self._reached: dict[str, asyncio.Event] = {}
+        self.ready = asyncio.Event()
+        self.published_reports = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Replay every stream, publish what is new, then follow live and serve requests."""
+        await bus.ensure_streams(self.js, [name for name, _ in READ_STREAMS])
+        for stream, _ in READ_STREAMS:
+            info = await self.js.stream_info(stream)
+            self._targets[stream] = info.state.last_seq if info.state.messages else 0
+            self._reached[stream] = asyncio.Event()
+            if self._targets[stream] == 0:
+                self._reached[stream].set()
+        for stream, filter_subject in READ_STREAMS:
+            sub = await self.js.subscribe(
+                filter_subject,
+                stream=stream,
+                cb=self._handler(stream),
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL,
+            )
+            self._subs.append(sub)
+        await asyncio.gather(*(ev.wait() for ev in self._reached.values()))
+        self._adopt_published()
+        self.replaying = False
+        self.view.tick(time.time())
+        await self.flush()
+        self._service = await add_service(
+            self.nc,
+            name=SERVICE_NAME,
+            version=VERSION,
+            description="Replays l2net's history, reports drift and heals it by policy",
+            queue_group=SERVICE_NAME,
+        )
+        for verb, subject, handler in (
+            ("check", subjects.AUDITOR_CHECK, self._handle_check),
+            ("history", subjects.AUDITOR_HISTORY, self._handle_history),
+            ("desired", subjects.AUDITOR_DESIRED, self._handle_desired),
+        ):
+            await self._service.add_endpoint(name=verb, subject=subject, handler=handler)
+        self._tasks.append(asyncio.create_task(self._ticker(), name="auditor-tick"))
+        self.ready.set()
+        self._schedule_heals()
+        log.info(
+            "auditor ready: %d nodes, %d findings open, heal policy %s",
+            len(self.view.nodes),
+            sum(len(v.episodes.open) for v in self.view.nodes.values()),
+            ", ".join(sorted(self.config.heal)) or "report only",
+        )
+
+    async def stop(self) -> None:
+        """Stop following, serving and healing (idempotent)."""
+        service, self._service = self._service, None
+        if service is not None:
+            await service.stop()
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
+        tasks = [*self._tasks, *self._healing.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        self._healing.clear()
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _handler(self, stream: str) -> Callable[[Msg], Awaitable[None]]:
+        async def on_msg(msg: Msg) -> None:
+            try:
+                changed = self._apply(stream, msg)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("ignoring malformed message on %s: %s", msg.subject, exc)
+                changed = {}
+            seq = msg.metadata.sequence.stream
+            if not self._reached[stream].is_set() and seq >= self._targets[stream]:
+                self._reached[stream].set()
+            if not self.replaying and changed:
+                await self.flush()
+                self._schedule_heals()
+
+        return on_msg
+
+    def _apply(self, stream: str, msg: Msg) -> dict[str, list[DriftItem]]:
+        at = msg.metadata.timestamp.timestamp()
+        if stream == subjects.STREAM_INTENTS:
+            return self.view.on_intent(bus.decode(msg.data, NodeIntent), at)
+        if stream == subjects.STREAM_STATUS:
+            return self.view.on_status(bus.decode(msg.data, NodeStatus), at)
+        if stream == subjects.STREAM_NODES:
+            return self.view.on_heartbeat(bus.decode(msg.data, Node), at)
+        if stream == subjects.STREAM_OBSERVED:
+            return self.view.on_observed(bus.decode(msg.data, ObservedState), at)
+        if stream == subjects.STREAM_DRIFT:
+            self._record_published(bus.decode(msg.data, DriftReport))
+        # L2_SPECS: replayed so that the view starts from the whole history; the intents
+        # compiled from the specs are what nodes are judged against.
+        return {}
+
+    def _record_published(self, report: DriftReport) -> None:
+        for item in report.items:
+            pid = episode_id(report.node, item)
+            key = (report.node, (item.object, item.path))
+            if item.resolved_at is not None:
+                self.published[pid] = True
+                known = self._published_open.get(key)
+                if known is not None and episode_id(report.node, known) == pid:
+                    del self._published_open[key]
+            elif pid not in self.published:
+                self.published[pid] = False
+                self._published_open[key] = item
+        if report.note.startswith("heal") and (report.node, report.at) not in self._heal_notes:
+            self._heal_notes.add((report.node, report.at))
+            self.view.node(report.node).heals.append((report.at, report.note))
+
+    def _adopt_published(self) -> None:
+        """Episodes published open that the streams alone do not show (a live check found
+        them): keep them, as the same episode, until an event resolves them."""
+        for (node, key), item in self._published_open.items():
+            v = self.view.node(node)
+            pid = episode_id(node, item)
+            if any(episode_id(node, e) == pid for e in v.episodes.all()):
+                continue
+            current = v.episodes.open.get(key)
+            if current is not None:
+                current.first_seen = min(current.first_seen, item.first_seen)
+                continue
+            adopted = msgspec.structs.replace(item)
+            v.episodes.open[key] = adopted
+            if is_kernel_key(key) and v.observed_at > item.first_seen:
+                v.episodes.resolve(key, v.observed_at)
+
+    # -- publishing -------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Publish every episode that opened or resolved since it was last published."""
+        async with self._flush_lock:
+            for name, v in sorted(self.view.nodes.items()):
+                items: list[DriftItem] = []
+                for item in v.episodes.all():
+                    pid = episode_id(name, item)
+                    done = self.published.get(pid)
+                    if done is None or (item.resolved_at is not None and not done):
+                        items.append(msgspec.structs.replace(item))
+                if items:
+                    await self._publish(v, items)
+                    for item in items:
+                        self.published[episode_id(name, item)] = item.resolved_at is not None
+                metrics.drift_findings_open().set(len(v.episodes.open), {"l2net.node": name})
+            reporting = sum(1 for v in self.view.nodes.values() if v.heartbeat_at and not v.silent)
+            metrics.nodes_reporting().set(reporting)
+
+    async def _publish(self, v: NodeView, items: list[DriftItem], note: str = "") -> None:
+        report = DriftReport(
+            node=v.name,
+            generation=v.latest_generation,
+            items=items,
+            at=time.time(),
+            open=len(v.episodes.open),
+            unverified=v.silent,
+            heals=len(v.heals),
+            note=note,
+        )
+        ids = ",".join(
+            f"{episode_id(v.name, i)}:{'r' if i.resolved_at is not None else 'o'}" for i in items
+        )
+        msg_id = hashlib.sha256((ids or f"{v.name}:{note}:{report.at}").encode()).hexdigest()
+        subject = subjects.drift(v.name)
+        with tracing.publish_span(subject, template="l2.drift.{node}") as headers:
+            tracing.annotate(node=v.name, generation=v.latest_generation)
+            headers["Nats-Msg-Id"] = msg_id
+            await self.js.publish(subject, bus.encode(report), headers=headers)
+        self.published_reports += 1
+        for item in items:
+            state = "resolved" if item.resolved_at is not None else "open"
+            where = f"{item.object}.{item.path}" if item.path else item.object
+            log.info(
+                "%s: drift %s %s (desired %r, actual %r)",
+                v.name,
+                state,
+                where,
+                item.desired,
+                item.actual,
+            )
+
+    # -- time -------------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_s)
+            try:
+                if self.view.tick(time.time()):
+                    await self.flush()
+                self._schedule_heals()
+            except Exception as exc:  # NATS trouble: nats-py reconnects; try next tick
+                log.warning("tick: %s", exc)
+
+    # -- certainty --------------------------------------------------------------------------
+
+    async def check_live(self, node: str) -> bool:
+        """Ask ``node``'s executor for its state now and judge it; False if it did not answer."""
+        try:
+            reply = await self.nc.request(
+                subjects.executor_control(node, "state"),
+                b"",
+                timeout=self.config.live_timeout_s,
+            )
+            observed = bus.decode(reply.data, ObservedState)
+        except (NoRespondersError, NatsTimeout, msgspec.DecodeError) as exc:
+            log.info("%s: no live state (%s)", node, type(exc).__name__)
+            self._live_failed.add(node)
+            return False
+        self._live_failed.discard(node)
+        changed = self.view.on_observed(observed, observed.at or time.time())
+        if changed:
+            await self.flush()
+        return True
+
+    async def check(self, node: str | None = None, *, live: bool = True) -> protocol.CheckReply:
+        """Where ``node`` (or every node) stands, after a live check unless ``live`` is False."""
+        if node is not None and node not in self.view.nodes:
+            known = ", ".join(sorted(self.view.nodes)) or "none"
+            return protocol.CheckReply(
+                ok=False, errors=[f"unknown node {node!r} (nodes known: {known})"]
+            )
+        names = [node] if node is not None else sorted(self.view.nodes)
+        if live:
+            await asyncio.gather(*(self.check_live(n) for n in names))
+        changed: dict[str, list[DriftItem]] = {}
+        merge(changed, self.view.tick(time.time()))
+        await self.flush()
+        self._schedule_heals()
+        return protocol.CheckReply(
+            ok=True, nodes=[self.node_audit(n, live=live) for n in names], at=time.time()
+        )
+
+    def node_audit(self, name: str, *, live: bool = False) -> protocol.NodeAudit:
+        v = self.view.node(name)
+        note = ""
+        answered = not (live and name in self._live_failed)
+        if v.silent:
+            note = "stopped reporting: its last known state is shown, unverified"
+        elif not answered:
+            note = "its executor did not answer a live check: last reported state shown"
+        return protocol.NodeAudit(
+            node=name,
+            desired_generation=v.latest_generation,
+            applied_generation=v.applied_generation,
+            observed_generation=v.observed.generation if v.observed else 0,
+            reporting=v.heartbeat_at is not None and not v.silent,
+            verified=not v.silent and answered and v.observed is not None,
+            heartbeat_at=v.heartbeat_at,
+            observed_at=v.observed_at or None,
+            items=[msgspec.structs.replace(i) for i in v.open_items()],
+            matching_since=v.matching_since,
+            last_matched=v.last_matched,
+            heals=len(v.heals),
+            note=note,
+        )
+
+    def findings(self, node: str) -> list[DriftItem]:
+        """The open findings of ``node`` (empty for an unknown node)."""
+        v = self.view.nodes.get(node)
+        return [msgspec.structs.replace(i) for i in v.open_items()] if v else []
+
+    def history(self, node: str) -> protocol.HistoryReply:
+        v = self.view.nodes.get(node)
+        if v is None:
+            return protocol.HistoryReply(ok=False, node=node, errors=[f"unknown node {node!r}"])
+        events = [
+            protocol.HistoryEvent(at=e.at, what=e.what, generation=e.generation, text=e.text)
+            for e in v.history()
+        ]
+        return protocol.HistoryReply(ok=True, node=node, events=events)
+
+    def desired(self, node: str, generation: int | None) -> protocol.DesiredReply:
+        v = self.view.nodes.get(node)
+        if v is None:
+            return protocol.DesiredReply(ok=False, errors=[f"unknown node {node!r}"])
+        gen = generation if generation is not None else v.latest_generation
+        intent = v.desired_at(gen)
+        if intent is None:
+            known = ", ".join(str(g) for g in sorted(v.intents)) or "none"
+            return protocol.DesiredReply(
+                ok=False,
+                errors=[f"node {node!r} has no generation {gen} (generations known: {known})"],
+            )
+        return protocol.DesiredReply(
+            ok=True,
+            intent=intent,
+            matching_since=v.matching_since,
+            last_matched=v.last_matched,
+        )
+
+    # -- heal -------------------------------------------------------------------------------
+
+    def heals(self, node: str) -> int:
+        """How often this node was asked to re-converge (from the history, all auditors)."""
+        v = self.view.nodes.get(node)
+        return len(v.heals) if v else 0
+
+    def _in_heal_scope(self, v: NodeView, item: DriftItem) -> bool:
+        if not self.config.heal:
+            return False
+        if not is_kernel_key((item.object, item.path)):
+            return False
+        cn = cluster_network_of(item, v.intents.get(v.observed.generation if v.observed else 0))
+        return HEAL_ALL in self.config.heal or (cn is not None and cn in self.config.heal)
+
+    def _schedule_heals(self) -> None:
+        if not self.config.heal or self.replaying:
+            return
+        for name, v in self.view.nodes.items():
+            if name in self._healing or v.silent:
+                continue
+            due = [
+                i
+                for i in v.open_items()
+                if self._in_heal_scope(v, i) and episode_id(name, i) not in self._healed
+            ]
+            if due:
+                self._healing[name] = asyncio.create_task(self._heal(name, due))
+
+    async def _heal(self, node: str, items: Iterable[DriftItem]) -> None:
+        try:
+            for item in items:
+                self._healed.add(episode_id(node, item))
+            # Certainty first: heal only what the kernel still shows.
+            if not await self.check_live(node):
+                return
+            v = self.view.node(node)
+            if not any(self._in_heal_scope(v, i) for i in v.open_items()):
+                return
+            what = ", ".join(
+                f"{i.object}.{i.path}" if i.path else i.object
+                for i in v.open_items()
+                if self._in_heal_scope(v, i)
+            )
+            try:
+                reply = await self.nc.request(
+                    subjects.executor_control(node, "reconcile"),
+                    b"",
+                    timeout=self.config.reconcile_timeout_s,
+                )
+                status = bus.decode(reply.data, NodeStatus)
+                outcome = f"{status.phase} generation {status.observed_generation}"
+                if status.error:
+                    outcome += f": {status.error}"
+            except (NoRespondersError, NatsTimeout, msgspec.DecodeError) as exc:
+                outcome = f"no answer ({type(exc).__name__})"
+            at = time.time()
+            note = f"heal: asked {node} to re-converge ({what}): {outcome}"
+            self._heal_notes.add((node, at))
+            v.heals.append((at, note))
+            log.info("%s", note)
+            await self._publish_heal(v, note, at)
+            await self.check_live(node)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("heal of %s: %s", node, exc)
+        finally:
+            self._healing.pop(node, None)
+
+    async def _publish_heal(self, v: NodeView, note: str, at: float) -> None:
+        report = DriftReport(
+            node=v.name,
+            generation=v.latest_generation,
+            items=[],
+            at=at,
+            open=len(v.episodes.open),
+            unverified=v.silent,
+            heals=len(v.heals),
+            note=note,
+        )
+        subject = subjects.drift(v.name)
+        with tracing.publish_span(subject, template="l2.drift.{node}") as headers:
+            await self.js.publish(subject, bus.encode(report), headers=headers)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def _handle_check(self, req: Request) -> None:
+        try:
+            body = (
+                bus.decode(req.data, protocol.CheckRequest)
+                if req.data.strip()
+                else protocol.CheckRequest()
+            )
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            reply = protocol.CheckReply(ok=False, errors=[f"bad request: {exc}"])
+        else:
+            with tracing.process_span(subjects.AUDITOR_CHECK, req.headers) as span:
+                tracing.annotate(span, node=body.node)
+                reply = await self.check(body.node, live=body.live)
+        await req.respond(bus.encode(reply))
+
+    async def _handle_history(self, req: Request) -> None:
+        try:
+            body = bus.decode(req.data, protocol.HistoryRequest)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            reply = protocol.HistoryReply(ok=False, errors=[f"bad request: {exc}"])
+        else:
+            reply = self.history(body.node)
+        await req.respond(bus.encode(reply))
+
+    async def _handle_desired(self, req: Request) -> None:
+        try:
+            body = bus.decode(req.data, protocol.DesiredRequest)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            desired = protocol.DesiredReply(ok=False, errors=[f"bad request: {exc}"])
+        else:
+            desired = self.desired(body.node, body.generation)
+        await req.respond(bus.encode(desired))
