@@ -130,6 +130,8 @@ class VmPort(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
     host_ifname: str | None = None
     vlans: list[VlanRange] | None = None
     cni_config: dict[str, Any] | None = None
+    mac: str | None = None
+    """The VM-side MAC asked for (given to the CNI plugin); not read back from the host."""
 
     @property
     def key(self) -> str:
@@ -446,6 +448,7 @@ def desired_state(
             bridge=vp.bridge,
             vlans=canonical_vlans(vp.vlans),
             cni_config=vp.cni_config,
+            mac=vp.mac,
         )
         vm_ports[port.key] = port
     namespaces = sorted({p.vm for p in vm_ports.values()})
@@ -679,7 +682,9 @@ def diff(desired: NodeL2State, actual: NodeL2State) -> list[Difference]:
         )
     for name in vlan_ports:
         if name not in actual.links:
-            continue  # its absence is already an item
+            if name not in desired.links:  # a port l2net does not create (mgmt-bo)
+                out.append(Difference(object=name, path="", desired=PRESENT, actual=ABSENT))
+            continue  # a desired link's absence is already an item
         want_vlans = desired.vlans.get(name, [])
         out.extend(_vlan_items(name, want_vlans, actual, bridge=_bridge_of(name, actual)))
 

@@ -286,6 +286,11 @@ def plan(desired: NodeL2State, actual: NodeL2State) -> list[Step]:
 
 def _refuse_protected(by_obj: dict[str, dict[str, Difference]], protected: set[str]) -> None:
     for obj, paths in by_obj.items():
+        if obj in protected and "" in paths:
+            raise PlanError(
+                f"{obj} is missing: l2net never creates it (the node's installer does);"
+                " networks on mgmt cannot be applied on this node"
+            )
         if obj in protected and set(paths) - {"vlans"}:
             what = "; ".join(str(d) for d in paths.values() if d.path != "vlans")
             raise PlanError(f"{obj} is protected and is never changed by l2net ({what})")
@@ -328,4 +333,5 @@ def _cni_args(port: Any) -> dict[str, Any]:
         "network": port.network,
         "bridge": port.bridge,
         "config": port.cni_config,
+        "mac": port.mac,
     }

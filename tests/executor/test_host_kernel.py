@@ -207,3 +207,14 @@ async def test_a_missing_cni_plugin_fails_clearly_and_changes_nothing(
         assert a not in (await kernel.read()).namespaces
     finally:
         await kernel.close()
+
+
+async def test_a_vm_nic_gets_the_mac_its_vmnic_asks_for(
+    host_node: HostNode, kernel: NetlinkKernel
+) -> None:
+    a = host_node.vm("a")
+    port = untagged_port(a)
+    port.mac = "02:00:5e:10:20:30"
+    desired, _ = desired_state(intent(host_node, 1, [port]))
+    assert (await converge(kernel, desired)).phase == "Applied"
+    assert "02:00:5e:10:20:30" in run_in(a, "ip", "link", "show", "eth0").stdout

@@ -159,6 +159,16 @@ def test_mgmt_links_are_protected_whatever_the_intent_says() -> None:
     assert desired.vlans["mgmt-bo"] == [DEFAULT_PVID, vr(10), vr(100)]
 
 
+def test_a_node_without_mgmt_links_gets_a_clear_error_not_a_new_bridge() -> None:
+    actual = converged_seed_node()
+    for name in ("mgmt-bo", "mgmt-br", "eth0"):
+        del actual.links[name]
+        actual.vlans.pop(name, None)
+    desired, _ = desired_state(seed_intent("node-1", 1))
+    with pytest.raises(PlanError, match="mgmt-bo is missing: l2net never creates it"):
+        plan(desired, actual)
+
+
 def test_a_port_of_a_link_l2net_does_not_own_is_never_taken() -> None:
     actual = converged_seed_node()
     actual.links["eth2"].master = "other-br"
