@@ -376,7 +376,6 @@ def desired_state(
     base_mgmt = [DEFAULT_PVID] + ([VlanRange(vid=mgmt_vlan)] if mgmt_vlan else [])
 
     for cn in intent.cluster_networks:
-        uplink = [DEFAULT_PVID, *cn.uplink_vlans]
         if cn.name == MGMT or cn.bridge in protected or cn.bond_name in protected:
             if cn.managed or cn.bond is not None:
                 refused.append(
@@ -415,7 +414,7 @@ def desired_state(
                 refused.append(f"cluster network {cn.name}: {nic} is protected, not enslaved")
                 continue
             links[nic] = LinkState(name=nic, master=bond.name, up=True, mtu=bond.mtu)
-        vlans[bond.name] = canonical_vlans(uplink)
+        vlans[bond.name] = canonical_vlans([DEFAULT_PVID, *cn.uplink_vlans])
         vlans[cn.bridge] = [DEFAULT_PVID]
 
     for hv in intent.host_vlans:
@@ -432,12 +431,10 @@ def desired_state(
             mtu=hv.mtu,
             addresses=sorted(hv.addresses),
         )
-        if hv.bridge == MGMT_BRIDGE:
-            current = vlans.get(MGMT_BRIDGE, base_mgmt)
-            vlans[MGMT_BRIDGE] = canonical_vlans([*current, VlanRange(vid=hv.vlan)])
-        else:
-            current = vlans.get(hv.bridge, [DEFAULT_PVID])
-            vlans[hv.bridge] = canonical_vlans([*current, VlanRange(vid=hv.vlan)])
+        # The bridge's own (self) VID, so the VLAN interface hears its VLAN.
+        base = base_mgmt if hv.bridge == MGMT_BRIDGE else [DEFAULT_PVID]
+        current = vlans.get(hv.bridge, base)
+        vlans[hv.bridge] = canonical_vlans([*current, VlanRange(vid=hv.vlan)])
 
     vm_ports: dict[str, VmPort] = {}
     for vp in intent.vm_ports:
@@ -716,7 +713,11 @@ def diff(desired: NodeL2State, actual: NodeL2State) -> list[Difference]:
     for ns in desired.namespaces:
         if ns not in actual.namespaces:
             out.append(Difference(object=f"netns/{ns}", path="", desired=PRESENT, actual=ABSENT))
-    return out
+    # Several VM NICs on one bridge without VLAN filtering report that bridge once.
+    unique: dict[tuple[str, str], Difference] = {}
+    for item in out:
+        unique.setdefault((item.object, item.path), item)
+    return list(unique.values())
 
 
 def _bridge_of(name: str, state: NodeL2State) -> str | None:
