@@ -35,7 +35,7 @@ from shared.model import (
     VlanRange,
 )
 
-Change = Callable[[dict[str, LinkState], dict[str, list[VlanRange]]], None]
+Change = Callable[[dict[str, LinkState], dict[str, list[VlanRange]]], object]
 
 
 def converged(intent: NodeIntent, *, at: float, change: Change | None = None) -> ObservedState:

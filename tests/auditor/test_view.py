@@ -38,13 +38,19 @@ def _set(links: dict[str, LinkState], name: str, **fields: object) -> None:
         setattr(links[name], k, v)
 
 
+def _drop_bridge(links: dict[str, LinkState], vlans: dict[str, list[VlanRange]]) -> None:
+    del links["oob-br"], vlans["oob-br"]
+    links["oob-bo"].master = None
+
+
+def _release_bond(links: dict[str, LinkState], vlans: dict[str, list[VlanRange]]) -> None:
+    links["oob-bo"].master = None
+    del vlans["oob-bo"]  # a port that leaves a bridge loses its VLANs
+
+
 KINDS: dict[str, tuple[Change, list[tuple[str, str, object, object]]]] = {
     "missing managed interface": (
-        lambda links, vlans: (
-            links.pop("oob-br"),
-            vlans.pop("oob-br"),
-            _set(links, "oob-bo", master=None),
-        ),
+        lambda links, vlans: _drop_bridge(links, vlans),
         [("oob-bo", "master", "oob-br", None), ("oob-br", "", "present", "absent")],
     ),
     "extra managed interface": (
@@ -66,7 +72,7 @@ KINDS: dict[str, tuple[Change, list[tuple[str, str, object, object]]]] = {
         [("eth2", "master", "oob-bo", None)],
     ),
     "bond released from bridge": (
-        lambda links, vlans: (_set(links, "oob-bo", master=None), vlans.pop("oob-bo")),
+        lambda links, vlans: _release_bond(links, vlans),
         # Leaving the bridge takes the port's VLANs with it: both are reported.
         [("oob-bo", "master", "oob-br", None), ("oob-bo", "vlans", ["1 PVID untagged", "200"], [])],
     ),
