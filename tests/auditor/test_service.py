@@ -17,8 +17,8 @@ import pytest
 from nats.aio.client import Client
 
 from services.auditor import cli as audit_cli
-from services.auditor.service import AuditorConfig, Policy
-from services.auditor.view import episode_id
+from services.auditor.service import AuditorConfig
+from services.auditor.view import Policy, episode_id
 from shared import natsserver, subjects
 from shared.model import DriftReport
 from tests.auditor.conftest import AuditorFactory, Bus, applied, converged
@@ -56,6 +56,11 @@ async def second_half(events: Bus) -> None:
     await events.observed(converged(n2, at=T0 + 21, change=no_vid_200))
     await events.observed(converged(n2, at=T0 + 22))
     await events.observed(converged(n2, at=T0 + 23, change=no_vid_200))
+
+
+def both(links: dict, vlans: dict) -> None:  # type: ignore[type-arg]
+    mtu_1400(links, vlans)
+    no_vid_200(links, vlans)
 
 
 EXPECTED = {
@@ -216,9 +221,7 @@ async def test_l2net_audit_prints_the_diff_and_exits_like_terraform_plan(
     assert clean.returncode == 0, clean.stderr
     assert "node-1: no drift" in clean.stdout
     await events.observed(converged(intent, at=T0 + 1, change=no_vid_200))
-    await events.observed(
-        converged(intent, at=T0 + 2, change=lambda lk, v: mtu_1400(lk, v) or no_vid_200(lk, v))
-    )
+    await events.observed(converged(intent, at=T0 + 2, change=both))
     drift = await asyncio.to_thread(l2net, "audit", "node-1", url=nats_server.url)
     assert drift.returncode == 2, drift.stderr
     assert "- oob-bo.vlans: 200" in drift.stdout
