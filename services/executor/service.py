@@ -297,7 +297,7 @@ class Executor:
                             phase="Progressing",
                             observed_generation=intent.generation,
                             results=[
-                                ObjectResult(object=s.target, action=s.describe(), ok=True)
+                                ObjectResult(object=s.target, action=f"planned: {s.describe()}")
                                 for s in steps
                             ],
                             at=time.time(),
