@@ -1,0 +1,100 @@
+"""An apply is one trace: checked at the wire, with a real OTLP receiver decoding the export.
+
+The executor runs as its own process (``python -m services.executor``), as on a node,
+working inside the test's namespace; the intent arrives with a W3C ``traceparent`` header
+as the planner sends it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from shared import bus, natsserver, subjects
+from tests.executor.conftest import HostNode, intent, untagged_port
+from tests.executor.helpers import final_status, until
+from tests.shared.otlp_receiver import OtlpReceiver, running
+
+pytestmark = pytest.mark.timeout(180)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def test_an_apply_is_one_trace_from_the_planners_publish_to_each_kernel_step(
+    host_node: HostNode, nc: Client, nats_server: natsserver.EmbeddedNats, tmp_path: Path
+) -> None:
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    with running() as receiver:
+        env = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        }
+        log = (tmp_path / "executor.log").open("wb")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "services.executor",
+                "--node",
+                host_node.node,
+                "--nats",
+                nats_server.url,
+                "--netns",
+                host_node.ns,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            js = nc.jetstream()
+
+            async def registered() -> bool:
+                try:
+                    await js.get_last_msg(subjects.STREAM_NODES, subjects.node(host_node.node))
+                except Exception:
+                    return False
+                return True
+
+            await until(registered)
+            it = intent(host_node, 1, [untagged_port(host_node.vm("a"))])
+            await js.publish(
+                subjects.intent(host_node.node),
+                bus.encode(it),
+                headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
+            )
+            await until(lambda: final_status(nc, host_node.node, 1))
+        finally:
+            proc.send_signal(signal.SIGTERM)  # the executor flushes its spans on the way out
+            proc.wait(timeout=30)
+        assert proc.returncode == 0, (tmp_path / "executor.log").read_text()
+
+        def has_steps(r: OtlpReceiver) -> bool:
+            return any(s.name.startswith("step cni.add") for s in r.spans())
+
+        assert receiver.wait_for(has_steps)
+        spans = [s for s in receiver.spans() if s.trace_id == trace_id]
+        by_name = {s.name: s for s in spans}
+        process = by_name["process l2.intent.{node}"]
+        assert process.parent_span_id == parent_id
+        assert process.service == "l2net-executor"
+        assert process.attributes["l2net.node"] == host_node.node
+        assert process.attributes["l2net.generation"] == 1
+        assert process.attributes["l2net.netlink_writes"] > 0
+        steps = [s for s in spans if s.name.startswith("step ")]
+        assert {s.name for s in steps} >= {"step netns.add", "step cni.add", "step vm.vlans"}
+        assert all(s.parent_span_id == process.span_id for s in steps)
+        status = by_name["send l2.status.{node}"]
+        assert status.parent_span_id == process.span_id
+        applies = receiver.metric_points().get("l2net.applies", [])
+        assert any(attrs.get("result") == "Applied" for _, attrs, _ in applies)
