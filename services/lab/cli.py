@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from services.lab import state
 from services.lab.fleet import Lab, LabError, default_dir, down
 
 EXEC_FAILED = 255
@@ -82,6 +83,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     vlan = f" mgmt-vlan={st.mgmt_vlan}" if st.mgmt_vlan is not None else ""
     print(f"lab {st.lab_id} ({st.phase}) dir={st.dir} netns={st.netns}{vlan}")
     print(f"NATS_URL={st.nats_url} (nodes use {st.nats_url_inside})")
+    relay = "running" if state.alive(st.relay) else "stopped"
+    nats = "embedded, " + ("running" if state.alive(st.nats) else "stopped")
+    print(f"relay: {relay}; NATS server: {nats if st.nats_owned else 'external (--nats)'}")
     print(
         f"{'NODE':<10} {'ADDRESS':<15} {'PID':>8} {'UML':<7} {'HELPER':<7} "
         f"{'EXECUTOR':<8} {'BOOT':>6} {'HOST MEM':>9}"

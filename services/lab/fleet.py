@@ -187,6 +187,32 @@ def _host_mem_kb(proc: state.ProcRef | None) -> int:
     return _status_kb(proc.pid, "RssShmem") + sum(_status_kb(p, "RssAnon") for p in members)
 
 
+async def _quiet(exc: Exception) -> None:
+    """nats-py logs every failed attempt with a traceback; the caller reports the outcome."""
+
+
+async def connect_nats(url: str, *, name: str, timeout: float = 3.0) -> Client:
+    """A host-side NATS connection, or LabError after a few attempts (never an endless
+    retry: nats-py retries for ever on the first connect unless attempts are bounded)."""
+    try:
+        return await nats.connect(
+            servers=[url],
+            name=name,
+            connect_timeout=timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=2,
+            reconnect_time_wait=0.3,
+            error_cb=_quiet,
+        )
+    except Exception as exc:  # nats raises several unrelated types for "not reachable"
+        raise LabError(f"cannot reach NATS at {url}: {exc!r}") from exc
+
+
+async def _probe_nats(url: str) -> None:
+    nc = await connect_nats(url, name="l2lab-probe")
+    await nc.close()
+
+
 def check_prerequisites() -> None:
     """The UML kernel, its modules and iproute2 exist; else say which package to install."""
     if shutil.which(UML_BINARY) is None:
@@ -330,16 +356,7 @@ class Lab:
         return bytes(msg.data)
 
     async def _connect(self) -> Client:
-        try:
-            return await nats.connect(
-                servers=[self.nats_url],
-                name=f"l2lab-{self.lab_id}-host",
-                connect_timeout=3,
-                allow_reconnect=False,
-                max_reconnect_attempts=0,
-            )
-        except Exception as exc:  # nats raises several unrelated types for "not reachable"
-            raise LabError(f"NATS of lab {self.lab_id} at {self.nats_url}: {exc}") from exc
+        return await connect_nats(self.nats_url, name=f"l2lab-{self.lab_id}-host")
 
     # -- status ------------------------------------------------------------------
 
@@ -418,13 +435,19 @@ class Lab:
         ``progress`` is called with one line of text per step (default: silent). Raises
         LabError (after stopping what it started, logs kept) if the lab does not come up.
         """
+        env = dict(os.environ if environ is None else environ)
         try:
             naming.check_params(
                 nodes=nodes, data_nics=data_nics, mgmt_vlan=mgmt_vlan, mem_mb=mem_mb
             )
+            if nats_url is not None:
+                naming.host_port(nats_url, default_port=4222)
+            naming.otel_plan(env)
         except LabConfigError as exc:
             raise LabError(str(exc)) from exc
         check_prerequisites()
+        if nats_url is not None:  # unreachable: say so before making anything
+            _run_sync(_probe_nats(nats_url))
         d = Path(directory) if directory is not None else default_dir()
         d.mkdir(parents=True, exist_ok=True)
         d = d.resolve()
@@ -460,7 +483,7 @@ class Lab:
                     nodes=nodes,
                     nats_url=nats_url,
                     timeout=timeout,
-                    environ=dict(os.environ if environ is None else environ),
+                    environ=env,
                     say=say,
                 )
             )
@@ -557,7 +580,7 @@ class Lab:
         init.write_text(INIT_SCRIPT)
         init.chmod(0o755)
         (d / "uml").mkdir(exist_ok=True)
-        nc = await nats.connect(servers=[st.nats_url], name=f"l2lab-{lab_id}-up", connect_timeout=5)
+        nc = await connect_nats(st.nats_url, name=f"l2lab-{lab_id}-up")
         try:
             registered: dict[str, asyncio.Event] = {}
             if st.executor:

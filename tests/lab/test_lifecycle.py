@@ -15,7 +15,7 @@ import pytest
 
 from services.lab import Lab, LabError
 from services.lab import state as labstate
-from shared.natsserver import EmbeddedNats
+from shared.natsserver import EmbeddedNats, free_port
 from tests.lab.conftest import lab_cli
 
 pytestmark = pytest.mark.lab
@@ -144,6 +144,8 @@ def test_up_with_bad_parameters_names_them_and_creates_nothing(tmp_path: Path) -
         (["--nodes", "2", "--mgmt-vlan", "5000"], "--mgmt-vlan"),
         (["--nodes", "2", "--data-nics", "9"], "--data-nics"),
         (["--nodes", "1", "--mem", "8"], "--mem"),
+        (["--nats", "nats://127.0.0.1:x"], "invalid port"),
+        (["--nats", f"nats://127.0.0.1:{free_port()}"], "cannot reach NATS"),
     ):
         res = lab_cli("up", *args, "--no-executor", "--state-dir", str(directory))
         assert res.returncode == 1, res.stderr
