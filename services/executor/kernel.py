@@ -272,7 +272,7 @@ class NetlinkKernel:
         kind = a["kind"]
         spec: dict[str, Any] = {"ifname": step.target, "kind": kind}
         if kind == "bond":
-            spec.update(_bond_spec(a.get("bond_mode"), a.get("bond_options") or {}))
+            spec.update(await self._bond_spec(step, a.get("bond_mode"), a.get("bond_options")))
         elif kind == "bridge":
             spec["br_vlan_filtering"] = 1 if a.get("vlan_filtering") else 0
         elif kind == "vlan":
@@ -318,11 +318,18 @@ class NetlinkKernel:
             spec["br_vlan_filtering"] = 1 if a["vlan_filtering"] else 0
         if "bond_mode" in a or "bond_options" in a:
             spec["kind"] = "bond"
-            options = dict(a.get("bond_options") or {})
-            if options.get("primary"):
-                options["primary"] = await self._index(step, options["primary"])
-            spec.update(_bond_spec(a.get("bond_mode"), options))
+            spec.update(await self._bond_spec(step, a.get("bond_mode"), a.get("bond_options")))
         await self._write(step, lambda: ipr.link("set", **spec))
+
+    async def _bond_spec(
+        self, step: Step, mode: str | None, options: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """pyroute2 keywords for a bond; ``primary`` by name becomes its ifindex (the kernel
+        keeps the name, so it applies once that NIC is enslaved)."""
+        opts = dict(options or {})
+        if opts.get("primary"):
+            opts["primary"] = await self._index(step, opts["primary"])
+        return _bond_spec(mode, opts)
 
     async def _link_delete(self, step: Step) -> None:
         ipr = await self._ip()

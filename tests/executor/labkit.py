@@ -48,6 +48,7 @@ def seed_intent(
     host_vlans: list[HostVlanIntent] | None = None,
     extra_oob_vids: list[int] | None = None,
     trunk: tuple[int, int] | None = None,
+    bond_options: dict[str, Any] | None = None,
 ) -> NodeIntent:
     """The seed topology for ``node``; ``vlan200=None`` deletes that network.
 
@@ -132,7 +133,10 @@ def seed_intent(
                 bond_name="oob-bo",
                 managed=True,
                 bond=BondIntent(
-                    name="oob-bo", ports=["eth1", "eth2"], mode=mode, options={"miimon": 100}
+                    name="oob-bo",
+                    ports=["eth1", "eth2"],
+                    mode=mode,
+                    options=bond_options or {"miimon": 100},
                 ),
                 mtu=1500,
                 uplink_vlans=oob_vids,

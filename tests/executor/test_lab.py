@@ -275,6 +275,22 @@ async def test_a_bond_mode_change_is_applied(lab: Lab, labnc: Client) -> None:
     assert await vm_ping(lab, "node-2", "vmu", "169.254.50.1")
 
 
+async def test_bond_options_are_applied_and_read_back(lab: Lab, labnc: Client) -> None:
+    options = {"miimon": 200, "primary": "eth2"}
+    assert_applied(
+        await apply_all(labnc, lambda n, g: seed_intent(n, g, vlan200=210, bond_options=options))
+    )
+    for node in NODES:
+        bonding = "/sys/class/net/oob-bo/bonding"
+        assert (await sh(lab, node, "cat", f"{bonding}/miimon")).strip() == "200"
+        assert (await sh(lab, node, "cat", f"{bonding}/primary")).strip() == "eth2"
+        assert (await sh(lab, node, "cat", f"{bonding}/active_slave")).strip() == "eth2"
+    statuses = await apply_all(
+        labnc, lambda n, g: seed_intent(n, g, vlan200=210, bond_options=options)
+    )
+    assert {n: s.netlink_writes for n, s in statuses.items()} == {n: 0 for n in NODES}
+
+
 async def test_a_failure_at_a_step_rolls_back_to_the_exact_prior_state(
     lab: Lab, labnc: Client
 ) -> None:
