@@ -8,6 +8,7 @@ not be run in the node (like ssh); bad arguments are 2 (argparse).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -30,6 +31,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     def progress(line: str) -> None:
         print(f"lab: {line}", file=sys.stderr, flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    # Killed while booting (SIGTERM, a CI timeout): stop what was started, like Ctrl-C does.
+    signal.signal(signal.SIGTERM, stop)
 
     try:
         lab = Lab.up(

@@ -463,6 +463,8 @@ class Lab:
             d.mkdir(parents=True, exist_ok=True)
         start_executor = executor_available() if executor is None else executor
         lab_id = naming.new_lab_id()
+        while _netns_exists(naming.netns_name(lab_id)):  # never adopt another lab's names
+            lab_id = naming.new_lab_id()
         st = state.LabState(
             lab_id=lab_id,
             dir=str(d),

@@ -151,3 +151,51 @@ def test_up_with_bad_parameters_names_them_and_creates_nothing(tmp_path: Path) -
         assert res.returncode == 1, res.stderr
         assert word in res.stderr
         assert not directory.exists()
+
+
+def test_a_node_that_does_not_come_up_fails_with_its_console_and_stops_everything(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "slow"
+    # No guest gets its Python helper answering within 0.2 s: the wait fails on purpose.
+    with pytest.raises(LabError) as info:
+        Lab.up(directory=directory, nodes=1, data_nics=0, executor=False, timeout=0.2)
+    message = str(info.value)
+    assert "node-1 did not come up: no answer within 0.2 s" in message
+    failed = Lab.load(directory)
+    console = failed.node_dir("node-1") / "console.log"
+    assert f"--- {console} (tail) ---" in message
+    assert failed.state.phase == "failed"
+    assert leftovers(failed, state_dir=False) == []
+    assert (failed.node_dir("node-1") / "console.log").exists()  # kept for the user
+    assert lab_cli("down", "--state-dir", str(directory)).returncode == 0
+    assert leftovers(failed) == []
+
+
+def test_lab_up_stopped_by_sigterm_while_booting_leaves_nothing_running(tmp_path: Path) -> None:
+    directory = tmp_path / "term"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.lab", "up", "--nodes", "2", "--no-executor",
+         "--state-dir", str(directory)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        while True:  # until both UML kernels are recorded, then interrupt the boot
+            st = labstate.load(directory) if (directory / "lab.json").exists() else None
+            if st is not None and all(n.proc is not None for n in st.nodes) and st.nodes:
+                break
+            assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "NATS_URL" not in out
+    stopped = Lab.load(directory)
+    assert stopped.state.phase == "failed"
+    assert leftovers(stopped, state_dir=False) == []
+    assert lab_cli("down", "--state-dir", str(directory)).returncode == 0
+    assert leftovers(stopped) == []
