@@ -7,9 +7,15 @@ APT_PACKAGES := user-mode-linux kmod iproute2 containernetworking-plugins procps
 # installed without Recommends so that no Docker engine comes along.
 APT_TEST_PACKAGES := systemd openssl docker-compose
 
+# ifupdown2 is the auditor tests' outside oracle (`ifquery -c`). Its package must not be
+# installed on the host: it replaces ifupdown, writes /etc/network/interfaces, masks udev
+# network rules and unmasks networking.service. So the .deb is only downloaded and extracted
+# under .cache/, and run inside lab nodes with private mounts (tests/auditor/oracle.py).
+IFUPDOWN2 := .cache/ifupdown2
+
 .PHONY: demo test lint unit bench deps venv clean
 
-deps: $(VENV)/.installed .apt-installed
+deps: $(VENV)/.installed .apt-installed $(IFUPDOWN2)/.extracted
 
 # Debian packages: the lab kernel (UML), modprobe, iproute2 and the bridge CNI plugin.
 .apt-installed: Makefile
@@ -23,6 +29,12 @@ deps: $(VENV)/.installed .apt-installed
 		echo "apt-get install --no-install-recommends$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@touch $@
+
+$(IFUPDOWN2)/.extracted:
+	rm -rf $(IFUPDOWN2) && mkdir -p $(IFUPDOWN2)
+	cd $(IFUPDOWN2) && (apt-get download -qq ifupdown2 || (apt-get update -qq && apt-get download -qq ifupdown2))
+	dpkg-deb -x $(IFUPDOWN2)/ifupdown2_*.deb $(IFUPDOWN2)/root
 	@touch $@
 
 $(VENV)/.installed: pyproject.toml
@@ -46,4 +58,4 @@ bench: deps
 	$(PY) -m tests.bench
 
 clean:
-	rm -rf $(VENV) .apt-installed
+	rm -rf $(VENV) .apt-installed .cache
