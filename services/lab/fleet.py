@@ -526,7 +526,12 @@ class Lab:
             st.nats_url = srv.url
             state.save(st)
         target_host, target_port = naming.host_port(st.nats_url, default_port=4222)
-        st.nats_url_inside = f"nats://{naming.GATEWAY_ADDRESS}:{naming.NATS_RELAY_PORT}"
+        # The nodes' URL: the relay, with the scheme and any user:password of the original.
+        st.nats_url_inside = naming.with_host_port(
+            st.nats_url if "://" in st.nats_url else f"nats://{st.nats_url}",
+            naming.GATEWAY_ADDRESS,
+            naming.NATS_RELAY_PORT,
+        )
         say(f"NATS at {st.nats_url}")
 
         # 2. Records first, then the network namespace, switches and taps.

@@ -145,9 +145,11 @@ def host_port(url: str, *, default_port: int) -> tuple[str, int]:
 
 
 def with_host_port(url: str, host: str, port: int) -> str:
-    """The same URL aimed at ``host:port`` (scheme, path and query kept)."""
+    """The same URL aimed at ``host:port`` (scheme, user info, path and query kept)."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, f"{host}:{port}", parts.path, parts.query, parts.fragment))
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 OTLP_ENDPOINT_VARS = (

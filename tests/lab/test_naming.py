@@ -87,6 +87,13 @@ def test_otel_variables_are_handed_over_with_endpoints_on_the_relay() -> None:
     assert naming.otel_plan({"PATH": "/bin"}) == ({}, [])
 
 
+def test_relayed_urls_keep_scheme_and_credentials() -> None:
+    url = naming.with_host_port("tls://u:p@nats.example:4443/x", naming.GATEWAY_ADDRESS, 4222)
+    assert url == "tls://u:p@169.254.0.1:4222/x"
+    assert naming.host_port("nats://a:1,nats://b:2", default_port=4222) == ("a", 1)
+    assert naming.host_port("127.0.0.1", default_port=4222) == ("127.0.0.1", 4222)
+
+
 def test_node_env_file_quotes_values_for_the_shell() -> None:
     text = naming.env_file({"A": "it's $HOME; rm -rf /", "B": ""})
     out = subprocess.run(
