@@ -56,6 +56,7 @@ from shared.l2state import (
 from shared.model import Nic, VlanRange
 
 IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
 _TRANSIENT = {errno.EBUSY, errno.EAGAIN, errno.ENOBUFS}
 _VLAN_PVID = 0x2
 _VLAN_UNTAGGED = 0x4
@@ -492,14 +493,18 @@ def _link_state(msg: Any, names: dict[int, str], addresses: list[str]) -> LinkSt
     data = _attrs(info)
     master = msg.get("master")
     link = msg.get("link")
+    flags = msg["flags"]
+    oper = msg.get("operstate")
+    if oper == "UNKNOWN":  # drivers that report no operstate (UML vec, tap): from the carrier
+        oper = "UP" if flags & IFF_UP and flags & IFF_LOWER_UP else "DOWN"
     state = LinkState(
         name=msg.get("ifname"),
         kind=kind,
         index=msg["index"],
         alias=msg.get("ifalias") or None,
         master=names.get(master) if master else None,
-        up=bool(msg["flags"] & IFF_UP),
-        oper=msg.get("operstate"),
+        up=bool(flags & IFF_UP),
+        oper=oper,
         mtu=msg.get("mtu"),
         mac=msg.get("address"),
         txqlen=msg.get("txqlen"),

@@ -63,12 +63,21 @@ async def test_registers_its_node_with_labels_nics_and_heartbeats(
     first = await node_msg()
     assert first.labels == {"rack": "r1"}
     eth1 = {n.name: n for n in first.nics}["eth1"]
-    assert eth1.mac and eth1.state in ("up", "unknown", "lowerlayerdown")
+    assert eth1.mac
 
     async def newer() -> bool:
         return (await node_msg()).heartbeat_at > first.heartbeat_at
 
     await until(newer)
+    # Link states follow the kernel from one heartbeat to the next.
+    assert eth1.state == "up"
+    cut = ["ip", "netns", "exec", host_node.ns, "ip", "link", "set", "eth1", "down"]
+    assert subprocess.run(cut, capture_output=True).returncode == 0
+
+    async def eth1_down() -> bool:
+        return {n.name: n.state for n in (await node_msg()).nics}.get("eth1") == "down"
+
+    await until(eth1_down)
 
 
 async def test_follows_intents_and_acks_only_after_status(
