@@ -68,6 +68,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--cached", action="store_true", help="answer from the last reports (no live check)"
     )
+    p.add_argument(
+        "--heal",
+        action="store_true",
+        help="ask drifting nodes to re-converge now (whatever the policy), then show the result",
+    )
     p.add_argument("--nats", help="NATS URL(s), comma-separated (default: $NATS_URL)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.set_defaults(handler=_audit)
@@ -168,10 +173,16 @@ async def _ask(nc: Client, subject: str, body: bytes, reply_type: type[T], timeo
 
 
 async def check(
-    nc: Client, node: str | None = None, *, live: bool = True, timeout: float = 30.0
+    nc: Client,
+    node: str | None = None,
+    *,
+    live: bool = True,
+    heal: bool = False,
+    timeout: float = 30.0,
 ) -> protocol.CheckReply:
-    """Ask the running auditor to check ``node`` (or all; live first) and answer."""
-    body = bus.encode(protocol.CheckRequest(node=node, live=live))
+    """Ask the running auditor to check ``node`` (or all; live first; ``heal``: re-converge
+    drifting nodes first) and answer."""
+    body = bus.encode(protocol.CheckRequest(node=node, live=live, heal=heal))
     return await _ask(nc, subjects.AUDITOR_CHECK, body, protocol.CheckReply, timeout)
 
 
@@ -210,7 +221,13 @@ def _audit(args: argparse.Namespace) -> int:
     async def run() -> int:
         nc = await _with_nc(args.nats, "l2net-audit")
         try:
-            reply = await check(nc, args.node, live=not args.cached, timeout=args.timeout)
+            reply = await check(
+                nc,
+                args.node,
+                live=not args.cached,
+                heal=args.heal,
+                timeout=max(args.timeout, 180.0) if args.heal else args.timeout,
+            )
         finally:
             await nc.drain()
         if args.json:

@@ -15,10 +15,12 @@ from shared.model import DriftItem, NodeIntent
 
 class CheckRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
     """Check ``node`` (every node the auditor knows if None). ``live``: ask each executor for
-    its state now, rather than trusting the last report."""
+    its state now, rather than trusting the last report. ``heal``: see below."""
 
     node: str | None = None
     live: bool = True
+    heal: bool = False
+    """Ask drifting nodes' executors to re-converge now, whatever the heal policy."""
 
 
 class NodeAudit(msgspec.Struct, kw_only=True, rename="camel"):

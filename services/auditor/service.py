@@ -363,16 +363,29 @@ class Auditor:
             await self.flush()
         return True
 
-    async def check(self, node: str | None = None, *, live: bool = True) -> protocol.CheckReply:
-        """Where ``node`` (or every node) stands, after a live check unless ``live`` is False."""
+    async def check(
+        self, node: str | None = None, *, live: bool = True, heal: bool = False
+    ) -> protocol.CheckReply:
+        """Where ``node`` (or every node) stands, after a live check unless ``live`` is False.
+
+        ``heal``: whatever the policy, ask each drifting node's executor to re-converge now
+        (counted and recorded like a policy heal), then answer from a fresh live check.
+        """
         if node is not None and node not in self.view.nodes:
             known = ", ".join(sorted(self.view.nodes)) or "none"
             return protocol.CheckReply(
                 ok=False, errors=[f"unknown node {node!r} (nodes known: {known})"]
             )
         names = [node] if node is not None else sorted(self.view.nodes)
-        if live:
+        if live or heal:
             await asyncio.gather(*(self.check_live(n) for n in names))
+        if heal:
+            for n in names:
+                kernel = [
+                    i for i in self.view.node(n).open_items() if is_kernel_key((i.object, i.path))
+                ]
+                if kernel and n not in self._live_failed:
+                    await self.heal(n, kernel)
         changed: dict[str, list[DriftItem]] = {}
         merge(changed, self.view.tick(time.time()))
         await self.flush()
@@ -476,38 +489,43 @@ class Auditor:
             if not await self.check_live(node):
                 return
             v = self.view.node(node)
-            if not any(self._in_heal_scope(v, i) for i in v.open_items()):
-                return
-            what = ", ".join(
-                f"{i.object}.{i.path}" if i.path else i.object
-                for i in v.open_items()
-                if self._in_heal_scope(v, i)
-            )
-            try:
-                reply = await self.nc.request(
-                    subjects.executor_control(node, "reconcile"),
-                    b"",
-                    timeout=self.config.reconcile_timeout_s,
-                )
-                status = bus.decode(reply.data, NodeStatus)
-                outcome = f"{status.phase} generation {status.observed_generation}"
-                if status.error:
-                    outcome += f": {status.error}"
-            except (NoRespondersError, NatsTimeout, msgspec.DecodeError) as exc:
-                outcome = f"no answer ({type(exc).__name__})"
-            at = time.time()
-            note = f"heal: asked {node} to re-converge ({what}): {outcome}"
-            self._heal_notes.add((node, at))
-            v.heals.append((at, note))
-            log.info("%s", note)
-            await self._publish_heal(v, note, at)
-            await self.check_live(node)
+            due = [i for i in v.open_items() if self._in_heal_scope(v, i)]
+            if due:
+                await self.heal(node, due)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.error("heal of %s: %s", node, exc)
         finally:
             self._healing.pop(node, None)
+
+    async def heal(self, node: str, items: list[DriftItem]) -> str:
+        """Ask ``node``'s executor to re-converge because of ``items``; count and record it.
+
+        Returns the note recorded in ``L2_DRIFT`` (what was healed, and the executor's answer).
+        """
+        v = self.view.node(node)
+        what = ", ".join(f"{i.object}.{i.path}" if i.path else i.object for i in items)
+        try:
+            reply = await self.nc.request(
+                subjects.executor_control(node, "reconcile"),
+                b"",
+                timeout=self.config.reconcile_timeout_s,
+            )
+            status = bus.decode(reply.data, NodeStatus)
+            outcome = f"{status.phase} generation {status.observed_generation}"
+            if status.error:
+                outcome += f": {status.error}"
+        except (NoRespondersError, NatsTimeout, msgspec.DecodeError) as exc:
+            outcome = f"no answer ({type(exc).__name__})"
+        at = time.time()
+        note = f"heal: asked {node} to re-converge ({what}): {outcome}"
+        self._heal_notes.add((node, at))
+        v.heals.append((at, note))
+        log.info("%s", note)
+        await self._publish_heal(v, note, at)
+        await self.check_live(node)
+        return note
 
     async def _publish_heal(self, v: NodeView, note: str, at: float) -> None:
         report = DriftReport(
@@ -538,7 +556,7 @@ class Auditor:
         else:
             with tracing.process_span(subjects.AUDITOR_CHECK, req.headers) as span:
                 tracing.annotate(span, node=body.node)
-                reply = await self.check(body.node, live=body.live)
+                reply = await self.check(body.node, live=body.live, heal=body.heal)
         await req.respond(bus.encode(reply))
 
     async def _handle_history(self, req: Request) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
+from services.auditor.demo import drift_and_heal
 from services.auditor.service import Auditor, AuditorConfig
 from services.lab import Lab
 from shared import bus, subjects
@@ -295,3 +297,46 @@ async def test_ifupdown2_and_the_audit_agree_on_what_a_hand_made_change_broke(
     result = await oracle.ifquery_check(lab, "node-1", oracle.interfaces_file(intent, ports))
     assert oracle.failures(result, ports) == set()
     assert json.dumps(result)  # every attribute was checked and passed
+
+
+async def test_the_demo_ending_catches_a_hand_made_drift_and_heals_it(
+    lab: Lab, labnc: Client, auditors: LabAuditors
+) -> None:
+    auditor = await auditors()
+    before = auditor.heals("node-1")
+    lines: list[str] = []
+    assert await drift_and_heal(labnc, node="node-1", run=lab.aexec, say=lines.append)
+    text = "\n".join(lines)
+    assert "- oob-bo.vlans: 200" in text and "exit code 2: drift" in text
+    assert text.rstrip().endswith("exit code 0: no drift")
+    assert await port_vids(lab, "node-1", "oob-bo") == ["1 PVID untagged", "200"]
+    assert auditor.heals("node-1") == before + 1
+    history = auditor.history("node-1")
+    whats = [e.what for e in history.events]
+    assert "drift" in whats and "resolved" in whats and "heal" in whats
+
+
+async def test_l2net_audit_heal_reconverges_a_node_whatever_the_policy(
+    lab: Lab, auditors: LabAuditors
+) -> None:
+    auditor = await auditors()
+    before = auditor.heals("node-2")  # heals are counted over the whole history
+    await sh(lab, "node-2", "ip", "link", "set", "oob-br", "mtu", "1400")
+
+    def audit(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "audit", "node-2", *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "NATS_URL": lab.nats_url},
+        )
+
+    first = await asyncio.to_thread(audit)
+    assert first.returncode == 2 and "~ oob-br.mtu: desired 1500, actual 1400" in first.stdout
+    healed = await asyncio.to_thread(audit, "--heal")
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    assert "node-2: no drift" in healed.stdout and f"healed {before + 1}x" in healed.stdout
+    mtu = await sh(lab, "node-2", "cat", "/sys/class/net/oob-br/mtu")
+    assert mtu.strip() == "1500"
