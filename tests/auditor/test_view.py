@@ -239,3 +239,44 @@ def test_a_node_heading_says_unverified_when_it_stopped_reporting() -> None:
         observed_at=1.0,
     )
     assert "NOT REPORTING" in format_node(audit)[0] and "UNVERIFIED" in format_node(audit)[0]
+
+
+def test_the_audit_example_in_the_docs_is_what_the_formatter_prints() -> None:
+    import calendar
+    import re
+    from pathlib import Path
+
+    from services.auditor.protocol import CheckReply, NodeAudit
+    from services.auditor.report import format_audit
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "auditor.md").read_text()
+    session = re.findall(r"```console\n(.*?)```", page, re.S)[0].splitlines()
+    assert session[0] == "$ l2net audit"
+    shown = session[1 : session.index("$ echo $?")]
+    at = calendar.timegm((2026, 11, 27, 21, 3, 4))
+
+    def node(name: str, items: list[DriftItem]) -> NodeAudit:
+        return NodeAudit(
+            node=name,
+            desired_generation=3,
+            applied_generation=3,
+            observed_generation=3,
+            reporting=True,
+            verified=True,
+            heartbeat_at=at,
+            observed_at=at,
+            items=items,
+        )
+
+    items = [
+        DriftItem(
+            object="oob-bo",
+            path="vlans",
+            desired=["1 PVID untagged", "200"],
+            actual=["1 PVID untagged"],
+            first_seen=at,
+        ),
+        DriftItem(object="oob-br", path="mtu", desired=1500, actual=1400, first_seen=at + 5),
+    ]
+    reply = CheckReply(ok=True, nodes=[node("node-1", items), node("node-2", [])])
+    assert format_audit(reply).splitlines() == shown
