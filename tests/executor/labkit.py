@@ -147,6 +147,14 @@ def seed_intent(
     )
 
 
+def mgmt_only_intent(node: str, generation: int) -> NodeIntent:
+    """The seed with cluster network ``oob`` deleted: only vlan100 on mgmt remains."""
+    it = seed_intent(node, generation, vlan200=None)
+    it.cluster_networks = it.cluster_networks[:1]
+    it.vm_ports = [p for p in it.vm_ports if p.cluster_network == "mgmt"]
+    return it
+
+
 async def sh(lab: Lab, node: str, *argv: str, check: bool = True, timeout: float = 60) -> str:
     """Run a command in a node; its stdout (fails the test on a non-zero exit if ``check``)."""
     rc, out, err = await lab.aexec(node, list(argv), timeout=timeout)

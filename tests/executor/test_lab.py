@@ -21,7 +21,14 @@ from services.lab import Lab
 from shared import bus, subjects
 from shared.model import HostVlanIntent, NodeIntent, NodeStatus, ObservedState
 from tests.executor.helpers import final_status, publish_intent, until
-from tests.executor.labkit import port_vids, seed_intent, sh, vm_address, vm_ping
+from tests.executor.labkit import (
+    mgmt_only_intent,
+    port_vids,
+    seed_intent,
+    sh,
+    vm_address,
+    vm_ping,
+)
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -330,3 +337,20 @@ async def test_deleting_a_network_removes_its_vids_and_cni_ports(lab: Lab, labnc
         veths = [e for e in out if e["ifname"].startswith("veth")]
         assert len(veths) == 2  # vm100 and vmu only
     assert await vm_ping(lab, "node-3", "vm100", "169.254.100.1")
+
+
+async def test_deleting_a_cluster_network_removes_its_bond_and_bridge_and_frees_its_nics(
+    lab: Lab, labnc: Client
+) -> None:
+    assert_applied(await apply_all(labnc, mgmt_only_intent))
+    for node in NODES:
+        links = {
+            link["ifname"]: link
+            for link in json.loads(await sh(lab, node, "ip", "-j", "link", "show"))
+        }
+        assert "oob-bo" not in links and "oob-br" not in links
+        assert "master" not in links["eth1"] and "master" not in links["eth2"]
+        assert links["mgmt-bo"]["master"] == "mgmt-br"
+        assert "vmu" not in await sh(lab, node, "ip", "netns", "list")
+        assert await port_vids(lab, node, "mgmt-bo") == ["1 PVID untagged", "100"]
+    assert await vm_ping(lab, "node-2", "vm100", "169.254.100.1")
