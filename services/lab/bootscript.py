@@ -28,7 +28,8 @@ mount -t sysfs sysfs /sys || fail "mount /sys"
 # Private /run: without it the guest would write the host's /run (hostfs root).
 mount -t tmpfs -o mode=755 tmpfs /run || fail "mount tmpfs on /run"
 mkdir -p /run/netns /run/network /run/l2lab/lib/modules
-if [ -d /var/log/ifupdown2 ]; then mount -t tmpfs tmpfs /var/log/ifupdown2; fi
+# Tools that keep state there would otherwise write the host's directories.
+for d in /var/log/ifupdown2 /var/lib/cni; do [ -d "$d" ] && mount -t tmpfs tmpfs "$d"; done
 [ -r "$L2LAB_NODE_DIR/node.env" ] || fail "no node.env in L2LAB_NODE_DIR='$L2LAB_NODE_DIR'"
 . "$L2LAB_NODE_DIR/node.env"
 echo "l2lab-init: booting $L2LAB_NODE of lab $L2LAB_ID"

@@ -68,7 +68,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     try:
         lab = Lab.load(_dir(args))
         stdin = sys.stdin.buffer.read() if args.stdin else b""
-        rc, out, err = lab.exec(args.node, argv, timeout=args.timeout, stdin=stdin)
+        rc, out, err = lab.exec(args.node, argv, timeout=args.timeout, stdin=stdin, vm=args.vm)
     except LabError as exc:
         _err(str(exc))
         return EXEC_FAILED
@@ -169,6 +169,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ex = lsub.add_parser("exec", parents=[common], help="run a command in a node")
     ex.add_argument("--timeout", type=float, default=60.0, help="kill the command after S s")
     ex.add_argument("--stdin", action="store_true", help="pass this command's stdin along")
+    ex.add_argument("--vm", metavar="NAME", help="run in VM NAME's network namespace")
     ex.add_argument("node", help="node-1 ... node-N")
     ex.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARG ...]")
     ex.set_defaults(handler=cmd_exec)

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -303,17 +303,21 @@ class Lab:
         *,
         timeout: float = 60.0,
         stdin: bytes = b"",
+        vm: str | None = None,
         nc: Client | None = None,
     ) -> ExecResult:
         """Run ``argv`` (no shell) in ``node``; returns its exit code, stdout and stderr.
 
-        The command is killed after ``timeout`` seconds (rc 124). Pass a connected ``nc`` to
-        reuse a NATS connection; otherwise one is opened for the call. Raises LabError when
-        the node does not answer.
+        With ``vm``, the command runs in that VM's network namespace inside the node
+        (``ip netns exec VM ...``). The command is killed after ``timeout`` seconds (rc 124).
+        Pass a connected ``nc`` to reuse a NATS connection; otherwise one is opened for the
+        call. Raises LabError when the node does not answer.
         """
         self.node(node)
         if not argv:
             raise LabError("lab exec: no command given")
+        if vm is not None:
+            argv = ["ip", "netns", "exec", vm, *argv]
         req = ExecRequest(argv=list(argv), timeout=timeout, stdin=stdin)
         data = await self._request(node, "exec", msgspec.json.encode(req), timeout + 10, nc)
         reply = msgspec.json.decode(data, type=ExecReply)
@@ -326,10 +330,16 @@ class Lab:
         )
 
     def exec(
-        self, node: str, argv: Sequence[str], *, timeout: float = 60.0, stdin: bytes = b""
+        self,
+        node: str,
+        argv: Sequence[str],
+        *,
+        timeout: float = 60.0,
+        stdin: bytes = b"",
+        vm: str | None = None,
     ) -> ExecResult:
         """Synchronous :meth:`aexec`."""
-        return _run_sync(self.aexec(node, argv, timeout=timeout, stdin=stdin))
+        return _run_sync(self.aexec(node, argv, timeout=timeout, stdin=stdin, vm=vm))
 
     async def aping(
         self, node: str, *, timeout: float = 2.0, nc: Client | None = None
@@ -426,7 +436,7 @@ class Lab:
         executor: bool | None = None,
         timeout: float = 180.0,
         environ: dict[str, str] | None = None,
-        progress: Any = None,
+        progress: Callable[[str], None] | None = None,
     ) -> Lab:
         """Boot a lab and return when every node answers over NATS (see module docstring).
 
@@ -478,7 +488,7 @@ class Lab:
         )
         state.save(st)
         lab = cls(st)
-        say = progress or (lambda line: None)
+        say: Callable[[str], None] = progress or (lambda line: None)
         try:
             _run_sync(
                 lab._boot(
@@ -509,7 +519,7 @@ class Lab:
         nats_url: str | None,
         timeout: float,
         environ: dict[str, str],
-        say: Any,
+        say: Callable[[str], None],
     ) -> None:
         st = self.state
         d = Path(st.dir)

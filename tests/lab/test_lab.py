@@ -276,6 +276,10 @@ def fabric(lab: Lab) -> Lab:
 def test_vlan100_vms_on_two_nodes_reach_each_other_over_bond_and_switch(fabric: Lab) -> None:
     assert ping(fabric, "node-1", "vm-a", "169.254.100.2")
     assert ping(fabric, "node-2", "vm-b", "169.254.100.1")
+    # `lab exec --vm` runs inside the VM's namespace.
+    res = lab_cli("exec", "--state-dir", str(fabric.dir), "--vm", "vm-b", "node-2", "--",
+                  "ip", "-o", "-4", "addr", "show", "dev", "eth0")  # fmt: skip
+    assert res.returncode == 0 and "169.254.100.2/24" in res.stdout
 
 
 def test_vlan200_vm_cannot_reach_vlan100_vm(fabric: Lab) -> None:
