@@ -608,6 +608,7 @@ class Lab:
                         ev.set()
 
                     await nc.subscribe(subjects.node(n.name), cb=on_node)
+                await nc.flush()  # subscribed before any executor can publish
             started: dict[str, float] = {}
             for n in st.nodes:
                 self._write_node_env(n)
