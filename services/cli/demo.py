@@ -4,14 +4,15 @@
 2. A lab of three user-mode Linux nodes (``l2net lab up --nodes 3``), each booted like a
    Harvester node (``mgmt-bo`` of eth0 under ``mgmt-br``) and running its executor, which
    registers the node on the bus.
-3. The planner (and the auditor, when installed), in this process.
+3. The planner and the auditor (report-only), in this process.
 4. The seed's topology applied through the planner's API, as any client would: cluster
    network ``oob`` on eth1+eth2 (active-backup), ``vlan100`` on mgmt, ``vlan200`` and
    ``untagged-network`` on oob, and one VM NIC per network per node.
 5. What came of it: each node's status, ``bridge vlan show`` of each uplink from each node,
    and a connectivity matrix from real pings between the VMs (169.254.0.0/16, inside the
    lab only), the pairs on different networks shown as isolated.
-6. A drift made by hand on one node, caught, and healed.
+6. A drift made by hand on one node (VLAN 200 taken off its uplink), caught by the auditor as
+   ``l2net audit`` shows it, and healed (``l2net audit --heal``).
 
 Everything started is stopped at the end, by the pids and names recorded.
 """
@@ -30,6 +31,9 @@ from typing import Any
 
 from nats.aio.client import Client
 
+from services.auditor.cli import AuditError
+from services.auditor.demo import drift_and_heal
+from services.auditor.service import Auditor
 from services.cli.commands import format_table, print_apply_reply
 from services.lab import Lab
 from services.planner.service import Planner
@@ -215,43 +219,15 @@ async def connectivity(lab: Lab, vms: list[Vm]) -> bool:
     return ok
 
 
-async def drift_and_heal(nc: Client, lab: Lab) -> bool:
-    """Remove VID 200 from node-2's uplink by hand; show it is seen; heal; show it is gone."""
-    audit_demo = _auditor_demo()
-    assert audit_demo is not None
-    cmd = ["bridge", "vlan", "del", "dev", "oob-bo", "vid", "200"]
-    print(f"{DRIFT_NODE}$ {' '.join(cmd)}    # by hand, behind l2net's back")
-    await lab.aexec(DRIFT_NODE, cmd)
-    found = await audit_demo.show_audit(nc, DRIFT_NODE, expect_drift=True)
-    print(f"\n$ l2net reconcile {DRIFT_NODE}")
-    msg = await nc.request(subjects.executor_control(DRIFT_NODE, "reconcile"), b"", timeout=120)
-    status = bus.decode(msg.data, model.NodeStatus)
-    print(f"{DRIFT_NODE}: {status.phase} ({status.netlink_writes} netlink writes)")
-    clean = await audit_demo.show_audit(nc, DRIFT_NODE, expect_drift=False)
-    return bool(found and clean)
-
-
-def _auditor_demo() -> Any:
-    """The auditor's demo hooks, once the auditor is installed."""
-    import importlib
-
-    try:
-        return importlib.import_module("services.auditor.demo")
-    except ModuleNotFoundError:
-        return None
-
-
 async def _main(server: natsserver.EmbeddedNats, lab: Lab) -> int:
     nc = await bus.connect([server.url], name="l2net-demo")
     planner = Planner(nc)
-    auditor: Any = None
+    auditor = Auditor(nc)
     try:
         await planner.start()
         print("planner: answering on l2.api.*")
-        audit_demo = _auditor_demo()
-        if audit_demo is not None:
-            auditor = await audit_demo.start_auditor(nc)
-            print("auditor: replaying and following the streams")
+        await auditor.start()
+        print("auditor: replaying and following the streams (report-only)")
 
         await wait_for(
             lambda: all(n in planner.catalog.nodes for n in NODES),
@@ -304,11 +280,13 @@ async def _main(server: natsserver.EmbeddedNats, lab: Lab) -> int:
         matrix_ok = await connectivity(lab, vms)
 
         heading(f"a drift made by hand on {DRIFT_NODE}, caught and healed")
-        healed = await drift_and_heal(nc, lab) if auditor is not None else True
+        try:
+            healed = await drift_and_heal(nc, node=DRIFT_NODE, run=lab.aexec)
+        except AuditError as exc:
+            raise DemoError(str(exc)) from exc
         return 0 if matrix_ok and healed else 1
     finally:
-        if auditor is not None:
-            await auditor.stop()
+        await auditor.stop()
         await planner.stop()
         await nc.drain()
 

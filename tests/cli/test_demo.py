@@ -25,4 +25,8 @@ def test_demo_converges_the_seed_on_three_nodes_with_isolation() -> None:
     assert uplinks.count("oob-bo            1 PVID Egress Untagged\n                  200") == 3
     assert uplinks.count("mgmt-bo           1 PVID Egress Untagged\n                  100") == 3
     assert "(as expected, every pair)" in out
+    # The hand-made drift is caught by the audit, then healed.
+    drift = out.split("caught and healed")[1]
+    assert "- oob-bo.vlans: 200" in drift
+    assert drift.index("exit code 2: drift") < drift.index("exit code 0: no drift")
     assert "lab down: nodes, switches and namespaces removed" in out
