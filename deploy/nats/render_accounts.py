@@ -14,7 +14,8 @@ Users (all in account ``L2NET`` with JetStream; ``SYS`` is the system account):
 - ``planner``: serves ``l2.api.>``, publishes specs and intents, manages the streams.
 - ``auditor``: reads every ``l2.>`` subject and stream, publishes ``l2.drift.>``, asks
   executors for live state or a reconcile (``l2.executor.<node>.state|reconcile``).
-- ``operator``: people and the ``l2net`` CLI: submits over ``l2.api.>``, asks executors for
+- ``operator``: people and the ``l2net`` CLI: submits over ``l2.api.>``, asks the auditor
+  (``l2.auditor.>``: ``l2net audit``, ``l2net history``), asks executors for
   state or a reconcile, reads everything, administers JetStream; cannot publish intents,
   status or drift itself.
 - ``<node>``: the executor of that node. Publishes only ``l2.status.<node>``,
@@ -131,6 +132,7 @@ def render(nodes: list[str]) -> str:
         "operator",
         [
             "l2.api.>",
+            "l2.auditor.>",
             "l2.executor.*.state",
             "l2.executor.*.reconcile",
             "$JS.API.>",

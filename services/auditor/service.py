@@ -43,7 +43,8 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import DeliverPolicy, StreamInfo
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
@@ -147,9 +148,9 @@ class Auditor:
 
     async def start(self) -> None:
         """Replay every stream, publish what is new, then follow live and serve requests."""
-        await bus.ensure_streams(self.js, [name for name, _ in READ_STREAMS])
+        await bus.ensure_streams(self.js, [subjects.STREAM_DRIFT])  # the one it writes
         for stream, _ in READ_STREAMS:
-            info = await self.js.stream_info(stream)
+            info = await self._stream_info(stream)
             self._targets[stream] = info.state.last_seq if info.state.messages else 0
             self._reached[stream] = asyncio.Event()
             if self._targets[stream] == 0:
@@ -191,6 +192,25 @@ class Auditor:
             sum(len(v.episodes.open) for v in self.view.nodes.values()),
             ", ".join(sorted(self.config.heal)) or "report only",
         )
+
+    async def _stream_info(self, stream: str) -> StreamInfo:
+        """The stream's info; a stream no service created yet is created with l2net's
+        configuration when this user may, else waited for (its writer creates it)."""
+        warned = False
+        while True:
+            try:
+                return await self.js.stream_info(stream)
+            except NotFoundError:
+                pass
+            try:
+                return await self.js.add_stream(bus.STREAMS[stream])
+            except BadRequestError:
+                continue  # created meanwhile by its writer
+            except Exception as exc:  # not allowed to create it: wait for its writer
+                if not warned:
+                    log.warning("waiting for stream %s to be created (%s)", stream, exc)
+                    warned = True
+                await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         """Stop following, serving and healing (idempotent)."""
