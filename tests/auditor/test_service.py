@@ -295,3 +295,46 @@ def test_a_bad_policy_is_refused_with_its_reason(tmp_path: Path) -> None:
     )
     assert cfg.heal == {"oob", "vlan9"} and cfg.policy.silence_s == 3
     assert isinstance(AuditorConfig().policy, Policy)
+
+
+async def test_the_auditor_is_a_nats_micro_service(nc: Client, auditors: AuditorFactory) -> None:
+    await auditors()
+    msg = await nc.request("$SRV.INFO.l2net-auditor", b"", timeout=5)
+    info = json.loads(msg.data)
+    assert info["name"] == "l2net-auditor"
+    assert {e["subject"] for e in info["endpoints"]} == {
+        subjects.AUDITOR_CHECK,
+        subjects.AUDITOR_HISTORY,
+        subjects.AUDITOR_DESIRED,
+    }
+
+
+async def test_l2net_auditor_runs_as_a_process_and_stops_on_sigterm(
+    nc: Client, events: Bus, nats_server: natsserver.EmbeddedNats, tmp_path: Path
+) -> None:
+    intent = seed_intent("node-1", 1)
+    await events.intent(intent)
+    await events.observed(converged(intent, at=T0, change=no_vid_200))
+    log = (tmp_path / "auditor.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "auditor", "--nats", nats_server.url],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        async def answers() -> bool:
+            try:
+                await nc.request("$SRV.PING.l2net-auditor", b"", timeout=1)
+            except Exception:
+                return False
+            return True
+
+        await until(answers, timeout=60)
+        result = await asyncio.to_thread(l2net, "audit", "--cached", url=nats_server.url)
+        assert result.returncode == 2 and "- oob-bo.vlans: 200" in result.stdout
+    finally:
+        proc.terminate()
+        code = await asyncio.to_thread(proc.wait, 30)
+    assert code == 0, (tmp_path / "auditor.log").read_text()
