@@ -49,6 +49,7 @@ def seed_intent(
     extra_oob_vids: list[int] | None = None,
     trunk: tuple[int, int] | None = None,
     bond_options: dict[str, Any] | None = None,
+    mtu: int = 1500,
 ) -> NodeIntent:
     """The seed topology for ``node``; ``vlan200=None`` deletes that network.
 
@@ -137,8 +138,9 @@ def seed_intent(
                     ports=["eth1", "eth2"],
                     mode=mode,
                     options=bond_options or {"miimon": 100},
+                    mtu=mtu,
                 ),
-                mtu=1500,
+                mtu=mtu,
                 uplink_vlans=oob_vids,
             ),
         ],
@@ -185,8 +187,14 @@ async def port_vids(lab: Lab, node: str, port: str) -> list[str]:
 
 
 async def vm_ping(lab: Lab, node: str, vm: str, address: str) -> bool:
-    """Real ICMP from the VM namespace ``vm`` in ``node`` to ``address`` (169.254/16 only)."""
+    """Real ICMP from the VM namespace ``vm`` in ``node`` to ``address`` (169.254/16 only).
+
+    The VM's neighbour cache is flushed first, so the exchange starts with a broadcast ARP:
+    after a bond changes its active port, the lab switch may still send a node's frames to
+    the port that is now the backup, until that node transmits again (as a real switch).
+    """
     assert address.startswith("169.254."), "lab traffic stays in 169.254.0.0/16"
+    await sh(lab, node, "ip", "netns", "exec", vm, "ip", "neigh", "flush", "all")
     rc, _, _ = await lab.aexec(
         node,
         ["ip", "netns", "exec", vm, "ping", "-c", "3", "-i", "0.3", "-W", "2", address],

@@ -275,10 +275,6 @@ async def test_a_bond_mode_change_is_applied(lab: Lab, labnc: Client) -> None:
         assert sorted(slaves.split()) == ["eth1", "eth2"]
         assert await port_vids(lab, node, "oob-bo") == ["1 PVID untagged", "210"]
     assert_applied(await apply_all(labnc, lambda n, g: seed_intent(n, g, vlan200=210)))
-    # Back to active-backup. The lab switch may still send a node's frames to the port that
-    # is now the backup (learned while balance-xor used both): fresh ARP relearns it.
-    for node in ("node-1", "node-2"):
-        await sh(lab, node, "ip", "netns", "exec", "vmu", "ip", "neigh", "flush", "all")
     assert await vm_ping(lab, "node-2", "vmu", "169.254.50.1")
 
 
@@ -296,6 +292,22 @@ async def test_bond_options_are_applied_and_read_back(lab: Lab, labnc: Client) -
         labnc, lambda n, g: seed_intent(n, g, vlan200=210, bond_options=options)
     )
     assert {n: s.netlink_writes for n, s in statuses.items()} == {n: 0 for n in NODES}
+
+
+async def test_a_cluster_network_mtu_reaches_bond_nics_and_bridge(lab: Lab, labnc: Client) -> None:
+    assert_applied(await apply_all(labnc, lambda n, g: seed_intent(n, g, vlan200=210, mtu=1400)))
+    for node in NODES:
+        links = {
+            link["ifname"]: link
+            for link in json.loads(await sh(lab, node, "ip", "-j", "link", "show"))
+        }
+        assert {name: links[name]["mtu"] for name in ("eth1", "eth2", "oob-bo", "oob-br")} == {
+            "eth1": 1400,
+            "eth2": 1400,
+            "oob-bo": 1400,
+            "oob-br": 1400,
+        }
+    assert await vm_ping(lab, "node-1", "vmu", "169.254.50.2")
 
 
 async def test_a_failure_at_a_step_rolls_back_to_the_exact_prior_state(
