@@ -51,7 +51,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from services.lab import naming, state
 from services.lab.bootscript import INIT_SCRIPT
 from services.lab.naming import LabConfigError, LabId
-from services.lab.protocol import ExecReply, ExecRequest, PingReply
+from services.lab.protocol import MAX_STDIN, ExecReply, ExecRequest, PingReply
 from services.lab.relay import Listener, RelayConfig, VlanBridge
 from shared import config, natsserver, subjects
 
@@ -316,6 +316,8 @@ class Lab:
         self.node(node)
         if not argv:
             raise LabError("lab exec: no command given")
+        if len(stdin) > MAX_STDIN:
+            raise LabError(f"lab exec: stdin of {len(stdin)} bytes is over {MAX_STDIN} bytes")
         if vm is not None:
             argv = ["ip", "netns", "exec", vm, *argv]
         req = ExecRequest(argv=list(argv), timeout=timeout, stdin=stdin)

@@ -10,6 +10,8 @@ import msgspec
 
 # Output beyond this (per stream) is cut, so that a reply fits the default 1 MiB NATS payload.
 MAX_OUTPUT = 256 * 1024
+# Standard input larger than this is refused (base64 in JSON must fit the payload limit).
+MAX_STDIN = 512 * 1024
 
 
 class ExecRequest(msgspec.Struct, kw_only=True):
