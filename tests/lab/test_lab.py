@@ -7,6 +7,7 @@ hand inside the nodes (the executor's job later), with veths into VLAN-aware bri
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import subprocess
@@ -150,6 +151,17 @@ def test_exec_unknown_node_or_command_is_a_clear_error(lab: Lab) -> None:
     assert rc == 127 and "not found" in err
     with pytest.raises(LabError, match="no command"):
         lab.exec("node-1", [])
+
+
+def test_exec_caps_output_and_refuses_oversized_stdin(lab: Lab) -> None:
+    rc, out, _ = lab.exec("node-1", ["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' a"])
+    assert rc == 0
+    assert out.startswith("a" * 262144) and "[lab: output cut at 262144 bytes]" in out
+    data = bytes(range(256)) * 1024  # 256 KiB of every byte value
+    rc, out, _ = lab.exec("node-1", ["sha256sum"], stdin=data)
+    assert out.split()[0] == hashlib.sha256(data).hexdigest()
+    with pytest.raises(LabError, match="stdin"):
+        lab.exec("node-1", ["cat"], stdin=b"x" * (1024 * 1024))
 
 
 def test_exec_kills_a_command_at_its_timeout(lab: Lab) -> None:
