@@ -128,9 +128,8 @@ class Auditor:
         self.config = config or AuditorConfig()
         self.view = FleetView(self.config.policy)
         self.replaying = True
-        self.published: dict[str, bool] = {}
-        """Episode id -> published as resolved (False: published open)."""
-        self._published_open: dict[tuple[str, Key], DriftItem] = {}
+        self.published: dict[tuple[str, Key], dict[float, DriftItem]] = {}
+        """(node, (object, path)) -> first seen -> the episode as last published."""
         self._heal_notes: set[tuple[str, float]] = set()
         self._healed: set[str] = set()
         self._healing: dict[str, asyncio.Task[None]] = {}
@@ -266,36 +265,45 @@ class Auditor:
 
     def _record_published(self, report: DriftReport) -> None:
         for item in report.items:
-            pid = episode_id(report.node, item)
-            key = (report.node, (item.object, item.path))
-            if item.resolved_at is not None:
-                self.published[pid] = True
-                known = self._published_open.get(key)
-                if known is not None and episode_id(report.node, known) == pid:
-                    del self._published_open[key]
-            elif pid not in self.published:
-                self.published[pid] = False
-                self._published_open[key] = item
+            episodes = self.published.setdefault((report.node, (item.object, item.path)), {})
+            if item.resolved_at is not None or item.first_seen not in episodes:
+                episodes[item.first_seen] = item
         if report.note.startswith("heal") and (report.node, report.at) not in self._heal_notes:
             self._heal_notes.add((report.node, report.at))
             self.view.node(report.node).heals.append((report.at, report.note))
 
+    def _align(self, node: str, item: DriftItem) -> None:
+        """Give ``item`` the start time of the published episode it is the same as.
+
+        A live check may see a change a moment before (or after) the observed state that
+        carries it into the stream: the episode published first is the record, and an episode
+        computed again from the streams that overlaps it in time is that same episode.
+        """
+        episodes = self.published.get((node, (item.object, item.path)))
+        if not episodes or item.first_seen in episodes:
+            return
+        end = item.resolved_at if item.resolved_at is not None else float("inf")
+        for first, known in episodes.items():
+            known_end = known.resolved_at if known.resolved_at is not None else end
+            if first <= end and item.first_seen <= known_end:
+                item.first_seen = first
+                return
+
     def _adopt_published(self) -> None:
         """Episodes published open that the streams alone do not show (a live check found
         them): keep them, as the same episode, until an event resolves them."""
-        for (node, key), item in self._published_open.items():
+        for v in self.view.nodes.values():
+            for item in v.episodes.all():
+                self._align(v.name, item)
+        for (node, key), episodes in self.published.items():
             v = self.view.node(node)
-            pid = episode_id(node, item)
-            if any(episode_id(node, e) == pid for e in v.episodes.all()):
-                continue
-            current = v.episodes.open.get(key)
-            if current is not None:
-                current.first_seen = min(current.first_seen, item.first_seen)
-                continue
-            adopted = msgspec.structs.replace(item)
-            v.episodes.open[key] = adopted
-            if is_kernel_key(key) and v.observed_at > item.first_seen:
-                v.episodes.resolve(key, v.observed_at)
+            computed = {i.first_seen for i in v.episodes.all() if (i.object, i.path) == key}
+            for first, known in episodes.items():
+                if known.resolved_at is not None or first in computed or key in v.episodes.open:
+                    continue
+                v.episodes.open[key] = msgspec.structs.replace(known)
+                if is_kernel_key(key) and v.observed_at > first:
+                    v.episodes.resolve(key, v.observed_at)
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -305,14 +313,18 @@ class Auditor:
             for name, v in sorted(self.view.nodes.items()):
                 items: list[DriftItem] = []
                 for item in v.episodes.all():
-                    pid = episode_id(name, item)
-                    done = self.published.get(pid)
-                    if done is None or (item.resolved_at is not None and not done):
+                    self._align(name, item)
+                    episodes = self.published.get((name, (item.object, item.path)), {})
+                    if item.first_seen not in episodes or (
+                        item.resolved_at is not None
+                        and episodes[item.first_seen].resolved_at is None
+                    ):
                         items.append(msgspec.structs.replace(item))
                 if items:
                     await self._publish(v, items)
                     for item in items:
-                        self.published[episode_id(name, item)] = item.resolved_at is not None
+                        key = (name, (item.object, item.path))
+                        self.published.setdefault(key, {})[item.first_seen] = item
                 metrics.drift_findings_open().set(len(v.episodes.open), {"l2net.node": name})
             reporting = sum(1 for v in self.view.nodes.values() if v.heartbeat_at and not v.silent)
             metrics.nodes_reporting().set(reporting)

@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from services.auditor import cli as audit_cli
 from services.auditor.service import AuditorConfig
 from services.auditor.view import Policy, episode_id
-from shared import natsserver, subjects
+from shared import bus, natsserver, subjects
 from shared.model import DriftReport
 from tests.auditor.conftest import AuditorFactory, Bus, applied, converged
 from tests.executor.helpers import until
@@ -338,3 +338,33 @@ async def test_l2net_auditor_runs_as_a_process_and_stops_on_sigterm(
         proc.terminate()
         code = await asyncio.to_thread(proc.wait, 30)
     assert code == 0, (tmp_path / "auditor.log").read_text()
+
+
+async def test_an_episode_seen_live_first_is_the_same_episode_in_the_stream(
+    nc: Client, events: Bus, auditors: AuditorFactory
+) -> None:
+    intent = seed_intent("node-1", 1)
+    await events.intent(intent)
+    await events.observed(converged(intent, at=T0))
+    live = converged(intent, at=T0 + 10, change=no_vid_200)
+
+    async def state(msg: object) -> None:  # the node's live state, as its executor answers
+        await msg.respond(bus.encode(live))  # type: ignore[attr-defined]
+
+    sub = await nc.subscribe(subjects.executor_control("node-1", "state"), cb=state)
+    first = await auditors()
+    assert ("oob-bo", "vlans") in {
+        (i.object, i.path) for i in (await first.check("node-1")).nodes[0].items
+    }
+    await sub.unsubscribe()
+    # The executor's own report of the same change reaches the stream with an earlier time.
+    await events.observed(converged(intent, at=T0 + 9, change=no_vid_200))
+    await events.observed(converged(intent, at=T0 + 20))
+    await until(lambda: first.findings("node-1") == [])
+    await until(lambda: _count(events, 2))
+    second = await auditors()
+    assert second.published_reports == 0
+    assert episodes_of(await events.drift_reports()) == [
+        ("node-1", "oob-bo", "vlans", T0 + 10, None),
+        ("node-1", "oob-bo", "vlans", T0 + 10, T0 + 20),
+    ]
