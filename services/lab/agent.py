@@ -99,6 +99,17 @@ def _uptime() -> float:
 
 async def serve(*, lab: str, node: str, address: str, url: str, cwd: str) -> None:
     """Connect (retrying until the relay answers) and serve until the process is killed."""
+
+    async def on_error(exc: Exception) -> None:
+        # nats-py would log a traceback for every failed attempt: one line is enough.
+        print(f"helper: NATS error: {exc!r}", flush=True)
+
+    async def on_disconnected() -> None:
+        print("helper: disconnected from NATS", flush=True)
+
+    async def on_reconnected() -> None:
+        print("helper: reconnected to NATS", flush=True)
+
     while True:
         try:
             nc = await nats.connect(
@@ -108,6 +119,9 @@ async def serve(*, lab: str, node: str, address: str, url: str, cwd: str) -> Non
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
             )
             break
         except Exception as exc:  # nats raises several unrelated types for "not reachable"

@@ -25,7 +25,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -104,16 +104,30 @@ def _pump(src: int, dst: int, convert: Callable[[bytes, int], bytes | None], vid
                 os.write(dst, out)
 
 
-async def _join(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one direction until end of stream, then pass the half-close on."""
+    with contextlib.suppress(ConnectionError, OSError):
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
-    except (ConnectionError, OSError):
-        pass
+        if writer.can_write_eof():
+            writer.write_eof()
+
+
+async def join(
+    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+) -> None:
+    """Relay both directions of two connections until both ends are done, then close."""
+    try:
+        await asyncio.gather(_pipe(a[0], b[1]), _pipe(b[0], a[1]))
     finally:
-        with contextlib.suppress(OSError):
-            writer.close()
+        for writer in (a[1], b[1]):
+            with contextlib.suppress(OSError):
+                writer.close()
+
+
+ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 async def _serve(cfg: RelayConfig) -> None:
@@ -142,23 +156,20 @@ async def _serve(cfg: RelayConfig) -> None:
         loop.add_reader(sw, _pump, sw, addr, untag, vid)
         loop.add_reader(addr, _pump, addr, sw, tag, vid)
 
-    def handler(lst: Listener) -> object:
+    def handler(lst: Listener) -> ClientHandler:
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 # Created after popns: this socket lives in the root namespace.
-                t_reader, t_writer = await asyncio.open_connection(lst.target_host, lst.target_port)
+                target = await asyncio.open_connection(lst.target_host, lst.target_port)
             except OSError as exc:
                 print(f"relay {lst.name}: cannot reach target: {exc}", flush=True)
                 writer.close()
                 return
-            await asyncio.gather(_join(reader, t_writer), _join(t_reader, writer))
+            await join((reader, writer), target)
 
         return on_client
 
-    servers = [
-        await asyncio.start_server(handler(lst), sock=s)  # type: ignore[arg-type]
-        for lst, s in socks
-    ]
+    servers = [await asyncio.start_server(handler(lst), sock=s) for lst, s in socks]
     for lst, _ in socks:
         print(
             f"relay {lst.name}: {cfg.netns} {lst.listen_host}:{lst.listen_port} -> "

@@ -4,6 +4,7 @@ OTEL hand-over, the VLAN translator's framing, the executor hook and the CLI's p
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shlex
 import subprocess
 import sys
@@ -134,3 +135,27 @@ def test_cli_registers_lab_commands_and_keeps_the_command_after_double_dash() ->
     assert (up.nodes, up.mgmt_vlan, up.no_executor, up.data_nics) == (3, 10, True, 2)
     for sub in ("status", "down"):
         assert callable(parser.parse_args(["lab", sub]).handler)
+
+
+async def test_relay_join_carries_both_directions_and_half_close() -> None:
+    # A request-then-shutdown client (as HTTP/1.0 or OTLP exporters may do) gets its answer.
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.read()  # until the client's half-close arrives
+        writer.write(b"answer to " + request)
+        await writer.drain()
+        writer.close()
+
+    backend = await asyncio.start_server(target, "127.0.0.1", 0)
+    backend_port = backend.sockets[0].getsockname()[1]
+
+    async def relay_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await relay.join((reader, writer), await asyncio.open_connection("127.0.0.1", backend_port))
+
+    front = await asyncio.start_server(relay_client, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", front.sockets[0].getsockname()[1])
+    writer.write(b"question")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 10) == b"answer to question"
+    writer.close()
+    front.close()
+    backend.close()
