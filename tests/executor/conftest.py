@@ -16,10 +16,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from nats.aio.client import Client
 from pyroute2 import AsyncIPRoute
 from pyroute2 import netns as pyroute2_netns
 
 from services.executor.kernel import NetlinkKernel
+from services.lab import Lab
+from shared import bus
 from shared.model import ClusterNetworkIntent, NodeIntent, VlanRange, VmPortIntent
 
 
@@ -122,3 +125,13 @@ def intent(node: HostNode, generation: int, ports: list[VmPortIntent]) -> NodeIn
     return NodeIntent(
         node=node.node, generation=generation, cluster_networks=[mgmt_cn()], vm_ports=ports
     )
+
+
+@pytest.fixture
+async def labnc(lab: Lab) -> AsyncIterator[Client]:
+    """A NATS client on the lab's server; ``lab`` is the module's own (module-scoped) lab."""
+    nc = await bus.connect([lab.nats_url], name="executor-lab-test")
+    try:
+        yield nc
+    finally:
+        await nc.drain()

@@ -21,6 +21,7 @@ from shared.model import (
     VlanRange,
     VmPortIntent,
 )
+from tests.executor.conftest import mgmt_cn
 
 UNTAGGED = VlanRange(vid=1, pvid=True, untagged=True)
 
@@ -59,75 +60,40 @@ def seed_intent(
     oob_vids += [
         VlanRange(vid=v) for v in sorted({*([vlan200] if vlan200 else []), *(extra_oob_vids or [])})
     ]
+
+    def port(
+        vm: str, network: str, bridge: str, vlans: list[VlanRange], vlan: int | None = None
+    ) -> VmPortIntent:
+        return VmPortIntent(
+            name=f"{node}-{vm}",
+            vm=vm,
+            ifname="eth0",
+            network=network,
+            cluster_network=bridge.removesuffix("-br"),
+            bridge=bridge,
+            vlans=vlans,
+            mac=None,
+            cni_config=nad(network, bridge, vlan),
+        )
+
     ports = [
-        VmPortIntent(
-            name=f"{node}-vm100",
-            vm="vm100",
-            ifname="eth0",
-            network="vlan100",
-            cluster_network="mgmt",
-            bridge="mgmt-br",
-            vlans=[VlanRange(vid=100, pvid=True, untagged=True)],
-            mac=None,
-            cni_config=nad("vlan100", "mgmt-br", 100),
-        ),
-        VmPortIntent(
-            name=f"{node}-vmu",
-            vm="vmu",
-            ifname="eth0",
-            network="untagged-network",
-            cluster_network="oob",
-            bridge="oob-br",
-            vlans=[UNTAGGED],
-            mac=None,
-            cni_config=nad("untagged-network", "oob-br"),
-        ),
+        port("vm100", "vlan100", "mgmt-br", [VlanRange(vid=100, pvid=True, untagged=True)], 100),
+        port("vmu", "untagged-network", "oob-br", [UNTAGGED]),
     ]
     if vlan200 is not None:
-        ports.append(
-            VmPortIntent(
-                name=f"{node}-vm200",
-                vm="vm200",
-                ifname="eth0",
-                network="vlan200",
-                cluster_network="oob",
-                bridge="oob-br",
-                vlans=[VlanRange(vid=vlan200, pvid=True, untagged=True)],
-                mac=None,
-                cni_config=nad("vlan200", "oob-br", vlan200),
-            )
-        )
+        vlans = [VlanRange(vid=vlan200, pvid=True, untagged=True)]
+        ports.append(port("vm200", "vlan200", "oob-br", vlans, vlan200))
     if trunk is not None:
         lo, hi = trunk
-        config = nad("trunk", "oob-br")
-        config["vlanTrunk"] = [{"minID": lo, "maxID": hi}]
-        ports.append(
-            VmPortIntent(
-                name=f"{node}-vmt",
-                vm="vmt",
-                ifname="eth0",
-                network="trunk",
-                cluster_network="oob",
-                bridge="oob-br",
-                vlans=[VlanRange(vid=lo, vid_end=hi)],
-                mac=None,
-                cni_config=config,
-            )
-        )
+        trunk_port = port("vmt", "trunk", "oob-br", [VlanRange(vid=lo, vid_end=hi)])
+        trunk_port.cni_config["vlanTrunk"] = [{"minID": lo, "maxID": hi}]
+        ports.append(trunk_port)
         oob_vids = canonical_vlans([*oob_vids, VlanRange(vid=lo, vid_end=hi)])
     return NodeIntent(
         node=node,
         generation=generation,
         cluster_networks=[
-            ClusterNetworkIntent(
-                name="mgmt",
-                bridge="mgmt-br",
-                bond_name="mgmt-bo",
-                managed=False,
-                bond=None,
-                mtu=1500,
-                uplink_vlans=[VlanRange(vid=100)],
-            ),
+            mgmt_cn([VlanRange(vid=100)]),
             ClusterNetworkIntent(
                 name="oob",
                 bridge="oob-br",

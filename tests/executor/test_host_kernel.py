@@ -88,11 +88,16 @@ async def test_deleted_vm_nic_is_unplugged_and_its_namespace_removed(
     assert f"{a}/eth0" in state.vm_ports and a in state.namespaces
 
 
+def put_eth1_in_a_foreign_bridge(node: HostNode) -> None:
+    """A bridge ``other-br`` made by someone else, with eth1 as its port."""
+    assert run_in(node.ns, "ip", "link", "add", "other-br", "type", "bridge").returncode == 0
+    assert run_in(node.ns, "ip", "link", "set", "eth1", "master", "other-br").returncode == 0
+
+
 async def test_links_l2net_does_not_own_are_never_touched(
     host_node: HostNode, kernel: NetlinkKernel
 ) -> None:
-    assert run_in(host_node.ns, "ip", "link", "add", "other-br", "type", "bridge").returncode == 0
-    assert run_in(host_node.ns, "ip", "link", "set", "eth1", "master", "other-br").returncode == 0
+    put_eth1_in_a_foreign_bridge(host_node)
     before = comparable(await kernel.read())
     a = host_node.vm("a")
     desired, _ = desired_state(intent(host_node, 1, [untagged_port(a)]))
@@ -107,8 +112,7 @@ async def test_intent_that_would_take_a_nic_from_another_bridge_changes_nothing(
     host_node: HostNode, kernel: NetlinkKernel
 ) -> None:
     # eth1 sits in a bridge l2net does not own: enslaving it elsewhere would steal it.
-    assert run_in(host_node.ns, "ip", "link", "add", "other-br", "type", "bridge").returncode == 0
-    assert run_in(host_node.ns, "ip", "link", "set", "eth1", "master", "other-br").returncode == 0
+    put_eth1_in_a_foreign_bridge(host_node)
     before = comparable(await kernel.read())
     bad = NodeIntent(
         node=host_node.node,

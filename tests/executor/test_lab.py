@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,15 +44,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
     finally:
         lab.down()
-
-
-@pytest.fixture
-async def labnc(lab: Lab) -> AsyncIterator[Client]:
-    nc = await bus.connect([lab.nats_url], name="executor-lab-test")
-    try:
-        yield nc
-    finally:
-        await nc.drain()
 
 
 async def apply_all(nc: Client, make: object, nodes: list[str] = NODES) -> dict[str, NodeStatus]:

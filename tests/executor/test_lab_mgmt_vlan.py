@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from nats.aio.client import Client
@@ -31,15 +31,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
     finally:
         lab.down()
-
-
-@pytest.fixture
-async def labnc(lab: Lab) -> AsyncIterator[Client]:
-    nc = await bus.connect([lab.nats_url], name="executor-mgmt-vlan-test")
-    try:
-        yield nc
-    finally:
-        await nc.drain()
 
 
 def hostile_intent(generation: int) -> NodeIntent:
