@@ -251,3 +251,69 @@ def test_vlan_changes_turn_actual_into_desired(
     result.update(expand_vlans(add))
     assert result == expand_vlans(want)
     assert canonical_vlans(canonical_vlans(want)) == canonical_vlans(want)
+
+
+def storage(vlan: int, address: str) -> HostVlanIntent:
+    return HostVlanIntent(
+        name="oob-br.300",
+        host_network="storage",
+        cluster_network="oob",
+        bridge="oob-br",
+        vlan=vlan,
+        addresses=[address],
+    )
+
+
+def test_a_host_network_gets_its_self_vid_then_its_interface_then_its_address() -> None:
+    desired, _ = desired_state(
+        seed_intent("node-1", 1, host_vlans=[storage(300, "169.254.30.1/24")])
+    )
+    steps = [s.describe() for s in plan(desired, converged_seed_node())]
+    assert steps == [
+        "vlan.add oob-br (ranges=300, self=True)",
+        "link.create oob-br.300 (kind=vlan, alias=l2net hostnet=storage, mtu=1500,"
+        " vlan_id=300, vlan_link=oob-br)",
+        "addr.add oob-br.300 (address=169.254.30.1/24)",
+        "link.set oob-br.300 (up=True)",
+    ]
+
+
+def test_a_host_networks_new_address_replaces_the_old_one() -> None:
+    actual = converged_seed_node()
+    actual.links["oob-br.300"] = LinkState(
+        name="oob-br.300",
+        kind="vlan",
+        alias=owner_alias(hostnet="storage"),
+        vlan_id=300,
+        vlan_link="oob-br",
+        up=True,
+        mtu=1500,
+        addresses=["169.254.30.1/24"],
+    )
+    actual.vlans["oob-br"] = [DEFAULT_PVID, vr(300)]
+    desired, _ = desired_state(
+        seed_intent("node-1", 1, host_vlans=[storage(300, "169.254.30.9/24")])
+    )
+    assert [s.describe() for s in plan(desired, actual)] == [
+        "addr.add oob-br.300 (address=169.254.30.9/24)",
+        "addr.del oob-br.300 (address=169.254.30.1/24)",
+    ]
+
+
+def test_a_vm_nic_moved_to_another_bridge_by_hand_is_put_back() -> None:
+    actual = converged_seed_node()
+    actual.links["veth1"].master = "mgmt-br"  # vmu's NIC, found on the wrong bridge
+    actual = build_actual(
+        node="node-1",
+        links=actual.links.values(),
+        vlans=actual.vlans,
+        namespaces=actual.namespaces,
+    )
+    desired, _ = desired_state(seed_intent("node-1", 1))
+    assert Difference(
+        object="vm/vmu/eth0", path="bridge", desired="oob-br", actual="mgmt-br"
+    ) in diff(desired, actual)
+    assert [s.describe() for s in plan(desired, actual)] == [
+        "link.set veth1 (master=oob-br)",
+        "vm.vlans vm/vmu/eth0 (vlans=1 pvid untagged)",
+    ]
