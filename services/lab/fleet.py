@@ -764,10 +764,11 @@ class Lab:
             )
         # `ip netns exec` execs linux.uml in place: wait for the exec so the recorded
         # executable is the kernel's, which is how leftover UML processes are recognised.
+        kernel = os.path.realpath(shutil.which(UML_BINARY) or UML_BINARY)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and proc.poll() is None:
             ref = state.ref(proc.pid)
-            if ref.exe.endswith(UML_BINARY):
+            if ref.exe == kernel:
                 return ref
             time.sleep(0.01)
         raise LabError(self._failure(n, "linux.uml did not start"))
