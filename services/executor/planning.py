@@ -264,6 +264,12 @@ def plan(desired: NodeL2State, actual: NodeL2State) -> list[Step]:
         obj = f"vm/{key}"
         fix = Step(op="vm.vlans", target=obj, args={"vlans": vport.vlans or []})
         if missing(obj):
+            if vport.bridge not in desired.links and vport.bridge not in actual.links:
+                # The bridge plugin would quietly create a bridge of its own.
+                raise PlanError(
+                    f"{obj}: its bridge {vport.bridge} does not exist on this node and is not"
+                    " part of the intent"
+                )
             create += [Step(op="cni.add", target=obj, args=_cni_args(vport)), fix]
         elif changed(obj, "bridge"):
             # Released or moved by hand: the VM keeps its NIC, the veth goes back in place.

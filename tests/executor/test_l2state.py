@@ -317,3 +317,17 @@ def test_a_vm_nic_moved_to_another_bridge_by_hand_is_put_back() -> None:
         "link.set veth1 (master=oob-br)",
         "vm.vlans vm/vmu/eth0 (vlans=1 pvid untagged)",
     ]
+
+
+def test_a_vm_nic_on_a_bridge_the_node_does_not_have_is_refused() -> None:
+    it = seed_intent("node-1", 1)
+    it.cluster_networks = it.cluster_networks[:1]  # oob is not on this node
+    actual = converged_seed_node()
+    for name in ("oob-br", "oob-bo", "veth1", "veth2"):
+        del actual.links[name]
+    actual = build_actual(
+        node="node-1", links=actual.links.values(), vlans={}, namespaces=["vm100"]
+    )
+    desired, _ = desired_state(it)
+    with pytest.raises(PlanError, match="its bridge oob-br does not exist on this node"):
+        plan(desired, actual)
