@@ -156,8 +156,17 @@ def run_auditor(args: argparse.Namespace) -> int:
 
 async def _ask(nc: Client, subject: str, body: bytes, reply_type: type[T], timeout: float) -> T:
     with tracing.publish_span(subject) as headers:
+        task = asyncio.ensure_future(nc.request(subject, body, timeout=timeout, headers=headers))
+        waited = 0
+        while not task.done():  # long waits (a heal) show progress on a terminal
+            await asyncio.wait({task}, timeout=1.0)
+            waited += 1
+            if not task.done() and sys.stderr.isatty():
+                print(f"\rwaiting for the auditor on {subject}… {waited}s", end="", file=sys.stderr)
+        if waited > 1 and sys.stderr.isatty():
+            print(file=sys.stderr)
         try:
-            msg = await nc.request(subject, body, timeout=timeout, headers=headers)
+            msg = task.result()
         except NoRespondersError as exc:
             raise AuditError(
                 f"no auditor answers on {subject}: is `l2net auditor` running?"
