@@ -23,6 +23,7 @@ from nats.aio.client import Client
 
 from services.auditor.demo import drift_and_heal
 from services.auditor.service import Auditor, AuditorConfig
+from services.auditor.view import Policy
 from services.lab import Lab
 from shared import bus, subjects
 from shared.model import NodeStatus, ObservedState
@@ -340,3 +341,25 @@ async def test_l2net_audit_heal_reconverges_a_node_whatever_the_policy(
     assert "node-2: no drift" in healed.stdout and f"healed {before + 1}x" in healed.stdout
     mtu = await sh(lab, "node-2", "cat", "/sys/class/net/oob-br/mtu")
     assert mtu.strip() == "1500"
+
+
+async def test_a_stopped_executor_is_not_reporting_and_its_node_unverified(
+    lab: Lab, labnc: Client, auditors: LabAuditors
+) -> None:
+    # Last in the module: node-2's executor stays stopped. Executors heartbeat every 10 s.
+    auditor = await auditors(AuditorConfig(policy=Policy(silence_s=15.0)))
+    assert await clean(auditor, "node-2")
+    pid = (lab.node_dir("node-2") / "executor.pid").read_text().strip()
+    assert pid.isdigit()
+    await sh(lab, "node-2", "kill", pid)  # the pid the node recorded when it started it
+
+    async def silent() -> bool:
+        return not (await auditor.check("node-2")).nodes[0].reporting
+
+    await until(silent, timeout=90)
+    reply = await auditor.check()
+    by_node = {n.node: n for n in reply.nodes}
+    two, one = by_node["node-2"], by_node["node-1"]
+    assert not two.verified and "stopped reporting" in two.note
+    assert keys(two.items) == {("node/node-2", "heartbeat")}
+    assert one.items == [] and one.verified and one.reporting  # no false drift elsewhere
