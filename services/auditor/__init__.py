@@ -1,0 +1,11 @@
+"""The auditor: replays l2net's history, reports drift between intent and kernels, heals.
+
+Modules: ``view`` (the pure fold of events into per-node views and drift episodes),
+``service`` (:class:`~services.auditor.service.Auditor`: replay, follow, publish, live
+checks, heal policy; the NATS micro service ``l2net-auditor``), ``protocol`` (the
+``l2.auditor.*`` request and reply bodies), ``report`` (the readable diff), ``cli``
+(``l2net auditor``, ``l2net audit``, ``l2net history``; :func:`~services.auditor.cli.check`
+and :func:`~services.auditor.cli.audit_once` for scripts) and ``demo``
+(:func:`~services.auditor.demo.drift_and_heal`, the end of ``make demo``). See
+docs/auditor.md.
+"""
