@@ -51,6 +51,8 @@ from nats.micro.service import Service
 
 from services.auditor import protocol
 from services.auditor.view import (
+    GENERATION,
+    HEARTBEAT,
     FleetView,
     Key,
     NodeView,
@@ -117,6 +119,22 @@ def cluster_network_of(item: DriftItem, intent: NodeIntent | None) -> str | None
     # Not in the intent (an extra link): l2net's names start with "<cn>-".
     head = obj.split("/")[-1].split("-", 1)[0]
     return head or None
+
+
+def _ended_since(v: NodeView, key: Key, first: float) -> float | None:
+    """When the view shows that an episode of ``key`` open since ``first`` is over (None: it
+    may still be on). Used for episodes published open that the streams do not show."""
+    if is_kernel_key(key):
+        return v.observed_at if v.observed_at > first else None
+    if key[1] == HEARTBEAT:
+        return v.heartbeat_at if v.heartbeat_at is not None and v.heartbeat_at > first else None
+    if (
+        key[1] == GENERATION
+        and v.latest_generation
+        and (v.applied_generation >= v.latest_generation)
+    ):
+        return max(first, v.applied_at.get(v.latest_generation, first))
+    return None
 
 
 class Auditor:
@@ -302,8 +320,9 @@ class Auditor:
                 if known.resolved_at is not None or first in computed or key in v.episodes.open:
                     continue
                 v.episodes.open[key] = msgspec.structs.replace(known)
-                if is_kernel_key(key) and v.observed_at > first:
-                    v.episodes.resolve(key, v.observed_at)
+                ended = _ended_since(v, key, first)
+                if ended is not None:
+                    v.episodes.resolve(key, ended)
 
     # -- publishing -------------------------------------------------------------------------
 

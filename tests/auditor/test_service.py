@@ -368,3 +368,23 @@ async def test_an_episode_seen_live_first_is_the_same_episode_in_the_stream(
         ("node-1", "oob-bo", "vlans", T0 + 10, None),
         ("node-1", "oob-bo", "vlans", T0 + 10, T0 + 20),
     ]
+
+
+async def test_a_node_finding_that_ended_while_the_auditor_was_down_is_closed_on_restart(
+    events: Bus, auditors: AuditorFactory
+) -> None:
+    now = time.time()
+    await events.intent(seed_intent("node-1", 1))
+    await events.status(applied("node-1", 1, now - 5))
+    await events.intent(seed_intent("node-1", 2, vlan200=210))
+    await events.status(applied("node-1", 2, now - 4, phase="RolledBack"))
+    first = await auditors()
+    assert [(i.path, i.resolved_at) for i in first.findings("node-1")] == [("generation", None)]
+    await first.stop()
+    await events.status(applied("node-1", 2, now - 1))  # applied while no auditor ran
+    second = await auditors()
+    assert second.findings("node-1") == []
+    assert episodes_of(await events.drift_reports()) == [
+        ("node-1", "node/node-1", "generation", now - 4, None),
+        ("node-1", "node/node-1", "generation", now - 4, now - 1),
+    ]
