@@ -71,6 +71,10 @@ class HistoryReply(msgspec.Struct, kw_only=True, rename="camel"):
     node: str = ""
     events: list[HistoryEvent] = msgspec.field(default_factory=list)
     errors: list[str] = msgspec.field(default_factory=list)
+    matching_since: float | None = None
+    """The node matches its desired state now, since this time."""
+    last_matched: float | None = None
+    """The last time the node stopped matching its desired state."""
 
 
 class DesiredRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):

@@ -93,7 +93,17 @@ def format_history(reply: HistoryReply) -> str:
         return "\n".join(f"error: {e}" for e in reply.errors)
     lines = [f"history of {reply.node}:"]
     for e in reply.events:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.at))
+        stamp = _stamp(e.at)
         gen = f"gen {e.generation}" if e.generation is not None else ""
         lines.append(f"  {stamp}  {e.what:8} {gen:7} {e.text}".rstrip())
+    if reply.matching_since is not None:
+        lines.append(f"matches its desired state since {_stamp(reply.matching_since)}")
+    elif reply.last_matched is not None:
+        lines.append(f"does not match its desired state; last matched {_stamp(reply.last_matched)}")
+    else:
+        lines.append("has not matched its desired state yet (or was never observed)")
     return "\n".join(lines)
+
+
+def _stamp(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))

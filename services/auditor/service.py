@@ -482,7 +482,13 @@ class Auditor:
             protocol.HistoryEvent(at=e.at, what=e.what, generation=e.generation, text=e.text)
             for e in v.history()
         ]
-        return protocol.HistoryReply(ok=True, node=node, events=events)
+        return protocol.HistoryReply(
+            ok=True,
+            node=node,
+            events=events,
+            matching_since=v.matching_since,
+            last_matched=v.last_matched,
+        )
 
     def desired(self, node: str, generation: int | None) -> protocol.DesiredReply:
         v = self.view.nodes.get(node)

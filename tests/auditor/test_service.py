@@ -237,6 +237,10 @@ async def test_l2net_audit_prints_the_diff_and_exits_like_terraform_plan(
     assert unknown.returncode == 1 and "unknown node 'node-9'" in unknown.stdout
     history = await asyncio.to_thread(l2net, "history", "node-1", url=nats_server.url)
     assert history.returncode == 0 and "drift" in history.stdout and "oob-br.mtu" in history.stdout
+    last = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(T0 + 1))
+    assert history.stdout.splitlines()[-1] == (
+        f"does not match its desired state; last matched {last}"
+    )
 
 
 async def test_audit_without_an_auditor_is_an_error_not_a_clean_bill(
