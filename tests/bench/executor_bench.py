@@ -11,7 +11,10 @@ same guest mean anything. The work happens in three steps:
    with three VM NICs), in rounds that alternate the tools, and checks they built the same;
 3. the executor service itself is started in the node next to a plain nats-py client
    process: an intent published on the host converges the node (end-to-end, through NATS),
-   then both processes' resident memory is read from the guest's /proc.
+   then both processes' resident memory is read from the guest's /proc;
+4. with the executor still running, an auditor on the host checks the node and sees drift
+   made by hand, against ifupdown2's ``ifquery -a -c`` in the node
+   (:mod:`tests.bench.auditcheck`).
 
 The lab is always torn down (``lab.down()``); nothing is installed on the host.
 """
@@ -36,7 +39,7 @@ from services.lab import Lab
 from services.lab.fleet import executor_command
 from shared import bus, subjects
 from shared.model import NodeStatus
-from tests.bench import ifupdown2kit, topology
+from tests.bench import auditcheck, ifupdown2kit, topology
 from tests.bench.common import Result
 from tests.bench.guest import GuestConfig, GuestReport, ToolRun
 from tests.bench.topology import BOND, BRIDGE, NICS
@@ -122,8 +125,11 @@ def _rss_kb(status: str) -> int:
     raise RuntimeError(f"no VmRSS in {status[:200]!r}")
 
 
-async def _service_phase(lab: Lab, work: Path, ifup_ms: float | None) -> list[Result]:
-    """The executor service in the node: end-to-end applies, then its resident memory."""
+async def _service_phase(
+    lab: Lab, work: Path, ifup_ms: float | None, kit: ifupdown2kit.Ifupdown2 | None
+) -> list[Result]:
+    """The executor service in the node: end-to-end applies, its resident memory, then the
+    auditor's checks of the node against ifquery (:mod:`tests.bench.auditcheck`)."""
     nc = await nats.connect(lab.nats_url, name="l2net-bench")
     statuses: asyncio.Queue[NodeStatus] = asyncio.Queue()
     registered = asyncio.Event()
@@ -194,6 +200,14 @@ async def _service_phase(lab: Lab, work: Path, ifup_ms: float | None) -> list[Re
             if rc != 0:
                 raise RuntimeError(f"process {pid} in {NODE} is gone: {err}")
             rss.append(_rss_kb(out))
+        audit: list[Result] = []
+        if kit is not None:
+            try:
+                audit = await auditcheck.measure(
+                    lab, nc, node=NODE, kit=kit, work=work, repeat=REPEAT
+                )
+            except auditcheck.BenchFailure as exc:
+                print(f"  auditor check not measured: {exc}", flush=True)
     finally:
         await lab.aexec(NODE, ["kill", str(exe_pid), str(plain_pid)], nc=nc)
         await nc.close()
@@ -217,7 +231,7 @@ async def _service_phase(lab: Lab, work: Path, ifup_ms: float | None) -> list[Re
             "MiB",
         )
     )
-    return results
+    return results + audit
 
 
 def run() -> list[Result]:
@@ -250,7 +264,7 @@ def run() -> list[Result]:
             results = _results(report)
             vms = next(t for t in report.topologies if t.name == topology.UPLINK_VMS.name)
             ifup_ms = _median_ms(vms.runs.get("ifupdown2.apply"))
-            results += asyncio.run(_service_phase(lab, work, ifup_ms))
+            results += asyncio.run(_service_phase(lab, work, ifup_ms, kit))
         finally:
             lab.down()
     return results

@@ -159,8 +159,13 @@ def vm_up_commands(topo: Topology) -> list[list[str]]:
     return [["ip", "-n", vm.name, "link", "set", "eth0", "up"] for vm in topo.vms]
 
 
-def interfaces_file(topo: Topology) -> str:
-    """The topology as an ifupdown2 ``interfaces`` file."""
+def interfaces_file(topo: Topology, *, ports: dict[str, str] | None = None) -> str:
+    """The topology as an ifupdown2 ``interfaces`` file.
+
+    ``ports`` (VM name to host veth): describe VM ports that exist already (plugged by the
+    executor through the CNI plugin) instead of veth pairs for ifupdown2 to create.
+    """
+    names = {vm.name: (ports or {}).get(vm.name, vm.port) for vm in topo.vms}
     parts = [f"auto {nic}\niface {nic}\n" for nic in NICS]
     parts.append(
         f"auto {BOND}\niface {BOND}\n"
@@ -170,15 +175,16 @@ def interfaces_file(topo: Topology) -> str:
         f"    bridge-vids {TRUNK[0]}-{TRUNK[1]}\n"
     )
     for vm in topo.vms:
-        text = f"auto {vm.port}\niface {vm.port}\n    link-type veth\n"
-        text += f"    veth-peer-name {vm.name}-i\n"
+        text = f"auto {names[vm.name]}\niface {names[vm.name]}\n"
+        if ports is None:
+            text += f"    link-type veth\n    veth-peer-name {vm.name}-i\n"
         if vm.vlan is not None:
             text += f"    bridge-access {vm.vlan}\n"
         parts.append(text)
-    ports = " ".join([BOND, *(vm.port for vm in topo.vms)])
+    bridge_ports = " ".join([BOND, *(names[vm.name] for vm in topo.vms)])
     parts.append(
         f"auto {BRIDGE}\niface {BRIDGE}\n"
-        f"    bridge-ports {ports}\n"
+        f"    bridge-ports {bridge_ports}\n"
         "    bridge-vlan-aware yes\n"
         "    bridge-stp off\n"
     )
