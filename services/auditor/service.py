@@ -59,7 +59,6 @@ from services.auditor.view import (
     Policy,
     episode_id,
     is_kernel_key,
-    merge,
 )
 from shared import bus, metrics, subjects, tracing
 from shared.model import DriftItem, DriftReport, Node, NodeIntent, NodeStatus, ObservedState
@@ -260,7 +259,7 @@ class Auditor:
             if not self._reached[stream].is_set() and seq >= self._targets[stream]:
                 self._reached[stream].set()
             if not self.replaying and changed:
-                await self.flush()
+                await self.flush(changed)
                 self._schedule_heals()
 
         return on_msg
@@ -326,10 +325,13 @@ class Auditor:
 
     # -- publishing -------------------------------------------------------------------------
 
-    async def flush(self) -> None:
-        """Publish every episode that opened or resolved since it was last published."""
+    async def flush(self, nodes: Iterable[str] | None = None) -> None:
+        """Publish every episode of ``nodes`` (default: all) that opened or resolved since it
+        was last published."""
         async with self._flush_lock:
-            for name, v in sorted(self.view.nodes.items()):
+            names = sorted(self.view.nodes) if nodes is None else sorted(set(nodes))
+            for name in names:
+                v = self.view.node(name)
                 items: list[DriftItem] = []
                 for item in v.episodes.all():
                     self._align(name, item)
@@ -387,8 +389,9 @@ class Auditor:
         while True:
             await asyncio.sleep(self.config.tick_s)
             try:
-                if self.view.tick(time.time()):
-                    await self.flush()
+                changed = self.view.tick(time.time())
+                if changed:
+                    await self.flush(changed)
                 self._schedule_heals()
             except Exception as exc:  # NATS trouble: nats-py reconnects; try next tick
                 log.warning("tick: %s", exc)
@@ -411,7 +414,7 @@ class Auditor:
         self._live_failed.discard(node)
         changed = self.view.on_observed(observed, observed.at or time.time())
         if changed:
-            await self.flush()
+            await self.flush(changed)
         return True
 
     async def check(
@@ -437,9 +440,8 @@ class Auditor:
                 ]
                 if kernel and n not in self._live_failed:
                     await self.heal(n, kernel)
-        changed: dict[str, list[DriftItem]] = {}
-        merge(changed, self.view.tick(time.time()))
-        await self.flush()
+        self.view.tick(time.time())
+        await self.flush(names)
         self._schedule_heals()
         return protocol.CheckReply(
             ok=True, nodes=[self.node_audit(n, live=live) for n in names], at=time.time()
