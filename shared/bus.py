@@ -1,13 +1,15 @@
 """NATS helpers every service uses: connecting, the JetStream streams, JSON codecs.
 
 Messages are msgspec structs encoded as JSON so that ``l2net watch`` or any NATS client
-reads them. Each service calls :func:`ensure_streams` for the streams it writes, at start
-and idempotently (an existing stream is updated to the configuration here).
+reads them. The planner calls :func:`ensure_streams` for all of them at start, idempotently
+(an existing stream is updated to the configuration here); other services create only what
+is missing and their NATS user allows, and otherwise wait (:func:`wait_for_streams`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import msgspec
@@ -23,6 +25,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
@@ -56,6 +59,9 @@ STREAMS: dict[str, StreamConfig] = {
         description="Compiled per-node desired L2 state, a generation per message",
         max_msgs_per_subject=100,
         storage=StorageType.FILE,
+        # Direct gets name the subject in the API subject ($JS.API.DIRECT.GET.L2_INTENTS.
+        # l2.intent.<node>), so NATS permissions can let a node read only its own last intent.
+        allow_direct=True,
     ),
     subjects.STREAM_STATUS: StreamConfig(
         name=subjects.STREAM_STATUS,
@@ -146,6 +152,52 @@ async def ensure_streams(js: JetStreamContext, names: Iterable[str]) -> None:
 
 class BusError(RuntimeError):
     """NATS is unreachable or answered something l2net cannot use."""
+
+
+async def wait_for_streams(
+    js: JetStreamContext,
+    names: Iterable[str],
+    *,
+    on_missing: Callable[[list[str]], None],
+    poll_s: float = 1.0,
+    attempts: int = 3,
+) -> dict[str, StreamInfo]:
+    """Each stream's info, waiting (polling ``stream_info`` only) until all exist.
+
+    For a user that may not create streams: ``on_missing`` is called with the missing names
+    when they are first seen missing (and when that list changes). ``attempts`` bounds the
+    tries of a ``stream_info`` that fails otherwise than "not found" (e.g. no answer because
+    the user may not ask), then BusError names the stream.
+    """
+    wanted = list(names)
+    found: dict[str, StreamInfo] = {}
+    reported: list[str] = []
+    failures = 0
+    while True:
+        missing = []
+        for name in wanted:
+            if name in found:
+                continue
+            try:
+                found[name] = await js.stream_info(name)
+                failures = 0
+            except NotFoundError:
+                missing.append(name)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                if failures >= attempts:
+                    raise BusError(
+                        f"cannot read stream {name} ({type(exc).__name__}: {exc}); "
+                        "does this NATS user have permission to ask for it?"
+                    ) from exc
+                missing.append(name)
+        if not missing:
+            return found
+        if missing != reported:
+            on_missing(missing)
+            reported = missing
+        await asyncio.sleep(poll_s)
 
 
 async def last_per_subject(

@@ -3,11 +3,14 @@
 
     python3 render_accounts.py node-1 node-2 node-3 > accounts.conf
 
-``nats-server.conf`` includes the result. Only the standard library is used, so this runs on
-any host with Python 3. Passwords are not written here: each user's password is read by
-nats-server from an environment variable (``L2NET_NATS_PASSWORD_<USER>``, upper case, ``-``
-as ``_``; e.g. ``L2NET_NATS_PASSWORD_NODE_1``). The variable may hold the plain password or a
-bcrypt hash (``$2a$...``); nats-server refuses to start when one is missing.
+``nats-server.conf`` includes the result. Only the standard library and l2net's
+``shared/names.py`` (the one rule for node names, shared with the executor) are used, so this
+runs on any host with Python 3 and a copy of this repository (or l2net installed).
+
+Passwords are not written here: each user's password is read by nats-server from an
+environment variable (``L2NET_NATS_PASSWORD_<USER>``, upper case, ``-`` as ``_``; e.g.
+``L2NET_NATS_PASSWORD_NODE_1``). The variable may hold the plain password or a bcrypt hash
+(``$2a$...``); nats-server refuses to start when one is missing.
 
 Users (all in account ``L2NET`` with JetStream; ``SYS`` is the system account):
 
@@ -29,11 +32,14 @@ Users (all in account ``L2NET`` with JetStream; ``SYS`` is the system account):
 
 from __future__ import annotations
 
-import re
 import sys
+from pathlib import Path
 
-NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-RESERVED = {"planner", "auditor", "operator", "sys"}
+try:
+    from shared.names import node_name_error
+except ImportError:  # run from a checkout: deploy/nats/ -> the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from shared.names import node_name_error
 
 
 def password_var(user: str) -> str:
@@ -86,10 +92,9 @@ def render(nodes: list[str]) -> str:
     """The whole ``accounts.conf`` for these nodes."""
     errors = []
     for n in nodes:
-        if not NODE_NAME.fullmatch(n) or len(n) > 63:
-            errors.append(f"node name {n!r} is not a lowercase RFC 1123 label")
-        elif n in RESERVED:
-            errors.append(f"node name {n!r} is reserved for a service user")
+        error = node_name_error(n)
+        if error is not None:
+            errors.append(error)
     dupes = sorted({n for n in nodes if nodes.count(n) > 1})
     if dupes:
         errors.append(f"node names given twice: {', '.join(dupes)}")

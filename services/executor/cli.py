@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 
 from services.executor.kernel import NetlinkKernel
 from services.executor.service import Executor, ExecutorConfig
-from shared import bus, config, lifecycle, subjects, tracing
+from shared import bus, config, lifecycle, names, subjects, tracing
 from shared.model import MAX_IFNAME, NodeStatus
-
-_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,6 +41,13 @@ def add_executor_arguments(p: argparse.ArgumentParser) -> None:
         help="the mgmt VLAN (default: found from an existing mgmt-br.<vid> interface)",
     )
     p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
+    p.add_argument(
+        "--no-create-streams",
+        dest="create_streams",
+        action="store_false",
+        help="never try to create JetStream streams; wait for the planner to create them "
+        "(for a least-privilege NATS node user, as in deploy/)",
+    )
     p.add_argument("--netns", help=argparse.SUPPRESS)  # tests: work inside a named namespace
 
 
@@ -58,12 +62,12 @@ def parse_labels(items: list[str]) -> dict[str, str]:
     return labels
 
 
-def check_node_name(name: str) -> None:
-    """Node names become NATS subject tokens: letters, digits, ``-`` and ``_`` only."""
-    if not _NODE_NAME.match(name) or len(name) > 63:
-        raise ValueError(
-            f"--node {name!r}: use letters, digits, '-' and '_' (it is a NATS subject token)"
-        )
+def check_node_name(name: str, what: str = "--node") -> None:
+    """The one node-name rule (:mod:`shared.names`): a lowercase RFC 1123 label, as the
+    planner and ``deploy/nats/render_accounts.py`` require; ValueError naming the flag."""
+    error = names.node_name_error(name, what=what)
+    if error is not None:
+        raise ValueError(error)
 
 
 def run_executor(args: argparse.Namespace) -> int:
@@ -85,6 +89,7 @@ def run_executor(args: argparse.Namespace) -> int:
         servers=config.nats_servers(args.nats),
         labels=labels,
         heartbeat_s=args.heartbeat,
+        create_streams=args.create_streams,
     )
     kernel = NetlinkKernel(args.node, netns=args.netns, mgmt_vlan=args.mgmt_vlan)
 
@@ -125,7 +130,7 @@ async def request_reconcile(servers: list[str], node: str, *, timeout: float) ->
 
 def _reconcile(args: argparse.Namespace) -> int:
     try:
-        check_node_name(args.node)
+        check_node_name(args.node, "node")
     except ValueError as exc:
         print(f"l2net reconcile: {exc}")
         return 2

@@ -5,8 +5,10 @@ touches its kernel runs under one lock, one thing at a time: applying an intent,
 asked for, a live-state read for the auditor, and publishing observed state after netlink
 events. Four tasks feed it:
 
-* the **intent follower**: on start the last intent of ``l2.intent.<node>`` (read directly
-  from the stream), then each new one from the durable consumer ``executor-<node>``.
+* the **intent follower**: on start the last intent of ``l2.intent.<node>`` (a direct get,
+  ``$JS.API.DIRECT.GET.L2_INTENTS.l2.intent.<node>``), then each new one from the durable
+  consumer ``executor-<node>``, created by name with its filter
+  (``$JS.API.CONSUMER.CREATE.L2_INTENTS.executor-<node>.l2.intent.<node>``) and bound to.
   A message is acknowledged only after its status is stored in JetStream; a generation
   older than one already handled is acknowledged and ignored; a malformed one is
   terminated (never redelivered) and reported as a Failed status;
@@ -18,6 +20,14 @@ events. Four tasks feed it:
 * two **request/reply** subjects: ``l2.executor.<node>.state`` answers the live
   :class:`~shared.model.ObservedState`; ``l2.executor.<node>.reconcile`` converges to the
   last intent again and answers the :class:`~shared.model.NodeStatus`.
+
+NATS permissions. Everything above stays within what a least-privilege node user of
+``deploy/nats`` may do: replies come on ``_INBOX.<node>`` (the connection's inbox prefix),
+the JetStream API calls are those that name this node's stream subject or consumer, and
+streams are only read (``STREAM.INFO``). Missing streams are created only when
+``ExecutorConfig.create_streams`` (the default, for an unrestricted user: lab, tests, demo)
+and the server allows it; otherwise the executor waits for them, saying which are missing
+(the planner creates all six at start).
 """
 
 from __future__ import annotations
@@ -34,8 +44,8 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamInfo
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
@@ -56,12 +66,18 @@ WRITE_STREAMS = (
     subjects.STREAM_NODES,
     subjects.STREAM_INTENTS,
 )
-"""Streams the executor creates at start (idempotently): those it writes, and its input."""
+"""Streams the executor needs at start: those it writes, and its input. It creates the
+missing ones when allowed (``create_streams``), else waits for them; it never updates one."""
 
 
 def consumer_name(node: str) -> str:
     """The durable JetStream consumer of one node's executor."""
     return f"executor-{node}"
+
+
+def inbox_prefix(node: str) -> str:
+    """The inbox prefix of a node's connection: a node user may receive replies only there."""
+    return f"_INBOX.{node}"
 
 
 @dataclass
@@ -75,6 +91,9 @@ class ExecutorConfig:
     heartbeat_s: float = 10.0
     quiet_s: float = 0.2
     ack_wait_s: float = 300.0
+    create_streams: bool = True
+    """Create missing streams (an unrestricted NATS user). False for a least-privilege node
+    user (``--no-create-streams``, as in deploy/): wait for the planner to create them."""
 
 
 class Executor:
@@ -105,10 +124,15 @@ class Executor:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect, create streams, register, converge to the last intent, start the tasks."""
-        self.nc = await bus.connect(self.config.servers, name=f"l2net-executor-{self.node}")
+        """Connect, find (or create) streams, register, converge to the last intent, start
+        the tasks."""
+        self.nc = await bus.connect(
+            self.config.servers,
+            name=f"l2net-executor-{self.node}",
+            inbox_prefix=inbox_prefix(self.node),
+        )
         self.js = self.nc.jetstream()
-        await bus.ensure_streams(self.js, WRITE_STREAMS)
+        streams = await self._streams()
         await self._publish_node()
         # A NATS micro service instance per node: `nats micro ls` lists every executor.
         self._service = await add_service(
@@ -128,18 +152,24 @@ class Executor:
             )
         watcher = self.kernel.events()
         self._tasks.append(asyncio.create_task(self._watch(watcher), name="watch"))
-        await self._converge_to_last_intent()
-        sub = await self.js.pull_subscribe(
-            subjects.intent(self.node),
-            durable=consumer_name(self.node),
-            stream=subjects.STREAM_INTENTS,
-            config=ConsumerConfig(
+        await self._converge_to_last_intent(
+            direct=bool(streams[subjects.STREAM_INTENTS].config.allow_direct)
+        )
+        # Created (or updated) by name with its filter: the API subject then names both,
+        # which is what a node user is allowed; then bound to, never looked up otherwise.
+        durable = consumer_name(self.node)
+        await self.js.add_consumer(
+            subjects.STREAM_INTENTS,
+            ConsumerConfig(
+                name=durable,
+                durable_name=durable,
                 deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self.config.ack_wait_s,
                 filter_subject=subjects.intent(self.node),
             ),
         )
+        sub = await self.js.pull_subscribe_bind(durable, stream=subjects.STREAM_INTENTS)
         self._tasks.append(asyncio.create_task(self._follow(sub), name="follow"))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
         await self.publish_observed("executor started")
@@ -170,14 +200,63 @@ class Executor:
         finally:
             await self.stop()
 
+    async def _streams(self) -> dict[str, StreamInfo]:
+        """The info of every stream in :data:`WRITE_STREAMS`; missing ones are created when
+        ``create_streams`` and the NATS user may, else waited for with a warning naming them."""
+        assert self.js is not None
+        refused: list[str] = []
+        if self.config.create_streams:
+            for name in WRITE_STREAMS:
+                try:
+                    await self.js.stream_info(name)
+                    continue
+                except NotFoundError:
+                    pass
+                try:
+                    await self.js.add_stream(bus.STREAMS[name])
+                except BadRequestError:
+                    pass  # created meanwhile by another service
+                except Exception as exc:  # e.g. no answer: this user may not create streams
+                    log.warning(
+                        "could not create stream %s (%s: %s)", name, type(exc).__name__, exc
+                    )
+                    refused.append(name)
+
+        def missing(names: list[str]) -> None:
+            if refused:
+                why = "NATS refused to create them (a node user may not)"
+            elif self.config.create_streams:
+                why = "not created yet"
+            else:
+                why = "this executor does not create streams (--no-create-streams)"
+            log.warning(
+                "waiting for stream(s) %s: %s; start the planner first, it creates all l2net "
+                "streams",
+                ", ".join(names),
+                why,
+            )
+
+        return await bus.wait_for_streams(self.js, WRITE_STREAMS, on_missing=missing)
+
     # -- intents ------------------------------------------------------------------------
 
-    async def _converge_to_last_intent(self) -> None:
+    async def _converge_to_last_intent(self, *, direct: bool) -> None:
+        """Converge to the last intent stored for this node, if any. ``direct``: the stream
+        allows direct gets (l2net's configuration), the only way a node user may read it."""
         assert self.js is not None
+        subject = subjects.intent(self.node)
         try:
-            raw = await self.js.get_last_msg(subjects.STREAM_INTENTS, subjects.intent(self.node))
+            raw = await self.js.get_last_msg(subjects.STREAM_INTENTS, subject, direct=direct)
         except NotFoundError:
             return
+        except TimeoutError as exc:
+            hint = (
+                ""
+                if direct
+                else " (L2_INTENTS does not allow direct gets: restart the planner, it brings"
+                " the streams to l2net's configuration)"
+            )
+            raise bus.BusError(f"no answer reading the last intent of {subject}{hint}") from exc
         if raw.data is None:
             return
         self._start_seq = raw.seq

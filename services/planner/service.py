@@ -2,10 +2,10 @@
 
 Model of operation, in order:
 
-1. At start it creates (or updates) the streams it writes, ``L2_SPECS`` and
-   ``L2_INTENTS``, and rebuilds its whole state from them: the last record of every spec
-   subject, and the last intent (hence generation) of every node. It keeps nothing that
-   JetStream does not also hold.
+1. At start it creates (or updates to l2net's configuration) all six streams (executors'
+   least-privilege NATS users may not), and rebuilds its whole state from ``L2_SPECS`` and
+   ``L2_INTENTS``: the last record of every spec subject, and the last intent (hence
+   generation) of every node. It keeps nothing that JetStream does not also hold.
 2. It follows ``L2_NODES`` (last message per node, then live): a node that joins, or whose
    labels or NICs change, gets its intent recompiled.
 3. It answers ``l2.api.*`` requests one at a time (one lock): parse → validate the state
@@ -57,9 +57,10 @@ class Planner:
     # -- start and rebuild ------------------------------------------------------------
 
     async def start(self) -> None:
-        await bus.ensure_streams(self.js, [subjects.STREAM_SPECS, subjects.STREAM_INTENTS])
+        # All six streams, not only those it writes: under deploy/nats the executors' users
+        # may not create streams, so a fleet works once the planner has started.
+        await bus.ensure_streams(self.js, list(bus.STREAMS))
         await self.rebuild()
-        await bus.ensure_streams(self.js, [subjects.STREAM_NODES])
         self._node_sub = await self.js.subscribe(
             subjects.ALL_NODES,
             stream=subjects.STREAM_NODES,
