@@ -204,6 +204,7 @@ async def audit_once(nc: Client, node: str, *, timeout: float = 30.0) -> list[Dr
 
 
 async def history(nc: Client, node: str, *, timeout: float = 30.0) -> protocol.HistoryReply:
+    """Ask the running auditor for ``node``'s history."""
     body = bus.encode(protocol.HistoryRequest(node=node))
     return await _ask(nc, subjects.AUDITOR_HISTORY, body, protocol.HistoryReply, timeout)
 
@@ -211,6 +212,7 @@ async def history(nc: Client, node: str, *, timeout: float = 30.0) -> protocol.H
 async def desired(
     nc: Client, node: str, generation: int | None, *, timeout: float = 30.0
 ) -> protocol.DesiredReply:
+    """Ask the running auditor for ``node``'s desired state at ``generation`` (None: newest)."""
     body = bus.encode(protocol.DesiredRequest(node=node, generation=generation))
     return await _ask(nc, subjects.AUDITOR_DESIRED, body, protocol.DesiredReply, timeout)
 

@@ -43,6 +43,8 @@ class NodeAudit(msgspec.Struct, kw_only=True, rename="camel"):
 
 
 class CheckReply(msgspec.Struct, kw_only=True, rename="camel"):
+    """The answer of ``l2.auditor.check``: one :class:`NodeAudit` per node asked about."""
+
     ok: bool
     nodes: list[NodeAudit] = msgspec.field(default_factory=list)
     errors: list[str] = msgspec.field(default_factory=list)
@@ -50,10 +52,13 @@ class CheckReply(msgspec.Struct, kw_only=True, rename="camel"):
 
     @property
     def drift(self) -> bool:
+        """True when any node asked about has an open finding."""
         return any(n.items for n in self.nodes)
 
 
 class HistoryRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """Body of ``l2.auditor.history``."""
+
     node: str
 
 
@@ -67,6 +72,8 @@ class HistoryEvent(msgspec.Struct, kw_only=True, rename="camel"):
 
 
 class HistoryReply(msgspec.Struct, kw_only=True, rename="camel"):
+    """The answer of ``l2.auditor.history``."""
+
     ok: bool
     node: str = ""
     events: list[HistoryEvent] = msgspec.field(default_factory=list)
@@ -85,6 +92,8 @@ class DesiredRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknow
 
 
 class DesiredReply(msgspec.Struct, kw_only=True, rename="camel"):
+    """The answer of ``l2.auditor.desired``."""
+
     ok: bool
     intent: NodeIntent | None = None
     matching_since: float | None = None

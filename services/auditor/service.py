@@ -448,6 +448,7 @@ class Auditor:
         )
 
     def node_audit(self, name: str, *, live: bool = False) -> protocol.NodeAudit:
+        """Where ``name`` stands now, from the view (``live``: a live check was asked for)."""
         v = self.view.node(name)
         note = ""
         answered = not (live and name in self._live_failed)
@@ -477,6 +478,7 @@ class Auditor:
         return [msgspec.structs.replace(i) for i in v.open_items()] if v else []
 
     def history(self, node: str) -> protocol.HistoryReply:
+        """``node``'s generations, apply results, drift episodes and heals, oldest first."""
         v = self.view.nodes.get(node)
         if v is None:
             return protocol.HistoryReply(ok=False, node=node, errors=[f"unknown node {node!r}"])
@@ -493,6 +495,7 @@ class Auditor:
         )
 
     def desired(self, node: str, generation: int | None) -> protocol.DesiredReply:
+        """``node``'s desired state at ``generation`` (the newest if None), and when it matched."""
         v = self.view.nodes.get(node)
         if v is None:
             return protocol.DesiredReply(ok=False, errors=[f"unknown node {node!r}"])

@@ -46,6 +46,7 @@ def node_object(node: str) -> str:
 
 
 def is_kernel_key(key: Key) -> bool:
+    """True for findings about the kernel's state, False for ``node/<node>`` ones."""
     return not key[0].startswith(NODE_PREFIX)
 
 
@@ -61,7 +62,11 @@ def kernel_differences(intent: NodeIntent, observed: ObservedState) -> list[Diff
     except StateError as exc:
         return [
             Difference(
-                object=node_object(intent.node), path="intent", desired=str(exc), actual=None
+                # Judged with the kernel's findings, so a later observed state ends it.
+                object="intent",
+                path=f"generation {intent.generation}",
+                desired="an intent the node can apply",
+                actual=str(exc),
             )
         ]
     return diff(desired, state_from_observed(observed))
@@ -93,6 +98,7 @@ class Episodes:
         return changed
 
     def open_one(self, key: Key, *, desired: Any, actual: Any, at: float) -> DriftItem | None:
+        """Open ``key`` at ``at`` unless open (then update its values); the new episode or None."""
         if key in self.open:
             self.open[key].actual = actual
             self.open[key].desired = desired
@@ -102,12 +108,14 @@ class Episodes:
         return item
 
     def resolve(self, key: Key, at: float) -> DriftItem:
+        """End the open episode of ``key`` at ``at`` (never before it started)."""
         item = self.open.pop(key)
         item.resolved_at = max(at, item.first_seen)
         self.closed.append(item)
         return item
 
     def all(self) -> list[DriftItem]:
+        """Every episode, closed and open, by start time."""
         return sorted([*self.closed, *self.open.values()], key=lambda i: (i.first_seen, i.object))
 
 
@@ -146,9 +154,11 @@ class NodeView:
 
     @property
     def kernel_open(self) -> list[DriftItem]:
+        """Open findings about the kernel's state (not about the node itself)."""
         return [i for k, i in self.episodes.open.items() if is_kernel_key(k)]
 
     def open_items(self) -> list[DriftItem]:
+        """Open findings, by object and path."""
         return sorted(self.episodes.open.values(), key=lambda i: (i.object, i.path))
 
     def desired_at(self, generation: int) -> NodeIntent | None:
@@ -198,6 +208,7 @@ class FleetView:
         self.nodes: dict[str, NodeView] = {}
 
     def node(self, name: str) -> NodeView:
+        """The view of ``name`` (created empty on first mention)."""
         view = self.nodes.get(name)
         if view is None:
             view = self.nodes[name] = NodeView(name=name)
@@ -206,6 +217,7 @@ class FleetView:
     # -- events ---------------------------------------------------------------------------
 
     def on_intent(self, intent: NodeIntent, at: float) -> dict[str, list[DriftItem]]:
+        """A new generation; observed states that waited for it are judged now."""
         v = self.node(intent.node)
         v.intents[intent.generation] = intent
         v.intent_at.setdefault(intent.generation, at)
@@ -217,6 +229,7 @@ class FleetView:
         return {v.name: changed} if changed else {}
 
     def on_status(self, status: NodeStatus, at: float) -> dict[str, list[DriftItem]]:
+        """An apply result; an Applied newest generation ends a stuck episode."""
         v = self.node(status.node)
         at = status.at or at
         v.statuses.append((at, status))
@@ -232,6 +245,7 @@ class FleetView:
         return {}
 
     def on_heartbeat(self, node: Node, at: float) -> dict[str, list[DriftItem]]:
+        """A heartbeat: ends a silence (or records one seen in a gap between heartbeats)."""
         v = self.node(node.name)
         at = node.heartbeat_at or at
         changed: list[DriftItem] = []
@@ -253,6 +267,7 @@ class FleetView:
         return {v.name: _dedupe(changed)} if changed else {}
 
     def on_observed(self, observed: ObservedState, at: float) -> dict[str, list[DriftItem]]:
+        """A node's actual state, judged against the intent of its own generation."""
         v = self.node(observed.node)
         at = observed.at or at
         if at < v.observed_at:
@@ -317,6 +332,7 @@ class FleetView:
     # -- answers ----------------------------------------------------------------------------
 
     def unverified(self, name: str) -> bool:
+        """True while ``name`` is not reporting (its last known state may be stale)."""
         v = self.nodes.get(name)
         return v is not None and v.silent
 

@@ -9,7 +9,7 @@ from services.auditor.report import diff_lines, format_node
 from services.auditor.service import cluster_network_of
 from services.auditor.view import FleetView, Policy
 from shared.l2state import DEFAULT_PVID, LinkState, owner_alias
-from shared.model import DriftItem, VlanRange
+from shared.model import DriftItem, ObservedState, VlanRange
 from tests.auditor.conftest import Change, applied, converged, heartbeat
 from tests.executor.labkit import seed_intent
 
@@ -280,3 +280,16 @@ def test_the_audit_example_in_the_docs_is_what_the_formatter_prints() -> None:
     ]
     reply = CheckReply(ok=True, nodes=[node("node-1", items), node("node-2", [])])
     assert format_audit(reply).splitlines() == shown
+
+
+def test_an_intent_the_node_cannot_apply_is_a_finding_until_a_good_one_is_applied() -> None:
+    view = FleetView()
+    bad, good = seed_intent(NODE, 1, mode="bogus"), seed_intent(NODE, 2)
+    view.on_intent(bad, 1.0)
+    view.on_observed(ObservedState(node=NODE, generation=1, at=2.0), 2.0)
+    (item,) = view.node(NODE).open_items()
+    assert (item.object, item.path) == ("intent", "generation 1")
+    assert "bogus" in item.actual
+    view.on_intent(good, 3.0)
+    view.on_observed(converged(good, at=4.0), 4.0)
+    assert view.node(NODE).open_items() == []
