@@ -60,6 +60,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--policy", type=Path, help="YAML/JSON: heal, silenceSeconds, graceSeconds")
     p.add_argument("--silence", type=float, help="seconds without heartbeat = not reporting (30)")
     p.add_argument("--grace", type=float, help="seconds for a node to apply a generation (60)")
+    p.add_argument(
+        "--snapshot",
+        type=Path,
+        help="keep a snapshot of the view here, to replay only what came after on restart"
+        " (default: $L2NET_STATE_DIR/auditor/snapshot.json)",
+    )
+    p.add_argument(
+        "--no-snapshot", action="store_true", help="always replay the streams from the start"
+    )
     p.set_defaults(handler=run_auditor)
 
     p = sub.add_parser("audit", help="show drift between intent and nodes (exit 2 on drift)")
@@ -115,6 +124,10 @@ def load_policy(args: argparse.Namespace) -> AuditorConfig:
     for name, value in (("silence", cfg.policy.silence_s), ("grace", cfg.policy.grace_s)):
         if value <= 0:
             raise ValueError(f"{name} must be a positive number of seconds, not {value}")
+    if not getattr(args, "no_snapshot", False):
+        cfg.snapshot = getattr(args, "snapshot", None) or (
+            config.state_dir() / "auditor" / "snapshot.json"
+        )
     for cn in cfg.heal:
         if cn != "*" and not cn.replace("-", "").isalnum():
             raise ValueError(f"--heal {cn!r}: not a cluster network name")

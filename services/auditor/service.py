@@ -3,7 +3,8 @@
 Model of operation, in order:
 
 1. **Replay.** At start it notes the last sequence of every stream it reads, then replays
-   each from its first message with an ordered consumer: ``L2_DRIFT`` (what was published
+   each from its first message (or from just after the snapshot it wrote, see
+   :mod:`services.auditor.snapshot`) with an ordered consumer: ``L2_DRIFT`` (what was published
    already, by itself before a restart or by another auditor), ``L2_SPECS``, ``L2_INTENTS``,
    ``L2_STATUS``, ``L2_NODES`` and ``L2_OBSERVED``. Every event goes into the pure
    :class:`~services.auditor.view.FleetView`; nothing is published while replaying.
@@ -35,6 +36,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -43,13 +45,13 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, StreamInfo
+from nats.js.api import ConsumerConfig, DeliverPolicy, StreamInfo
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from services.auditor import protocol
+from services.auditor import protocol, snapshot
 from services.auditor.view import (
     GENERATION,
     HEARTBEAT,
@@ -83,13 +85,17 @@ READ_STREAMS: tuple[tuple[str, str], ...] = (
 class AuditorConfig:
     """``heal``: cluster networks under the heal policy (``*``: all); the rest report only.
     ``tick_s``: how often time is applied; ``live_timeout_s``: wait for an executor's live
-    state; ``reconcile_timeout_s``: wait for a heal's re-converge."""
+    state; ``reconcile_timeout_s``: wait for a heal's re-converge; ``snapshot``: where to
+    keep a snapshot of the view, written every ``snapshot_every_s`` and at stop."""
 
     heal: set[str] = field(default_factory=set)
     policy: Policy = field(default_factory=Policy)
     tick_s: float = 1.0
     live_timeout_s: float = 5.0
     reconcile_timeout_s: float = 120.0
+    snapshot: Path | None = None
+    """A file to keep a snapshot of the view in (None: always replay from the start)."""
+    snapshot_every_s: float = 30.0
 
 
 def cluster_network_of(item: DriftItem, intent: NodeIntent | None) -> str | None:
@@ -159,25 +165,41 @@ class Auditor:
         self._reached: dict[str, asyncio.Event] = {}
         self.ready = asyncio.Event()
         self.published_reports = 0
+        self.events_applied = 0
+        """Stream messages applied to the view (a restart from a snapshot applies fewer)."""
+        self.restored_from: float | None = None
+        """When the snapshot this auditor started from was taken (None: full replay)."""
+        self._marks: dict[str, snapshot.StreamMark] = {}
+        self._dirty = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Replay every stream, publish what is new, then follow live and serve requests."""
         await bus.ensure_streams(self.js, [subjects.STREAM_DRIFT])  # the one it writes
-        for stream, _ in READ_STREAMS:
-            info = await self._stream_info(stream)
+        infos = {stream: await self._stream_info(stream) for stream, _ in READ_STREAMS}
+        for stream, info in infos.items():
+            created = info.created.isoformat() if info.created else ""
+            self._marks[stream] = snapshot.StreamMark(created=created, seq=0)
+        self._restore(infos)
+        for stream, filter_subject in READ_STREAMS:
+            info = infos[stream]
+            after = self._marks[stream].seq
             self._targets[stream] = info.state.last_seq if info.state.messages else 0
             self._reached[stream] = asyncio.Event()
-            if self._targets[stream] == 0:
+            if self._targets[stream] <= after:
                 self._reached[stream].set()
-        for stream, filter_subject in READ_STREAMS:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+            if after:
+                config = ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
+                )
             sub = await self.js.subscribe(
                 filter_subject,
                 stream=stream,
                 cb=self._handler(stream),
                 ordered_consumer=True,
-                deliver_policy=DeliverPolicy.ALL,
+                config=config,
             )
             self._subs.append(sub)
         await asyncio.gather(*(ev.wait() for ev in self._reached.values()))
@@ -185,6 +207,7 @@ class Auditor:
         self.replaying = False
         self.view.tick(time.time())
         await self.flush()
+        self.save_snapshot()
         self._service = await add_service(
             self.nc,
             name=SERVICE_NAME,
@@ -228,6 +251,48 @@ class Auditor:
                     warned = True
                 await asyncio.sleep(1.0)
 
+    def _restore(self, infos: dict[str, StreamInfo]) -> None:
+        """Start from the snapshot when it is of these very streams and none went back."""
+        path = self.config.snapshot
+        snap = snapshot.load(path) if path is not None else None
+        if snap is None:
+            return
+        for stream, info in infos.items():
+            mark = snap.streams.get(stream)
+            if (
+                mark is None
+                or mark.created != self._marks[stream].created
+                or mark.seq > info.state.last_seq
+            ):
+                log.info("snapshot %s is not of these streams (%s): full replay", path, stream)
+                return
+        self.published = snapshot.restore(snap, self.view)
+        self._heal_notes = set(snap.heal_notes)
+        self._marks = {
+            name: snapshot.StreamMark(created=m.created, seq=m.seq)
+            for name, m in snap.streams.items()
+            if name in infos
+        }
+        self.restored_from = snap.at
+        log.info("starting from the snapshot of %s in %s", time.ctime(snap.at), path)
+
+    def save_snapshot(self) -> None:
+        """Write the view to the snapshot file (if one is configured)."""
+        if self.config.snapshot is None:
+            return
+        snap = snapshot.take(
+            self.view,
+            streams=self._marks,
+            published=self.published,
+            heal_notes=self._heal_notes,
+            at=time.time(),
+        )
+        try:
+            snapshot.save(self.config.snapshot, snap)
+            self._dirty = False
+        except OSError as exc:
+            log.warning("cannot write the snapshot %s: %s", self.config.snapshot, exc)
+
     async def stop(self) -> None:
         """Stop following, serving and healing (idempotent)."""
         service, self._service = self._service, None
@@ -245,6 +310,8 @@ class Auditor:
                 await task
         self._tasks.clear()
         self._healing.clear()
+        if self.ready.is_set() and not self.replaying:
+            self.save_snapshot()
 
     # -- events -----------------------------------------------------------------------------
 
@@ -256,6 +323,9 @@ class Auditor:
                 log.warning("ignoring malformed message on %s: %s", msg.subject, exc)
                 changed = {}
             seq = msg.metadata.sequence.stream
+            self._marks[stream].seq = max(self._marks[stream].seq, seq)
+            self.events_applied += 1
+            self._dirty = True
             if not self._reached[stream].is_set() and seq >= self._targets[stream]:
                 self._reached[stream].set()
             if not self.replaying and changed:
@@ -386,8 +456,12 @@ class Auditor:
     # -- time -------------------------------------------------------------------------------
 
     async def _ticker(self) -> None:
+        saved = time.monotonic()
         while True:
             await asyncio.sleep(self.config.tick_s)
+            if self._dirty and time.monotonic() - saved >= self.config.snapshot_every_s:
+                self.save_snapshot()
+                saved = time.monotonic()
             try:
                 changed = self.view.tick(time.time())
                 if changed:

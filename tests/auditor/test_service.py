@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -325,6 +326,7 @@ async def test_l2net_auditor_runs_as_a_process_and_stops_on_sigterm(
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, "L2NET_STATE_DIR": str(tmp_path / "state")},
     )
     try:
 
@@ -342,6 +344,7 @@ async def test_l2net_auditor_runs_as_a_process_and_stops_on_sigterm(
         proc.terminate()
         code = await asyncio.to_thread(proc.wait, 30)
     assert code == 0, (tmp_path / "auditor.log").read_text()
+    assert (tmp_path / "state" / "auditor" / "snapshot.json").exists()  # for the next start
 
 
 async def test_an_episode_seen_live_first_is_the_same_episode_in_the_stream(
@@ -392,3 +395,51 @@ async def test_a_node_finding_that_ended_while_the_auditor_was_down_is_closed_on
         ("node-1", "node/node-1", "generation", now - 4, None),
         ("node-1", "node/node-1", "generation", now - 4, now - 1),
     ]
+
+
+async def test_a_restart_from_a_snapshot_replays_only_what_came_after_and_agrees(
+    events: Bus, auditors: AuditorFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "snapshot.json"
+    first = await auditors(AuditorConfig(snapshot=path))
+    await first_half(events)
+    await until(lambda: _count(events, 1))
+    await first.stop()  # writes the snapshot
+    assert path.exists()
+    await second_half(events)
+    resumed = await auditors(AuditorConfig(snapshot=path))
+    assert resumed.restored_from is not None
+    await until(lambda: _all_published(events))
+    full = await auditors()  # no snapshot: replays everything
+    assert full.restored_from is None
+    assert resumed.events_applied < full.events_applied  # only what came after the snapshot
+
+    def seen(a: object) -> list[tuple[str, str, str, float, float | None]]:
+        return sorted(
+            (n, i.object, i.path, i.first_seen, i.resolved_at)
+            for n, v in a.view.nodes.items()  # type: ignore[attr-defined]
+            for i in v.episodes.all()
+        )
+
+    assert set(seen(resumed)) == set(seen(full)) == EXPECTED
+    assert resumed.history("node-2") == full.history("node-2")
+    published = episodes_of(await events.drift_reports())
+    assert len(published) == len(set(published))  # nothing repeated
+
+
+async def test_a_snapshot_of_other_streams_is_not_used(
+    events: Bus, auditors: AuditorFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "snapshot.json"
+    first = await auditors(AuditorConfig(snapshot=path))
+    await first_half(events)
+    await until(lambda: _count(events, 1))
+    await first.stop()
+    # The observed stream is deleted and created again: the snapshot no longer describes it.
+    await events.js.delete_stream(subjects.STREAM_OBSERVED)
+    await events.setup()
+    intent = seed_intent("node-1", 1)
+    await events.observed(converged(intent, at=T0 + 30, change=no_vid_200))
+    again = await auditors(AuditorConfig(snapshot=path))
+    assert again.restored_from is None
+    assert {(i.object, i.path) for i in again.findings("node-1")} == {("oob-bo", "vlans")}

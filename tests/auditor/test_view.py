@@ -293,3 +293,31 @@ def test_an_intent_the_node_cannot_apply_is_a_finding_until_a_good_one_is_applie
     view.on_intent(good, 3.0)
     view.on_observed(converged(good, at=4.0), 4.0)
     assert view.node(NODE).open_items() == []
+
+
+def test_a_snapshot_carries_every_field_of_a_node_view() -> None:
+    from dataclasses import fields
+
+    import msgspec
+
+    from services.auditor import snapshot
+    from services.auditor.view import NodeView
+
+    carried = set(snapshot.NodeSnapshot.__struct_fields__) - {"open", "closed"} | {"episodes"}
+    assert {f.name for f in fields(NodeView)} == carried
+    view = FleetView(Policy(silence_s=5))
+    intent = seed_intent(NODE, 1)
+    view.on_intent(intent, 1.0)
+    view.on_status(applied(NODE, 1, 2.0), 2.0)
+    view.on_heartbeat(heartbeat(NODE, 2.0), 2.0)
+    view.on_observed(converged(intent, at=3.0, change=lambda lk, v: _set(lk, "oob-br", mtu=9)), 3.0)
+    view.on_observed(converged(intent, at=4.0), 4.0)
+    view.on_observed(
+        converged(intent, at=5.0, change=lambda lk, v: _set(lk, "eth2", master=None)), 5.0
+    )
+    view.on_observed(converged(seed_intent(NODE, 2), at=6.0), 6.0)  # waits for its intent
+    view.tick(100.0)
+    snap = snapshot.take(view, streams={}, published={}, heal_notes=set(), at=7.0)
+    back = FleetView()
+    snapshot.restore(msgspec.json.decode(msgspec.json.encode(snap), type=snapshot.Snapshot), back)
+    assert back.nodes == view.nodes
