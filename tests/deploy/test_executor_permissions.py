@@ -60,7 +60,10 @@ class Executor:
         self.log = log
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         env |= {"NATS_URL": url, "SSL_CERT_FILE": str(server.ca)}
-        argv = [sys.executable, "-m", "services.executor", "--node", node, "--netns", ns,
+        # With only the capabilities the systemd unit grants (CapabilityBoundingSet of a root
+        # service: CAP_NET_ADMIN CAP_SYS_ADMIN) and NoNewPrivileges, as the unit runs it.
+        argv = ["setpriv", "--bounding-set=-all,+net_admin,+sys_admin", "--no-new-privs",
+                sys.executable, "-m", "services.executor", "--node", node, "--netns", ns,
                 "--no-create-streams", "--heartbeat", "1"]  # fmt: skip
         with log.open("wb") as out:
             self.proc = subprocess.Popen(

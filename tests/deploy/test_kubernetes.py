@@ -65,9 +65,7 @@ def test_validation_rejects_what_kubernetes_would() -> None:
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(typo, VERSIONS[-1], strict=True)
     wrong = copy.deepcopy(ds)
-    wrong["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = (
-        "NET_ADMIN"
-    )
+    wrong["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = "yes"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(wrong, VERSIONS[-1], strict=True)
 
@@ -78,17 +76,27 @@ def test_everything_is_in_the_l2net_namespace() -> None:
             assert doc["metadata"]["namespace"] == "l2net", doc["metadata"]["name"]
 
 
-def test_executor_runs_on_the_host_network_with_net_admin_only() -> None:
+def test_executor_runs_on_the_host_network_and_mounts_vm_namespaces_in_the_hosts() -> None:
     spec = pod_spec("DaemonSet", "l2net-executor")
     assert spec["hostNetwork"] is True
     assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert spec["automountServiceAccountToken"] is False
     (container,) = spec["containers"]
     sc = container["securityContext"]
-    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
-    assert sc["privileged"] is False
-    assert sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
+    # VM namespaces (bind mounts on /run/netns/<vm>) made by the executor must reach the
+    # host's mount namespace: the host's /run/netns, Bidirectional.
+    volume = next(v for v in spec["volumes"] if v.get("hostPath", {}).get("path") == "/run/netns")
+    mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+    assert mount["mountPath"] == "/run/netns"
+    assert mount["mountPropagation"] == "Bidirectional"
+    # Rules the API server enforces and the schemas do not: Bidirectional propagation only
+    # in a privileged container, and a privileged one cannot forbid privilege escalation.
+    assert sc["privileged"] is True
+    assert sc.get("allowPrivilegeEscalation", True) is True
+    assert "capabilities" not in sc, "a privileged container has them all: do not pretend"
+    # Its NATS node user may not create streams: it waits for the planner to.
+    assert "--no-create-streams" in container["args"][0]
 
 
 def test_executor_uses_the_hosts_cni_plugins_read_only() -> None:
