@@ -68,6 +68,8 @@ def _download(into: Path) -> Path:
     cached = sorted(MAKE_DEPS_CACHE.glob(f"{PACKAGE}_*.deb"))
     if cached:
         return cached[-1]
+    if shutil.which("apt-get") is None:
+        raise Ifupdown2Unavailable("apt-get is needed to fetch ifupdown2 (or run make deps)")
     proc = _run(["apt-get", "download", PACKAGE], cwd=into)
     if proc.returncode != 0:
         # A fresh machine may have no package lists yet.
@@ -81,8 +83,8 @@ def _download(into: Path) -> Path:
 
 def prepare(work: Path) -> Ifupdown2:
     """Fetch and unpack ifupdown2 under ``work`` (reused when already there)."""
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise Ifupdown2Unavailable("apt-get and dpkg-deb are needed to fetch ifupdown2")
+    if shutil.which("dpkg-deb") is None:
+        raise Ifupdown2Unavailable("dpkg-deb is needed to unpack ifupdown2")
     deb = _download(work / "deb")
     root = work / "root"
     if not (root / "usr/share/ifupdown2/__main__.py").exists():
