@@ -16,7 +16,7 @@ node as it booted: eth1 and eth2 up and free, no oob-bo/oob-br, no VM):
   ``ifreload -a`` and ``ifup -a -i FILE`` again.
 
 Every tool's result is read back with l2net's reader and reduced by
-:func:`tests.bench.topology.summary`; the three must agree, or the run fails (comparing
+:func:`tests.bench.topology.summary`; all tools must agree, or the run fails (comparing
 unequal work would be meaningless). Between samples the topology is removed (not timed).
 
 Prints one JSON object (:class:`GuestReport`) on stdout; progress goes to stderr.
