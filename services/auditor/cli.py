@@ -18,11 +18,10 @@ from typing import Any, TypeVar
 import msgspec
 import yaml
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
 from services.auditor import protocol, report
 from services.auditor.service import Auditor, AuditorConfig
+from services.cli.client import CliError, request
 from shared import bus, config, lifecycle, subjects, tracing
 from shared.model import DriftItem
 
@@ -168,30 +167,10 @@ def run_auditor(args: argparse.Namespace) -> int:
 
 
 async def _ask(nc: Client, subject: str, body: bytes, reply_type: type[T], timeout: float) -> T:
-    with tracing.publish_span(subject) as headers:
-        task = asyncio.ensure_future(nc.request(subject, body, timeout=timeout, headers=headers))
-        waited = 0
-        while not task.done():  # long waits (a heal) show progress on a terminal
-            await asyncio.wait({task}, timeout=1.0)
-            waited += 1
-            if not task.done() and sys.stderr.isatty():
-                print(f"\rwaiting for the auditor on {subject}… {waited}s", end="", file=sys.stderr)
-        if waited > 1 and sys.stderr.isatty():
-            print(file=sys.stderr)
-        try:
-            msg = task.result()
-        except NoRespondersError as exc:
-            raise AuditError(
-                f"no auditor answers on {subject}: is `l2net auditor` running?"
-            ) from exc
-        except NatsTimeout as exc:
-            raise AuditError(
-                f"the auditor did not answer on {subject} within {timeout:g}s"
-            ) from exc
     try:
-        return bus.decode(msg.data, reply_type)
-    except msgspec.DecodeError as exc:
-        raise AuditError(f"unexpected reply on {subject}: {exc}") from exc
+        return await request(nc, subject, body, reply_type, timeout=timeout, service="auditor")
+    except CliError as exc:
+        raise AuditError(str(exc)) from exc
 
 
 async def check(

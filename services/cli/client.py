@@ -36,9 +36,19 @@ async def connected(nats_url: str | None) -> AsyncIterator[Client]:
 
 
 async def request(
-    nc: Client, subject: str, body: bytes, reply_type: type[T], *, timeout: float = 30.0
+    nc: Client,
+    subject: str,
+    body: bytes,
+    reply_type: type[T],
+    *,
+    timeout: float = 30.0,
+    service: str = "planner",
 ) -> T:
-    """Ask the planner; show progress on stderr when the answer takes more than a second."""
+    """Ask an l2net service (``planner``, ``auditor``) and decode its answer.
+
+    When the answer takes more than a second, progress is shown on a terminal's stderr.
+    Raises :class:`CliError` naming the service when nobody answers or the answer is bad.
+    """
     with tracing.publish_span(subject) as headers:
         task = asyncio.ensure_future(nc.request(subject, body, timeout=timeout, headers=headers))
         waited = 0.0
@@ -47,7 +57,7 @@ async def request(
             waited += 1.0
             if not task.done() and sys.stderr.isatty():
                 print(
-                    f"\rwaiting for the planner on {subject}… {waited:.0f}s",
+                    f"\rwaiting for the {service} on {subject}… {waited:.0f}s",
                     end="",
                     file=sys.stderr,
                 )
@@ -56,10 +66,12 @@ async def request(
         try:
             msg = task.result()
         except NoRespondersError as exc:
-            raise CliError(f"no planner answers on {subject}: is `l2net planner` running?") from exc
+            raise CliError(
+                f"no {service} answers on {subject}: is `l2net {service}` running?"
+            ) from exc
         except NatsTimeout as exc:
             raise CliError(
-                f"the planner did not answer on {subject} within {timeout:.0f}s"
+                f"the {service} did not answer on {subject} within {timeout:g}s"
             ) from exc
     try:
         return bus.decode(msg.data, reply_type)
