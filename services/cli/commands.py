@@ -132,6 +132,13 @@ def _read_manifest(path: str) -> bytes:
         raise CliError(f"cannot read {path}: {exc.strerror}") from exc
 
 
+def refused(command: str, errors: list[api.Problem]) -> int:
+    """Print every reason the service gave, one line each; the exit code for a refusal."""
+    for problem in errors:
+        print(f"l2net {command}: {problem}", file=sys.stderr)
+    return 1
+
+
 def print_apply_reply(reply: api.ApplyReply, *, source: str) -> int:
     if not reply.ok:
         print(f"{source}: rejected, nothing was applied:", file=sys.stderr)
@@ -231,9 +238,7 @@ async def _get(args: argparse.Namespace) -> int:
     async with connected(args.nats) as nc:
         reply = await request(nc, subjects.API_GET, body, api.GetReply)
     if not reply.ok:
-        for problem in reply.errors:
-            print(f"l2net get: {problem}", file=sys.stderr)
-        return 1
+        return refused("get", reply.errors)
     if args.output == "json":
         print(json.dumps(msgspec.to_builtins(reply.items), indent=2))
         return 0
@@ -266,9 +271,7 @@ async def _nad(args: argparse.Namespace) -> int:
     async with connected(args.nats) as nc:
         reply = await request(nc, subjects.API_NAD, body, api.NadReply)
     if not reply.ok:
-        for problem in reply.errors:
-            print(f"l2net nad: {problem}", file=sys.stderr)
-        return 1
+        return refused("nad", reply.errors)
     print(
         reply.yaml if args.yaml else json.dumps(reply.config, indent=2), end="\n" * (not args.yaml)
     )
@@ -309,9 +312,7 @@ async def _switch_config(args: argparse.Namespace) -> int:
     async with connected(args.nats) as nc:
         reply = await request(nc, subjects.API_SWITCH, body, api.SwitchReply)
     if not reply.ok:
-        for problem in reply.errors:
-            print(f"l2net switch-config: {problem}", file=sys.stderr)
-        return 1
+        return refused("switch-config", reply.errors)
     print(format_switch_ports(reply.ports) if reply.ports else "no nodes registered")
     return 0
 
