@@ -50,6 +50,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
+from opentelemetry import trace
 
 from services.auditor import protocol, snapshot
 from services.auditor.view import (
@@ -69,6 +70,8 @@ log = logging.getLogger("l2net.auditor")
 
 VERSION = "0.1.0"
 SERVICE_NAME = "l2net-auditor"
+CHECK_SPAN = "l2net.auditor.check"
+"""The span of the check that follows a live status, child of its CONSUMER span."""
 HEAL_ALL = "*"
 
 READ_STREAMS: tuple[tuple[str, str], ...] = (
@@ -317,6 +320,18 @@ class Auditor:
 
     def _handler(self, stream: str) -> Callable[[Msg], Awaitable[None]]:
         async def on_msg(msg: Msg) -> None:
+            if stream != subjects.STREAM_STATUS or self.replaying:
+                await on_event(msg)
+                return
+            # A status, live: the executor's apply goes on in the submission's trace with
+            # this auditor's check of it (what it judged, what it published).
+            with (
+                tracing.process_span(msg.subject, msg.headers, template="l2.status.{node}"),
+                tracing.tracer().start_as_current_span(CHECK_SPAN),
+            ):
+                await on_event(msg)
+
+        async def on_event(msg: Msg) -> None:
             try:
                 changed = self._apply(stream, msg)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -339,7 +354,13 @@ class Auditor:
         if stream == subjects.STREAM_INTENTS:
             return self.view.on_intent(bus.decode(msg.data, NodeIntent), at)
         if stream == subjects.STREAM_STATUS:
-            return self.view.on_status(bus.decode(msg.data, NodeStatus), at)
+            status = bus.decode(msg.data, NodeStatus)
+            tracing.annotate(node=status.node, generation=status.observed_generation)
+            changed = self.view.on_status(status, at)
+            trace.get_current_span().set_attribute(
+                "l2net.drift.open", len(self.view.node(status.node).episodes.open)
+            )
+            return changed
         if stream == subjects.STREAM_NODES:
             return self.view.on_heartbeat(bus.decode(msg.data, Node), at)
         if stream == subjects.STREAM_OBSERVED:

@@ -193,6 +193,9 @@ class Planner:
             except manifests.ManifestError as err:
                 span.set_attribute("l2net.rejected", True)
                 return api.ApplyReply(ok=False, errors=err.problems)
+            networks = _cluster_networks(docs)
+            if networks:
+                tracing.annotate(span, cluster_network=",".join(networks))
             problems = self._check_documents(docs)
             if problems:
                 span.set_attribute("l2net.rejected", True)
@@ -389,8 +392,11 @@ class Planner:
                 continue
             with tracing.tracer().start_as_current_span(
                 "l2net.planner.compile", attributes={"l2net.node": node}
-            ):
+            ) as span:
                 intent = compiling.compile_node(self.catalog, node)
+                names = ",".join(cn.name for cn in intent.cluster_networks)
+                if names:
+                    tracing.annotate(span, cluster_network=names)
             previous = self.intents.get(node)
             if previous is not None and compiling.same_desired_state(previous, intent):
                 generations[node] = previous.generation
@@ -415,6 +421,19 @@ class Planner:
 def _to_dict(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = msgspec.to_builtins(obj)
     return out
+
+
+def _cluster_networks(docs: list[manifests.Document]) -> list[str]:
+    """The cluster networks a submission names (its ClusterNetworks and clusterNetwork
+    fields), sorted: the span attribute ``l2net.cluster_network``, comma-separated."""
+    found: set[str] = set()
+    for doc in docs:
+        if isinstance(doc.spec, model.ClusterNetwork):
+            found.add(doc.spec.name)
+        network = getattr(doc.spec, "cluster_network", None)
+        if isinstance(network, str):
+            found.add(network)
+    return sorted(found)
 
 
 def _locate(problems: list[api.Problem], docs: list[manifests.Document]) -> None:
