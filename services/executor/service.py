@@ -53,7 +53,7 @@ from nats.micro.service import Service
 from services.executor.kernel import Kernel
 from services.executor.planning import Step
 from services.executor.reconciling import Outcome, converge
-from shared import bus, metrics, subjects, tracing
+from shared import bus, metrics, names, subjects, tracing
 from shared.l2state import StateError, desired_state, observed_from
 from shared.model import Node, NodeIntent, NodeStatus, ObjectResult, ObservedState
 
@@ -107,7 +107,7 @@ class Executor:
         before_step: Callable[[Step], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
-        self.node = config.node
+        self.node = names.check_node_name(config.node)  # a subject token and a NATS user
         self.kernel = kernel
         self.before_step = before_step
         self.lock = asyncio.Lock()

@@ -15,6 +15,8 @@ import pytest
 
 from services.cli.main import main as l2net
 from services.executor.cli import check_node_name
+from services.executor.kernel import NetlinkKernel
+from services.executor.service import Executor, ExecutorConfig
 from services.planner.validation import check_name
 from shared import names
 
@@ -63,6 +65,8 @@ def test_an_invalid_name_is_refused_everywhere_with_the_same_reason(
 
     with pytest.raises(ValueError, match=why):
         check_node_name(name)
+    with pytest.raises(ValueError, match=why):  # the service itself, used as a library
+        Executor(ExecutorConfig(node=name, servers=["nats://127.0.0.1:1"]), NetlinkKernel(name))
     assert l2net(["executor", f"--node={name}"]) == 2  # refused before connecting anywhere
     out = capsys.readouterr().out
     assert f"--node {name!r}" in out and why in out
