@@ -207,6 +207,8 @@ class Executor:
         refused: list[str] = []
         if self.config.create_streams:
             for name in WRITE_STREAMS:
+                if refused:  # refused once: this user may not, do not ask again per stream
+                    break
                 try:
                     await self.js.stream_info(name)
                     continue
@@ -224,7 +226,7 @@ class Executor:
 
         def missing(names: list[str]) -> None:
             if refused:
-                why = "NATS refused to create them (a node user may not)"
+                why = "could not create them (a node's NATS user may not)"
             elif self.config.create_streams:
                 why = "not created yet"
             else:

@@ -23,6 +23,9 @@ import msgspec
 import pytest
 from pyroute2 import netns as pyroute2_netns
 
+from services.executor.kernel import NetlinkKernel
+from services.executor.service import Executor as ExecutorService
+from services.executor.service import ExecutorConfig
 from services.planner.service import Planner
 from shared import api, bus, subjects
 from shared.model import Node
@@ -203,3 +206,43 @@ async def test_node_1s_credentials_cannot_run_node_2s_executor(
     consumers = await js.consumers_info(subjects.STREAM_INTENTS)
     assert [c.name for c in consumers] == []
     await planner_nc.close()
+
+
+async def test_without_the_flag_a_refused_stream_creation_turns_into_waiting(
+    secured: SecuredNats,  # noqa: F811
+    node1: HostNode,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An executor run as a node user without ``--no-create-streams`` asks once, is refused
+    by the server, says so, and waits for the planner like one run with the flag."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(secured.ca))
+    url = f"tls://node-1:{secured.passwords['node-1']}@127.0.0.1:{secured.port}"
+    executor = ExecutorService(
+        ExecutorConfig(node="node-1", servers=[url], heartbeat_s=1.0),
+        NetlinkKernel("node-1", netns=node1.ns),
+    )
+    caplog.set_level("WARNING", logger="l2net.executor")
+    starting = asyncio.create_task(executor.start())
+    planner_nc = None
+    try:
+        await until(lambda: "waiting for stream(s)" in caplog.text, timeout=60)
+        assert "could not create them (a node's NATS user may not)" in caplog.text
+        assert "start the planner first" in caplog.text
+        assert not starting.done()
+        creates = [r for r in caplog.records if "could not create stream" in r.getMessage()]
+        assert len(creates) == 1, "asked once, not once per stream"
+
+        planner_nc = await secured.connect("planner")
+        await bus.ensure_streams(planner_nc.jetstream(), list(bus.STREAMS))
+        await asyncio.wait_for(starting, 60)
+        raw = await planner_nc.jetstream().get_last_msg(
+            subjects.STREAM_NODES, subjects.node("node-1")
+        )
+        assert bus.decode(raw.data or b"", Node).name == "node-1"
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await executor.stop()
+        if planner_nc is not None:
+            await planner_nc.close()
