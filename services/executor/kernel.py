@@ -2,13 +2,15 @@
 
 :class:`Kernel` is what the executor calls; :class:`NetlinkKernel` implements it with
 pyroute2's asyncio API (``AsyncIPRoute(ext_ack=True)``, so a refused request carries the
-kernel's own words), the bridge CNI plugin for VM NICs and pyroute2's netns helpers for VM
-namespaces. It works in the process's own network namespace (a real host, a lab node) or in
-a named one (tests), never anywhere else.
+kernel's own words), the bridge CNI plugin for VM NICs and :func:`create_netns` (``ip netns
+add`` without a process) for VM namespaces. It works in the process's own network namespace
+(a real host, a lab node) or in a named one (tests), never anywhere else.
 
 Every change to the kernel goes through :meth:`NetlinkKernel._write`, which counts it
-(``writes``) and retries what is transient (EBUSY, EAGAIN, ENOBUFS) with tenacity. Reads
-are dumps: links, addresses and bridge VLANs, one request each.
+(``writes``) and retries what is transient (EBUSY, EAGAIN, ENOBUFS) with tenacity. A whole
+read is three dumps: links, addresses and bridge VLANs (compressed: a trunk 2-4094 is one
+range, not 4093 entries). A step reads only what it needs: making a port's VIDs exact is
+one ``RTM_GETLINK`` of the port and the VLAN dump.
 
 Kernel surprises handled here: a link's alias and a bridge's MTU given in the creating
 request are ignored, so they are set right after; ``vlan_filter`` with a range sends
@@ -19,10 +21,15 @@ by one; a bridge's own VIDs need the ``self`` flag.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import errno
 import ipaddress
 import os
 import re
+import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
@@ -51,6 +58,7 @@ from shared.l2state import (
     expand_vlans,
     owner_alias,
     parse_alias,
+    port_key,
     vlan_changes,
 )
 from shared.model import Nic, VlanRange
@@ -62,6 +70,9 @@ _VLAN_PVID = 0x2
 _VLAN_UNTAGGED = 0x4
 _VLAN_RANGE_BEGIN = 0x8
 _VLAN_RANGE_END = 0x10
+AF_BRIDGE = socket.AF_BRIDGE
+RTEXT_FILTER_BRVLAN_COMPRESSED = 1 << 2
+"""``IFLA_EXT_MASK`` bit (include/uapi/linux/rtnetlink.h): bridge VLANs as ranges."""
 _MODE_NUMBERS = {name: num for num, name in BOND_MODE_NAMES.items()}
 
 
@@ -136,6 +147,8 @@ class NetlinkKernel:
         self._writes = 0
         self._ipr: AsyncIPRoute | None = None
         self._events: AsyncIPRoute | None = None
+        self._vm_hosts: dict[str, str] = {}
+        """VM NIC key to the host veth the CNI plugin made for it (a hint, checked by alias)."""
 
     @property
     def writes(self) -> int:
@@ -174,6 +187,24 @@ class NetlinkKernel:
                     return vid
         return None
 
+    async def _vlan_dump(self) -> dict[int, list[VlanRange]]:
+        """Every bridge port's (and bridge's own) VIDs by ifindex, in one compressed dump.
+
+        pyroute2's ``get_vlans()`` asks for one entry per VID (``RTEXT_FILTER_BRVLAN``):
+        a trunk 2-4094 is 4093 attributes to parse at every read. With
+        ``RTEXT_FILTER_BRVLAN_COMPRESSED`` the kernel sends consecutive VIDs with the same
+        flags as one ``RANGE_BEGIN``/``RANGE_END`` pair, which :func:`_vlan_entries` expands
+        (the same VIDs and flags as the long dump, checked in a lab node).
+        """
+        ipr = await self._ip()
+        out: dict[int, list[VlanRange]] = {}
+        dump = await ipr.link("dump", family=AF_BRIDGE, ext_mask=RTEXT_FILTER_BRVLAN_COMPRESSED)
+        async for msg in dump:
+            entries = _vlan_entries(msg)
+            if entries is not None:
+                out[msg["index"]] = entries
+        return out
+
     async def read(self) -> NodeL2State:
         ipr = await self._ip()
         raw = await self._raw_links()
@@ -189,12 +220,11 @@ class NetlinkKernel:
             for msg in raw
             if msg.get("ifname") != "lo"
         ]
-        vlans: dict[str, list[VlanRange]] = {}
-        async for msg in await ipr.get_vlans():
-            name = names.get(msg["index"])
-            entries = _vlan_entries(msg)
-            if name is not None and entries is not None:
-                vlans[name] = entries
+        vlans = {
+            names[index]: entries
+            for index, entries in (await self._vlan_dump()).items()
+            if index in names
+        }
         return build_actual(
             node=self.node,
             links=links,
@@ -382,15 +412,33 @@ class NetlinkKernel:
 
             await self._write(step, request)
 
-    async def _port_vlans(self, step: Step, port: str, want: list[VlanRange]) -> None:
-        """Make ``port``'s VIDs exactly ``want``, reading what is there first."""
-        state = await self.read()
-        link = state.links.get(port)
-        if link is None:
+    async def _get_link(
+        self, step: Step, name: str | None = None, *, index: int | None = None
+    ) -> Any | None:
+        """One link by name or index (one ``RTM_GETLINK``); None when there is no such link."""
+        ipr = await self._ip()
+        try:
+            if name is not None:
+                found = await ipr.link("get", ifname=name)
+            else:
+                found = await ipr.link("get", index=index)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise KernelError(step, _netlink_text(exc), code=exc.code) from exc
+        return found[0] if found else None
+
+    async def _port_vlans(
+        self, step: Step, port: str, want: list[VlanRange], *, link: Any | None = None
+    ) -> None:
+        """Make ``port``'s VIDs exactly ``want``, reading what is there first: the port's
+        link (``link``, when the caller has it) and the VLAN dump, nothing else."""
+        msg = link if link is not None else await self._get_link(step, port)
+        if msg is None:
             raise KernelError(step, f"no link named {port}", code=errno.ENODEV)
-        add, delete = vlan_changes(want, state.vlans.get(port, []))
-        index = await self._index(step, port)
-        self_ = link.kind == "bridge"
+        index = int(msg["index"])
+        add, delete = vlan_changes(want, (await self._vlan_dump()).get(index, []))
+        self_ = msg.get(("linkinfo", "kind")) == "bridge"
         if delete:
             await self._vlan_request(step, index, "del", delete, self_=self_)
         if add:
@@ -399,26 +447,44 @@ class NetlinkKernel:
     async def _vlan_exact(self, step: Step) -> None:
         await self._port_vlans(step, step.target, step.args["vlans"])
 
+    async def _vm_host_link(self, step: Step, key: str) -> Any | None:
+        """The host veth of VM NIC ``key`` (by its alias): the one this kernel plugged, by
+        one ``RTM_GETLINK``, else found in a link dump."""
+        known = self._vm_hosts.get(key)
+        if known is not None:
+            msg = await self._get_link(step, known)
+            if msg is not None and _vm_port_key(msg) == key:
+                return msg
+        found = None
+        for msg in await self._raw_links():
+            if _vm_port_key(msg) == key:
+                found = msg  # the last one, as build_actual() does
+        return found
+
     async def _vm_vlans(self, step: Step) -> None:
-        state = await self.read()
         key = step.target.removeprefix("vm/")
-        port = state.vm_ports.get(key)
-        if port is None or port.host_ifname is None:
+        host = await self._vm_host_link(step, key)
+        if host is None:
             raise KernelError(step, f"VM NIC {key} is not plugged", code=errno.ENODEV)
-        bridge = state.links.get(port.bridge or "")
-        if bridge is not None and bridge.vlan_filtering is False:
+        master = host.get("master")
+        bridge = await self._get_link(step, index=master) if master else None
+        if (
+            bridge is not None
+            and bridge.get(("linkinfo", "kind")) == "bridge"
+            and not _attrs(bridge.get("linkinfo")).get("IFLA_BR_VLAN_FILTERING", 0)
+        ):
             want = expand_vlans(step.args["vlans"])
             if set(want) <= {1} and all(f == (True, True) for f in want.values()):
                 return  # no VLAN filtering: the port is untagged anyway
-            raise KernelError(step, f"bridge {bridge.name} does not filter VLANs")
-        await self._port_vlans(step, port.host_ifname, step.args["vlans"])
+            raise KernelError(step, f"bridge {bridge.get('ifname')} does not filter VLANs")
+        await self._port_vlans(step, host.get("ifname"), step.args["vlans"], link=host)
 
     async def _netns(self, step: Step) -> None:
         loop = asyncio.get_running_loop()
         try:
             self._writes += 1
             if step.op == "netns.add":
-                await loop.run_in_executor(None, pyroute2_netns.create, step.target)
+                await loop.run_in_executor(None, create_netns, step.target)
             else:
                 await loop.run_in_executor(None, pyroute2_netns.remove, step.target)
         except OSError as exc:
@@ -454,6 +520,9 @@ class NetlinkKernel:
             await self._link_set(
                 Step(op="link.set", target=result.host_ifname, args={"alias": alias})
             )
+            self._vm_hosts[port_key(a["vm"], a["ifname"])] = result.host_ifname
+        else:
+            self._vm_hosts.pop(port_key(a["vm"], a["ifname"]), None)
 
 
 _Handler = Callable[[NetlinkKernel, Step], Awaitable[None]]
@@ -474,6 +543,73 @@ _HANDLERS: dict[str, _Handler] = {
 }
 
 
+# -- network namespaces ------------------------------------------------------------------
+
+_CLONE_NEWNET = 0x40000000
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_MS_SHARED = 1 << 20
+_libc: ctypes.CDLL | None = None
+
+
+def _c() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    return _libc
+
+
+def _os_error(what: str, path: str) -> OSError:
+    code = ctypes.get_errno()
+    return OSError(code, f"{what}: {os.strerror(code)}", path)
+
+
+def create_netns(name: str) -> None:
+    """Create the network namespace ``/run/netns/<name>`` as ``ip netns add`` does, without
+    starting a process.
+
+    iproute2's steps: ``/run/netns`` made a shared mount (so that namespaces made here reach
+    other mount namespaces), an empty file for the namespace, ``unshare(CLONE_NEWNET)``, and
+    the new namespace bind-mounted on the file. Only the calling thread enters a namespace
+    with ``unshare``, so that part runs in a thread started for it, which then ends: the
+    process's other threads (the event loop, pooled threads) never leave their namespace.
+    pyroute2's ``netns.create`` forks the whole process for the same thing, several times
+    slower in a lab node. On failure the file is removed again and ``OSError`` is raised.
+    """
+    if not name or "/" in name or name in (".", ".."):
+        raise OSError(errno.EINVAL, f"{name!r} is not a network namespace name")
+    libc = _c()
+    run_dir = cni.NETNS_DIR
+    os.makedirs(run_dir, mode=0o755, exist_ok=True)
+    made_mount = False
+    while libc.mount(b"", run_dir.encode(), b"none", _MS_SHARED | _MS_REC, None) != 0:
+        # Not a mount point yet: bind it on itself once, then make it shared.
+        if ctypes.get_errno() != errno.EINVAL or made_mount:
+            raise _os_error("cannot share the mount of", run_dir)
+        if libc.mount(run_dir.encode(), run_dir.encode(), b"none", _MS_BIND | _MS_REC, None):
+            raise _os_error("cannot bind-mount", run_dir)
+        made_mount = True
+    path = os.path.join(run_dir, name)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    failed: list[OSError] = []
+
+    def enter_and_bind() -> None:
+        if libc.unshare(_CLONE_NEWNET) != 0:
+            failed.append(_os_error("cannot create a network namespace", path))
+            return
+        own = f"/proc/self/task/{threading.get_native_id()}/ns/net"
+        if libc.mount(own.encode(), path.encode(), b"none", _MS_BIND, None) != 0:
+            failed.append(_os_error("cannot bind the new network namespace", path))
+
+    thread = threading.Thread(target=enter_and_bind, name=f"netns-{name}", daemon=True)
+    thread.start()
+    thread.join()
+    if failed:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise failed[0]
+
+
 # -- message parsing (pyroute2 messages to l2net structs) ---------------------------------
 
 
@@ -485,6 +621,14 @@ def _attrs(nla: Any) -> dict[str, Any]:
     if data is None or not hasattr(data, "get"):
         return {}
     return {k: v for k, v in data.get("attrs", [])}
+
+
+def _vm_port_key(msg: Any) -> str | None:
+    """``<vm>/<ifname>`` of a VM NIC's host veth (from its l2net alias), else None."""
+    fields = parse_alias(msg.get("ifalias"))
+    if fields and "vm" in fields and "if" in fields:
+        return port_key(fields["vm"], fields["if"])
+    return None
 
 
 def _link_state(msg: Any, names: dict[int, str], addresses: list[str]) -> LinkState:
