@@ -76,7 +76,7 @@ def _start_planner(url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
 
 
 def test_plain_nats_py_sample_submits(nats_server: EmbeddedNats, tmp_path: Path) -> None:
-    (sample,) = blocks(DOCS / "events.md", "python")
+    (sample,) = [b for b in blocks(DOCS / "events.md", "python") if "l2.api.apply" in b]
     assert "import l2net" not in sample and "from shared" not in sample
     sample = sample.replace("nats://127.0.0.1:4222", nats_server.url)
     proc = _start_planner(nats_server.url, tmp_path)
