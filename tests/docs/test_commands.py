@@ -14,6 +14,8 @@ import contextlib
 import io
 import re
 import shlex
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,3 +170,24 @@ def test_the_heal_policy_example_loads(tmp_path: Path) -> None:
     config = load_policy(build_parser().parse_args(argv))
     assert config.heal == {"oob"}
     assert (config.policy.silence_s, config.policy.grace_s) == (30, 60)
+
+
+def test_the_executor_module_takes_the_options_the_docs_show() -> None:
+    """executor.md: ``python -m services.executor --node NAME --nats URL`` (what lab nodes run)."""
+    line = next(
+        ln
+        for ln in (DOCS / "executor.md").read_text().splitlines()
+        if ln.startswith("python -m services.executor ")
+    )
+    shown = flags(line.split("#")[0].split()[3:])
+    assert shown == ["--node", "--nats"]
+    result = subprocess.run(
+        [sys.executable, "-m", "services.executor", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=DOCS.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    for flag in shown:
+        assert flag in result.stdout

@@ -271,3 +271,21 @@ def test_reconcile_converges_a_node_again(quickstart: Quickstart) -> None:
     assert "node-2" in result.stdout
     reply = json.loads(quickstart.shell.run("l2net audit node-2 --json").stdout)
     assert reply["nodes"][0]["items"] == []
+
+
+def test_module_entry_points_the_docs_name(quickstart: Quickstart) -> None:
+    """executor.md's ``python -m services.executor.dump`` (in a node: its L2 state as JSON)
+    and lab.md's ``python -m services.lab status`` (the same as ``l2net lab status``)."""
+    result = quickstart.shell.run(
+        f"l2net lab exec node-1 -- {sys.executable} -m services.executor.dump"
+    )
+    assert result.returncode == 0, result.stderr
+    state = json.loads(result.stdout)
+    assert "oob-bo" in json.dumps(state) and "mgmt-br" in json.dumps(state)
+    lab = quickstart.shell.run(f"{sys.executable} -m services.lab status")
+    cli = quickstart.shell.run("l2net lab status")
+    assert lab.returncode == cli.returncode == 0, lab.stderr + cli.stderr
+    assert [ln.split()[0] for ln in lab.stdout.splitlines() if ln.startswith("node-")] == [
+        "node-1",
+        "node-2",
+    ]
