@@ -94,3 +94,26 @@ def test_plain_nats_py_sample_submits(nats_server: EmbeddedNats, tmp_path: Path)
         proc.wait(timeout=10)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("True None") or result.stdout.startswith("True [")
+
+
+def test_rejection_example_of_the_kinds_guide_is_what_apply_prints(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """kinds.md's rejected submission: the seed, then two bad documents placed where the
+    page's lines say (document 6 at line 33, document 7 at line 38), sent on stdin."""
+    (shown,) = blocks(DOCS / "kinds.md", "text")
+    manifest = (ROOT / "docs" / "examples" / "seed.yaml").read_text() + (
+        "---\nkind: Network\nname: n1\nclusterNetwork: oob\nvlan: 0\n"
+        "---\nkind: VmNic\nname: x\nvm: vm1\nnode: node-1\nnetwork: vlan200\nmac: nope\n"
+    )
+    proc = _start_planner(nats_server.url, tmp_path)
+    try:
+        _register_nodes(nats_server.url, ("node-1",))
+        result = l2net("apply", "-f", "-", url=nats_server.url, stdin=manifest)
+        stored = l2net("get", "Network", url=nats_server.url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert result.returncode == 1
+    assert (result.stdout + result.stderr).splitlines() == shown.splitlines()
+    assert "vlan200" not in stored.stdout, "a rejected submission stores nothing"
