@@ -131,7 +131,8 @@ async def connect(
             **options,
         )
     except Exception as exc:  # nats raises several unrelated types for "not reachable"
-        raise BusError(f"cannot reach NATS at {', '.join(servers)}: {exc}") from exc
+        where = ", ".join(redact(s) for s in servers)
+        raise BusError(f"cannot reach NATS at {where}: {exc}") from exc
 
 
 async def ensure_streams(js: JetStreamContext, names: Iterable[str]) -> None:
@@ -148,6 +149,19 @@ async def ensure_streams(js: JetStreamContext, names: Iterable[str]) -> None:
                 await js.update_stream(cfg)
         else:
             await js.update_stream(cfg)
+
+
+def redact(url: str) -> str:
+    """``url`` fit for a log: a password (``tls://user:secret@host``) or a token
+    (``nats://secret@host``) in it becomes ``***``; the user name stays."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user}:***@{host}" if colon else f"{scheme}{sep}***@{host}"
 
 
 class BusError(RuntimeError):

@@ -119,6 +119,7 @@ class Executor:
         self.js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._service: Service | None = None
+        self._intent_sub: JetStreamContext.PullSubscription | None = None
         self._stopped = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -170,10 +171,12 @@ class Executor:
             ),
         )
         sub = await self.js.pull_subscribe_bind(durable, stream=subjects.STREAM_INTENTS)
+        self._intent_sub = sub
         self._tasks.append(asyncio.create_task(self._follow(sub), name="follow"))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
         await self.publish_observed("executor started")
-        log.info("executor for %s ready on %s", self.node, ", ".join(self.config.servers))
+        where = ", ".join(bus.redact(s) for s in self.config.servers)
+        log.info("executor for %s ready on %s", self.node, where)
 
     async def stop(self) -> None:
         self._stopped.set()
@@ -183,6 +186,13 @@ class Executor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._intent_sub is not None:
+            # Unsubscribed, not drained: a pull request cut short by the cancel above may still
+            # get its answer (a 408 status) queued with no fetch left to take it, and a drain
+            # would wait for that queue until its timeout.
+            with contextlib.suppress(Exception):
+                await self._intent_sub.unsubscribe()
+            self._intent_sub = None
         if self._service is not None:
             with contextlib.suppress(Exception):
                 await self._service.stop()

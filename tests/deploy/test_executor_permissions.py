@@ -174,7 +174,10 @@ async def test_the_executor_works_as_its_node_user_and_reads_only_its_own_intent
         for nc in (planner_nc, operator):
             if nc is not None:
                 await nc.close()
-    assert code == 0, executor.output()
+    assert code == 0, executor.output()  # stops promptly on SIGTERM (as systemd stops it)
+    # Its log (the journal) names the server but never the password in NATS_URL.
+    assert f"tls://node-1:***@127.0.0.1:{secured.port}" in executor.output()
+    assert secured.passwords["node-1"] not in executor.output()
 
 
 async def test_node_1s_credentials_cannot_run_node_2s_executor(
@@ -199,6 +202,7 @@ async def test_node_1s_credentials_cannot_run_node_2s_executor(
         impostor.stop()
     out = impostor.output()
     assert impostor.proc.returncode == 1, out
+    assert secured.passwords["node-1"] not in out
     assert "cannot read stream" in out and "permission" in out, out
     assert violations(secured, "node-1"), "the server reported no violation"
     assert await statuses(planner_nc, "node-2") == []
