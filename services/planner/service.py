@@ -187,26 +187,26 @@ class Planner:
     # -- the operations (also called directly by tests) ------------------------------
 
     async def apply(self, text: bytes | str) -> api.ApplyReply:
-        with tracing.tracer().start_as_current_span("l2net.planner.validate") as span:
-            try:
-                docs = manifests.parse(text)
-            except manifests.ManifestError as err:
-                span.set_attribute("l2net.rejected", True)
-                return api.ApplyReply(ok=False, errors=err.problems)
-            networks = _cluster_networks(docs)
-            if networks:
-                tracing.annotate(span, cluster_network=",".join(networks))
-            problems = self._check_documents(docs)
-            if problems:
-                span.set_attribute("l2net.rejected", True)
-                return api.ApplyReply(ok=False, errors=problems)
         async with self._lock:
-            specs = [d.spec for d in docs]
-            candidate = self.catalog.with_changes(put=specs, now=time.time())
-            problems = self._new_problems(candidate)
-            if problems:
-                _locate(problems, docs)
-                return api.ApplyReply(ok=False, errors=problems)
+            # One validate span for every check, each object alone then the whole state.
+            with tracing.tracer().start_as_current_span("l2net.planner.validate") as span:
+                try:
+                    docs = manifests.parse(text)
+                except manifests.ManifestError as err:
+                    span.set_attribute("l2net.rejected", True)
+                    return api.ApplyReply(ok=False, errors=err.problems)
+                networks = _cluster_networks(docs)
+                if networks:
+                    tracing.annotate(span, cluster_network=",".join(networks))
+                specs = [d.spec for d in docs]
+                problems = self._check_documents(docs)
+                if not problems:
+                    candidate = self.catalog.with_changes(put=specs, now=time.time())
+                    problems = self._new_problems(candidate)
+                    _locate(problems, docs)
+                if problems:
+                    span.set_attribute("l2net.rejected", True)
+                    return api.ApplyReply(ok=False, errors=problems)
             changes: list[api.Change] = []
             to_store: list[model.Spec] = []
             for spec in specs:
