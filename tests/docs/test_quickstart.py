@@ -27,7 +27,7 @@ import pytest
 
 from services.lab import Lab
 from services.lab.fleet import LabError
-from shared import bus
+from shared import bus, subjects
 from tests.docs.session import DOCS, REPO, Shell, Step, base_env, fenced, session
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
@@ -289,3 +289,21 @@ def test_module_entry_points_the_docs_name(quickstart: Quickstart) -> None:
         "node-1",
         "node-2",
     ]
+
+
+def test_events_status_sample_prints_each_nodes_last_status(quickstart: Quickstart) -> None:
+    samples = fenced(DOCS / "events.md", "python")
+    (sample,) = [s for s in samples if "l2.status.*" in s]
+    result = subprocess.run(
+        [sys.executable, "-c", quickstart.local(sample)],
+        cwd=REPO,
+        env=quickstart.shell.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [f"{n} Applied generation 2" for n in NODES]
+    # The `nats` CLI line (not installable here) subscribes to exactly those subjects.
+    (line,) = [b.strip() for b in fenced(DOCS / "events.md", "console") if "nats sub" in b]
+    assert line == f"nats sub '{subjects.ALL_STATUS}'"
