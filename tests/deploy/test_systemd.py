@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from pyroute2 import netns as pyroute2_netns
 
-SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
+REPO = Path(__file__).resolve().parents[2]
+SYSTEMD_DIR = REPO / "deploy" / "systemd"
 UNITS = ["l2net-planner.service", "l2net-auditor.service", "l2net-executor@.service"]
 INSTALLED = "/opt/l2net/bin/l2net"
 MOUNT_NAMESPACING = {
@@ -149,20 +150,23 @@ def test_a_namespace_made_in_a_sandboxed_mount_namespace_never_reaches_the_host(
     namespace whose mounts are slaves of the host's (systemd.exec(5), MountFlags=); a VM
     namespace created there (a bind mount on /run/netns/<vm>) is not one on the host, and is
     gone when the process exits. Created without it, the host can enter it."""
-    create = "import sys; from pyroute2 import netns; netns.create(sys.argv[1])"
+    # The executor's own code for a VM namespace (what its netns.add step runs).
+    create = "import sys; from services.executor.kernel import create_netns as c; c(sys.argv[1])"
     sandboxed, plain = (f"l2d-{secrets.token_hex(3)}" for _ in range(2))
     try:
         made = subprocess.run(
             ["unshare", "--mount", "--propagation", "slave", sys.executable, "-c", create,
              sandboxed],
-            capture_output=True, text=True,
+            capture_output=True, text=True, cwd=REPO,
         )  # fmt: skip
         assert made.returncode == 0, made.stderr
         assert (Path("/run/netns") / sandboxed).exists()  # the file, on the host's /run
         entered = subprocess.run(["ip", "netns", "exec", sandboxed, "true"], capture_output=True)
         assert entered.returncode != 0, "the host entered a namespace made in a sandbox"
 
-        made = subprocess.run([sys.executable, "-c", create, plain], capture_output=True, text=True)
+        made = subprocess.run(
+            [sys.executable, "-c", create, plain], capture_output=True, text=True, cwd=REPO
+        )
         assert made.returncode == 0, made.stderr
         entered = subprocess.run(["ip", "netns", "exec", plain, "true"], capture_output=True)
         assert entered.returncode == 0, entered.stderr
