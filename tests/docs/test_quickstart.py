@@ -307,3 +307,21 @@ def test_events_status_sample_prints_each_nodes_last_status(quickstart: Quicksta
     # The `nats` CLI line (not installable here) subscribes to exactly those subjects.
     (line,) = [b.strip() for b in fenced(DOCS / "events.md", "console") if "nats sub" in b]
     assert line == f"nats sub '{subjects.ALL_STATUS}'"
+
+
+def test_auditor_options_the_page_lists(quickstart: Quickstart) -> None:
+    """auditor.md: ``--cached`` answers from the last reports; ``history --generation G``
+    prints the desired state at G and when the node matched it; ``--json`` both."""
+    cached = quickstart.shell.run("l2net audit --cached")
+    assert cached.returncode == 0, cached.stdout + cached.stderr
+    assert [ln.split(":")[0] for ln in cached.stdout.splitlines()] == list(NODES)
+    shown = quickstart.shell.run("l2net history node-1 --generation 2 --json")
+    assert shown.returncode == 0, shown.stderr
+    reply = json.loads(shown.stdout)
+    assert reply["intent"]["generation"] == 2 and reply["intent"]["node"] == "node-1"
+    assert {cn["name"] for cn in reply["intent"]["clusterNetworks"]} == {"mgmt", "oob"}
+    assert "matchingSince" in reply and "lastMatched" in reply
+    old = quickstart.shell.run("l2net history node-1 --generation 1")
+    assert old.returncode == 0, old.stderr
+    first = json.loads(old.stdout)["intent"]  # before the submission: mgmt only
+    assert [cn["name"] for cn in first["clusterNetworks"]] == ["mgmt"]
