@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 async def serve(nats_url: str | None) -> None:
     servers = config.nats_servers(nats_url)
-    log.info("connecting to NATS at %s", ", ".join(servers))
+    log.info("connecting to NATS at %s", ", ".join(bus.redact(s) for s in servers))
     nc = await bus.connect(servers, name="l2net-planner", attempts=-1)
     planner = Planner(nc)
     try:

@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 
 from services.planner.catalog import Catalog, node_labels, selects, vlan_config_for
-from shared import model
+from shared import model, names
 from shared.api import Problem
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -56,7 +56,7 @@ def check_name(value: str, *, max_len: int = MAX_NAME) -> str | None:
         return "must not be empty"
     if len(value) > max_len:
         return f"{value!r} is {len(value)} characters; the limit is {max_len}"
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         return (
             f"{value!r} is not a lowercase RFC 1123 label "
             "(a-z, 0-9 and '-', starting and ending with a letter or digit)"
@@ -66,9 +66,9 @@ def check_name(value: str, *, max_len: int = MAX_NAME) -> str | None:
 
 def check_label_key(key: str) -> str | None:
     prefix, _, name = key.rpartition("/")
-    if not name or len(name) > MAX_NAME or not LABEL_NAME_RE.match(name):
+    if not name or len(name) > MAX_NAME or not LABEL_NAME_RE.fullmatch(name):
         return f"label key {key!r} is not a valid label name"
-    if prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN_RE.match(prefix)):
+    if prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN_RE.fullmatch(prefix)):
         return f"label key {key!r} has an invalid prefix {prefix!r}"
     return None
 
@@ -78,7 +78,7 @@ def _check_selector(c: _Collector, field: str, selector: dict[str, str]) -> None
         err = check_label_key(key)
         if err:
             c.add(f"{field}.{key}", err)
-        if len(value) > MAX_NAME or not LABEL_NAME_RE.match(value):
+        if len(value) > MAX_NAME or not LABEL_NAME_RE.fullmatch(value):
             c.add(f"{field}.{key}", f"label value {value!r} is not valid")
 
 
@@ -123,7 +123,12 @@ def _check_vlan_config(c: _Collector, vc: model.VlanConfig) -> None:
         c.add("uplink.nics", "at least one NIC is required")
     seen: set[str] = set()
     for i, nic in enumerate(nics):
-        if not nic or len(nic) > model.MAX_IFNAME or not IFNAME_RE.match(nic) or nic in (".", ".."):
+        if (
+            not nic
+            or len(nic) > model.MAX_IFNAME
+            or not IFNAME_RE.fullmatch(nic)
+            or nic in (".", "..")
+        ):
             c.add(f"uplink.nics[{i}]", f"{nic!r} is not a valid interface name")
         if nic in seen:
             c.add(f"uplink.nics[{i}]", f"{nic!r} is listed twice")
@@ -137,7 +142,7 @@ def _check_vlan_config(c: _Collector, vc: model.VlanConfig) -> None:
         )
     if la.tx_q_len is not None and not 0 <= la.tx_q_len <= 2**31 - 1:
         c.add("uplink.linkAttributes.txQLen", f"{la.tx_q_len} must be >= 0 (or -1 for the default)")
-    if la.hardware_addr is not None and not MAC_RE.match(la.hardware_addr):
+    if la.hardware_addr is not None and not MAC_RE.fullmatch(la.hardware_addr):
         c.add("uplink.linkAttributes.hardwareAddr", f"{la.hardware_addr!r} is not a MAC address")
 
 
@@ -285,11 +290,14 @@ def _check_host_network(c: _Collector, hn: model.HostNetwork) -> None:
 
 
 def _check_vm_nic(c: _Collector, nic: model.VmNic) -> None:
-    for field, value in (("vm", nic.vm), ("node", nic.node), ("network", nic.network)):
+    for field, value in (("vm", nic.vm), ("network", nic.network)):
         err = check_name(value)
         if err:
             c.add(field, err)
-    if nic.mac is not None and not MAC_RE.match(nic.mac):
+    node_err = names.node_name_error(nic.node, what="node")
+    if node_err:
+        c.add("node", node_err)
+    if nic.mac is not None and not MAC_RE.fullmatch(nic.mac):
         c.add("mac", f"{nic.mac!r} is not a MAC address (like 52:54:00:12:34:56)")
 
 

@@ -17,8 +17,9 @@ from services.cli.main import main as l2net
 from services.executor.cli import check_node_name
 from services.executor.kernel import NetlinkKernel
 from services.executor.service import Executor, ExecutorConfig
-from services.planner.validation import check_name
+from services.planner.validation import check_object
 from shared import names
+from shared.model import VmNic
 
 RENDER = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "render_accounts.py"
 
@@ -48,7 +49,8 @@ def render(name: str) -> subprocess.CompletedProcess[str]:
 def test_a_valid_name_is_accepted_everywhere(name: str) -> None:
     assert names.node_name_error(name) is None
     check_node_name(name)  # the executor's --node
-    assert check_name(name) is None  # the planner's VmNic.node
+    vm_nic = VmNic(name="n", vm="vm1", node=name, network="x")
+    assert not [p for p in check_object(vm_nic) if p.field == "node"]  # the planner's VmNic.node
     result = render(name)
     assert result.returncode == 0, result.stderr
     assert f"user: {name}\n" in result.stdout
@@ -70,7 +72,6 @@ def test_an_invalid_name_is_refused_everywhere_with_the_same_reason(
     assert l2net(["executor", f"--node={name}"]) == 2  # refused before connecting anywhere
     out = capsys.readouterr().out
     assert f"--node {name!r}" in out and why in out
-    # The planner refuses it for VmNic.node too (its check_name still accepts a trailing
-    # newline: NAME_RE ends in "$" and is used with match(); reported to its owner).
-    if name not in names.RESERVED and not name.endswith("\n"):
-        assert check_name(name) is not None
+    # The planner refuses it for VmNic.node too, with the same rule.
+    vm_nic = VmNic(name="n", vm="vm1", node=name, network="x")
+    assert any(p.field == "node" and why in p.message for p in check_object(vm_nic))

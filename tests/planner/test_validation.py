@@ -160,6 +160,12 @@ def vc(bond: str = "", link: str = "", nics: str = "[eth1, eth2]", cn: str = "oo
             "not a MAC",
         ),
         ("kind: VmNic\nname: n\nvm: VM_1\nnode: node-1\nnetwork: x\n", "vm", "RFC 1123"),
+        ("kind: VmNic\nname: n\nvm: vm1\nnode: planner\nnetwork: x\n", "node", "reserved"),
+        (
+            '{"kind": "Network", "name": "n\\n", "clusterNetwork": "oob", "vlan": 1}',
+            "name",
+            "RFC 1123",
+        ),
         (
             "kind: VlanConfig\nname: v\nclusterNetwork: oob\nnodeSelector: {'a/b/c': x}\n"
             "uplink: {nics: [eth1]}\n",
