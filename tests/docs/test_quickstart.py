@@ -144,6 +144,7 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]
                 else:
                     result = shell.run(qs.local(step.bare))
                     assert result.returncode == 0, f"{step.bare}: {result.stderr}"
+                    assert result.stdout.splitlines() == step.shown, step.bare
         finally:
             shell.stop_all()
             with contextlib.suppress(LabError):
