@@ -559,9 +559,10 @@ def _c() -> ctypes.CDLL:
     return _libc
 
 
-def _os_error(what: str, path: str) -> OSError:
+def _os_error(what: str) -> OSError:
+    """The failed C call's errno as an OSError whose text says what was being done."""
     code = ctypes.get_errno()
-    return OSError(code, f"{what}: {os.strerror(code)}", path)
+    return OSError(code, f"{what}: {os.strerror(code)}")
 
 
 def create_netns(name: str) -> None:
@@ -571,8 +572,9 @@ def create_netns(name: str) -> None:
     iproute2's steps: ``/run/netns`` made a shared mount (so that namespaces made here reach
     other mount namespaces), an empty file for the namespace, ``unshare(CLONE_NEWNET)``, and
     the new namespace bind-mounted on the file. Only the calling thread enters a namespace
-    with ``unshare``, so that part runs in a thread started for it, which then ends: the
-    process's other threads (the event loop, pooled threads) never leave their namespace.
+    with ``unshare``, so that part runs in a thread started for it, which returns to the
+    process's namespace (``setns``) and ends: the process's other threads (the event loop,
+    pooled threads) never leave their namespace.
     pyroute2's ``netns.create`` forks the whole process for the same thing, several times
     slower in a lab node. On failure the file is removed again and ``OSError`` is raised.
     """
@@ -585,21 +587,35 @@ def create_netns(name: str) -> None:
     while libc.mount(b"", run_dir.encode(), b"none", _MS_SHARED | _MS_REC, None) != 0:
         # Not a mount point yet: bind it on itself once, then make it shared.
         if ctypes.get_errno() != errno.EINVAL or made_mount:
-            raise _os_error("cannot share the mount of", run_dir)
+            raise _os_error(f"cannot make {run_dir} a shared mount")
         if libc.mount(run_dir.encode(), run_dir.encode(), b"none", _MS_BIND | _MS_REC, None):
-            raise _os_error("cannot bind-mount", run_dir)
+            raise _os_error(f"cannot bind-mount {run_dir} on itself")
         made_mount = True
     path = os.path.join(run_dir, name)
-    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create {path}: {exc.strerror}") from exc
     failed: list[OSError] = []
 
     def enter_and_bind() -> None:
-        if libc.unshare(_CLONE_NEWNET) != 0:
-            failed.append(_os_error("cannot create a network namespace", path))
-            return
         own = f"/proc/self/task/{threading.get_native_id()}/ns/net"
-        if libc.mount(own.encode(), path.encode(), b"none", _MS_BIND, None) != 0:
-            failed.append(_os_error("cannot bind the new network namespace", path))
+        try:
+            home = os.open(own, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            failed.append(exc)
+            return
+        try:
+            if libc.unshare(_CLONE_NEWNET) != 0:
+                failed.append(_os_error("cannot create a network namespace"))
+                return
+            if libc.mount(own.encode(), path.encode(), b"none", _MS_BIND, None) != 0:
+                failed.append(_os_error(f"cannot bind the new network namespace on {path}"))
+            # Back home before ending (the thread lingers a moment after join() returns);
+            # should that fail, the thread ends all the same and nothing else runs in it.
+            libc.setns(home, _CLONE_NEWNET)
+        finally:
+            os.close(home)
 
     thread = threading.Thread(target=enter_and_bind, name=f"netns-{name}", daemon=True)
     thread.start()
