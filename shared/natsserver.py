@@ -7,6 +7,7 @@ Used by ``l2net up``, the demo, the lab (when no ``--nats`` is given) and the te
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -76,6 +77,9 @@ class EmbeddedNats:
                 self.process.wait()
 
 
+_LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)")
+
+
 def start(
     state_dir: Path,
     *,
@@ -84,14 +88,19 @@ def start(
     max_payload: int = 1024 * 1024,
     detach: bool = False,
 ) -> EmbeddedNats:
-    """Start nats-server with JetStream storing under ``state_dir``; wait until it listens."""
+    """Start nats-server with JetStream storing under ``state_dir``; wait until it listens.
+
+    ``port`` 0 lets the server choose a free port itself (``listen: host:-1``) and reads the
+    port from its log: picking a free port first and handing it over would race with any
+    other process that binds in between, and a client could then reach that other server.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port(host)
     store = state_dir / "jetstream"
     log_file = state_dir / "nats-server.log"
+    log_file.unlink(missing_ok=True)
     config = state_dir / "nats-server.conf"
     config.write_text(
-        f'listen: "{host}:{port}"\n'
+        f'listen: "{host}:{port or -1}"\n'
         f"max_payload: {max_payload}\n"
         f'jetstream {{ store_dir: "{store}" }}\n'
     )
@@ -104,10 +113,22 @@ def start(
         start_new_session=detach,
     )
     server = EmbeddedNats(process=proc, host=host, port=port, store_dir=store, log_file=log_file)
-    if not wait_for_port(host, port, timeout=15):
+    deadline = time.monotonic() + 15
+    while True:
+        text = log_file.read_text(errors="replace") if log_file.exists() else ""
+        found = _LISTENING.search(text)
+        if found and "Server is ready" in text:
+            server.port = int(found.group(2))
+            break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise NatsServerError(
+                f"nats-server did not start on {host}:{port or '(any)'}\n{text[-2000:]}"
+            )
+        time.sleep(0.02)
+    if not wait_for_port(host, server.port, timeout=5):
         server.stop()
-        tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
-        raise NatsServerError(f"nats-server did not listen on {host}:{port}\n{tail}")
+        raise NatsServerError(f"nats-server does not answer on {host}:{server.port}")
     (state_dir / "nats.pid").write_text(str(proc.pid))
     (state_dir / "nats.url").write_text(server.url)
     return server
