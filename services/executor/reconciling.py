@@ -85,11 +85,14 @@ async def converge(
             setattr(out, key, value)
         return out
 
-    snapshot = await kernel.read()
-    try:
-        steps = plan(desired, snapshot)
-    except (PlanError, StateError) as exc:
-        return done("Failed", error=str(exc))
+    with tracing.tracer().start_as_current_span("l2net.executor.diff") as span:
+        snapshot = await kernel.read()
+        try:
+            steps = plan(desired, snapshot)
+        except (PlanError, StateError) as exc:
+            span.set_attribute("l2net.plan_error", str(exc))
+            return done("Failed", error=str(exc))
+        span.set_attribute("l2net.steps", len(steps))
     if not steps:
         return done("Applied")
     if on_planned is not None:
@@ -105,7 +108,9 @@ async def converge(
                 await kernel.apply(step)
             applied.append(step)
             results.append(ObjectResult(object=step.target, action=step.describe()))
-        left = diff(desired, await kernel.read())
+        with tracing.tracer().start_as_current_span("l2net.executor.verify") as span:
+            left = diff(desired, await kernel.read())
+            span.set_attribute("l2net.differences", len(left))
         if left:
             raise VerifyError(left)
     except (KernelError, VerifyError) as exc:
@@ -116,7 +121,8 @@ async def converge(
                     object=failed.target, action=failed.describe(), ok=False, error=str(exc)
                 )
             )
-        rollback_left, rollback_errors = await rollback(kernel, snapshot, applied)
+        with tracing.tracer().start_as_current_span("l2net.executor.rollback"):
+            rollback_left, rollback_errors = await rollback(kernel, snapshot, applied)
         if rollback_left or rollback_errors:
             detail = "; ".join([*rollback_errors, *(str(i) for i in rollback_left[:5])])
             return done(

@@ -245,6 +245,12 @@ def test_a_submission_is_one_trace_from_the_cli_through_lab_executors_to_the_aud
             s.name for s in steps
         ]
         assert all(s.attributes["l2net.step"] for s in steps)
+        # Diff (read + plan) before the steps, verify (read back) after, both in the apply.
+        diff_span = _one(mine, "l2net-executor", "l2net.executor.diff")
+        verify = _one(mine, "l2net-executor", "l2net.executor.verify")
+        assert diff_span.parent_span_id == consume.span_id == verify.parent_span_id
+        assert diff_span.attributes["l2net.steps"] == len(steps)
+        assert verify.attributes["l2net.differences"] == 0
         assert all(s.status_code != 2 for s in mine), "no span of a good apply is an error"
         statuses = [s for s in mine if s.name == "send l2.status.{node}"]
         assert statuses and all(
