@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from services.cli import schemas
 from services.planner import manifests
-from shared import schemas
 from shared.natsserver import EmbeddedNats
 from tests.cli.test_cli import _register_nodes, _wait_for_planner, l2net
 
@@ -25,7 +25,7 @@ def blocks(page: Path, lang: str) -> list[str]:
 def test_committed_schemas_are_what_the_code_generates() -> None:
     generated = schemas.render_all()
     on_disk = {p.name: p.read_text() for p in (DOCS / "reference" / "schemas").glob("*.json")}
-    assert on_disk == generated, "run: python -m shared.schemas docs/reference/schemas"
+    assert on_disk == generated, "run: python -m services.cli.schemas docs/reference/schemas"
 
 
 def test_every_manifest_in_the_kinds_guide_parses() -> None:

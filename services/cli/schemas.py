@@ -1,7 +1,8 @@
 """JSON Schemas of everything on the bus, generated from the msgspec structs.
 
-``python -m shared.schemas docs/reference/schemas`` writes one file per message type; a test
-checks that the committed files are what the code generates, so the reference never drifts.
+``python -m services.cli.schemas docs/reference/schemas`` writes one file per message type;
+a test checks that the committed files are what the code generates, so the reference never
+drifts. It lives with the CLI because it reads the structs of every service.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from services.auditor import protocol
 from shared import api, model
 
 MESSAGES: dict[str, tuple[type[Any], str]] = {
@@ -33,6 +35,12 @@ MESSAGES: dict[str, tuple[type[Any], str]] = {
     "nad-reply": (api.NadReply, "reply of l2.api.nad"),
     "switch-request": (api.SwitchRequest, "request body of l2.api.switch"),
     "switch-reply": (api.SwitchReply, "reply of l2.api.switch"),
+    "auditor-check-request": (protocol.CheckRequest, "request body of l2.auditor.check"),
+    "auditor-check-reply": (protocol.CheckReply, "reply of l2.auditor.check"),
+    "auditor-history-request": (protocol.HistoryRequest, "request body of l2.auditor.history"),
+    "auditor-history-reply": (protocol.HistoryReply, "reply of l2.auditor.history"),
+    "auditor-desired-request": (protocol.DesiredRequest, "request body of l2.auditor.desired"),
+    "auditor-desired-reply": (protocol.DesiredReply, "reply of l2.auditor.desired"),
     "cluster-network": (model.ClusterNetwork, "manifest kind ClusterNetwork"),
     "vlan-config": (model.VlanConfig, "manifest kind VlanConfig"),
     "network": (model.Network, "manifest kind Network"),
