@@ -22,7 +22,8 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client
@@ -38,6 +39,8 @@ from services.planner.catalog import Catalog
 from shared import api, bus, model, subjects, tracing
 
 log = logging.getLogger("l2net.planner")
+
+B = TypeVar("B")
 
 VERSION = "0.1.0"
 
@@ -145,44 +148,48 @@ class Planner:
             reply = await self.apply(req.data)
         await req.respond(bus.encode(reply))
 
-    async def _handle_delete(self, req: Request) -> None:
-        try:
-            body = bus.decode(req.data, api.DeleteRequest)
-        except msgspec.DecodeError as exc:
-            reply = api.ApplyReply(ok=False, errors=[api.Problem(message=f"bad request: {exc}")])
-        else:
-            with tracing.process_span(subjects.API_DELETE, req.headers):
-                reply = await self.delete(body.kind, body.name)
+    async def _serve(
+        self,
+        req: Request,
+        subject: str,
+        body_type: type[B],
+        reply_type: Callable[..., Any],
+        answer: Callable[[B], Awaitable[Any]],
+    ) -> None:
+        """Decode a JSON request body (empty: all defaults), answer it, reply in JSON; a body
+        that does not decode gets ``reply_type(ok=False, errors=[...])`` naming what is wrong."""
+        with tracing.process_span(subject, req.headers):
+            try:
+                body = bus.decode(req.data if req.data.strip() else b"{}", body_type)
+            except msgspec.DecodeError as exc:
+                reply = reply_type(ok=False, errors=[api.Problem(message=f"bad request: {exc}")])
+            else:
+                reply = await answer(body)
         await req.respond(bus.encode(reply))
+
+    async def _handle_delete(self, req: Request) -> None:
+        async def answer(body: api.DeleteRequest) -> api.ApplyReply:
+            return await self.delete(body.kind, body.name)
+
+        await self._serve(req, subjects.API_DELETE, api.DeleteRequest, api.ApplyReply, answer)
 
     async def _handle_get(self, req: Request) -> None:
-        try:
-            body = bus.decode(req.data, api.GetRequest) if req.data.strip() else api.GetRequest()
-        except msgspec.DecodeError as exc:
-            reply = api.GetReply(ok=False, errors=[api.Problem(message=f"bad request: {exc}")])
-        else:
-            reply = self.get(body.kind, body.name)
-        await req.respond(bus.encode(reply))
+        async def answer(body: api.GetRequest) -> api.GetReply:
+            return self.get(body.kind, body.name)
+
+        await self._serve(req, subjects.API_GET, api.GetRequest, api.GetReply, answer)
 
     async def _handle_nad(self, req: Request) -> None:
-        try:
-            body = bus.decode(req.data, api.NadRequest)
-        except msgspec.DecodeError as exc:
-            reply = api.NadReply(ok=False, errors=[api.Problem(message=f"bad request: {exc}")])
-        else:
-            reply = self.nad(body.network)
-        await req.respond(bus.encode(reply))
+        async def answer(body: api.NadRequest) -> api.NadReply:
+            return self.nad(body.network)
+
+        await self._serve(req, subjects.API_NAD, api.NadRequest, api.NadReply, answer)
 
     async def _handle_switch(self, req: Request) -> None:
-        try:
-            body = (
-                bus.decode(req.data, api.SwitchRequest) if req.data.strip() else api.SwitchRequest()
-            )
-        except msgspec.DecodeError as exc:
-            reply = api.SwitchReply(ok=False, errors=[api.Problem(message=f"bad request: {exc}")])
-        else:
-            reply = self.switch_config(body.node)
-        await req.respond(bus.encode(reply))
+        async def answer(body: api.SwitchRequest) -> api.SwitchReply:
+            return self.switch_config(body.node)
+
+        await self._serve(req, subjects.API_SWITCH, api.SwitchRequest, api.SwitchReply, answer)
 
     # -- the operations (also called directly by tests) ------------------------------
 
