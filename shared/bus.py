@@ -44,57 +44,60 @@ def decode(data: bytes, type: type[T]) -> T:
     return msgspec.json.decode(data, type=type)
 
 
+def _stream(
+    name: str, subject: str, description: str, *, per_subject: int, **extra: Any
+) -> StreamConfig:
+    """A file-backed stream keeping the last ``per_subject`` messages of each subject."""
+    return StreamConfig(
+        name=name,
+        subjects=[subject],
+        description=description,
+        max_msgs_per_subject=per_subject,
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        **extra,
+    )
+
+
 STREAMS: dict[str, StreamConfig] = {
-    subjects.STREAM_SPECS: StreamConfig(
-        name=subjects.STREAM_SPECS,
-        subjects=[subjects.ALL_SPECS],
-        description="Accepted l2net specs, a revision per change (the source of truth)",
-        max_msgs_per_subject=100,
-        storage=StorageType.FILE,
-        allow_atomic=True,
-    ),
-    subjects.STREAM_INTENTS: StreamConfig(
-        name=subjects.STREAM_INTENTS,
-        subjects=[subjects.ALL_INTENTS],
-        description="Compiled per-node desired L2 state, a generation per message",
-        max_msgs_per_subject=100,
-        storage=StorageType.FILE,
-        # Direct gets name the subject in the API subject ($JS.API.DIRECT.GET.L2_INTENTS.
-        # l2.intent.<node>), so NATS permissions can let a node read only its own last intent.
-        allow_direct=True,
-    ),
-    subjects.STREAM_STATUS: StreamConfig(
-        name=subjects.STREAM_STATUS,
-        subjects=[subjects.ALL_STATUS],
-        description="Executor reports",
-        max_msgs_per_subject=1000,
-        storage=StorageType.FILE,
-    ),
-    subjects.STREAM_OBSERVED: StreamConfig(
-        name=subjects.STREAM_OBSERVED,
-        subjects=[subjects.ALL_OBSERVED],
-        description="Actual L2 state of each node, after each change the kernel reports",
-        max_msgs_per_subject=1000,
-        storage=StorageType.FILE,
-    ),
-    subjects.STREAM_NODES: StreamConfig(
-        name=subjects.STREAM_NODES,
-        subjects=[subjects.ALL_NODES],
-        description="Node inventory and heartbeats",
-        max_msgs_per_subject=10,
-        storage=StorageType.FILE,
-    ),
-    subjects.STREAM_DRIFT: StreamConfig(
-        name=subjects.STREAM_DRIFT,
-        subjects=[subjects.ALL_DRIFT],
-        description="Auditor drift findings",
-        max_msgs_per_subject=1000,
-        storage=StorageType.FILE,
-    ),
+    cfg.name: cfg
+    for cfg in (
+        _stream(
+            subjects.STREAM_SPECS,
+            subjects.ALL_SPECS,
+            "Accepted l2net specs, a revision per change (the source of truth)",
+            per_subject=100,
+            allow_atomic=True,  # a submission is stored whole or not at all
+        ),
+        _stream(
+            subjects.STREAM_INTENTS,
+            subjects.ALL_INTENTS,
+            "Compiled per-node desired L2 state, a generation per message",
+            per_subject=100,
+            # Direct gets name the subject in the API subject ($JS.API.DIRECT.GET.L2_INTENTS.
+            # l2.intent.<node>), so NATS permissions can let a node read only its own intent.
+            allow_direct=True,
+        ),
+        _stream(subjects.STREAM_STATUS, subjects.ALL_STATUS, "Executor reports", per_subject=1000),
+        _stream(
+            subjects.STREAM_OBSERVED,
+            subjects.ALL_OBSERVED,
+            "Actual L2 state of each node, after each change the kernel reports",
+            per_subject=1000,
+        ),
+        _stream(
+            subjects.STREAM_NODES,
+            subjects.ALL_NODES,
+            "Node inventory and heartbeats",
+            per_subject=10,
+        ),
+        _stream(
+            subjects.STREAM_DRIFT, subjects.ALL_DRIFT, "Auditor drift findings", per_subject=1000
+        ),
+    )
+    if cfg.name is not None
 }
-for _cfg in STREAMS.values():
-    _cfg.retention = RetentionPolicy.LIMITS
-    _cfg.discard = DiscardPolicy.OLD
 
 
 async def connect(
