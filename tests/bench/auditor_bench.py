@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ from services.auditor.service import Auditor
 from shared import bus, natsserver, subjects
 from shared.model import DriftReport
 from tests.auditor.conftest import applied, converged, heartbeat
-from tests.bench.common import Result, median_seconds, rss_kb
+from tests.bench.common import Result, median_seconds, service_memory
 from tests.executor.labkit import seed_intent
 
 NODES = [f"node-{i}" for i in range(1, 21)]
@@ -178,37 +176,9 @@ async def _latency(url: str) -> list[Result]:
 
 
 def _memory(url: str, count: int) -> list[Result]:
-    auditor = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "auditor", "--nats", url],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    plain = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import asyncio, nats\n"
-            "async def m():\n"
-            f"    nc = await nats.connect('{url}')\n"
-            "    await asyncio.sleep(30)\n"
-            "asyncio.run(m())",
-        ]
-    )
-    try:
-        time.sleep(6)
-        return [
-            Result(
-                f"resident memory after replaying {count} events",
-                rss_kb(auditor.pid) / 1024,
-                rss_kb(plain.pid) / 1024,
-                "plain nats-py client process",
-                "MiB",
-            )
-        ]
-    finally:
-        for p in (auditor, plain):
-            p.terminate()
-            p.wait(timeout=10)
+    return [
+        service_memory(f"resident memory after replaying {count} events", "auditor", url, settle=6)
+    ]
 
 
 def run() -> list[Result]:

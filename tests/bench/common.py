@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -47,3 +49,37 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def service_memory(name: str, service: str, url: str, *, settle: float) -> Result:
+    """Resident memory of ``l2net <service> --nats URL`` against a plain nats-py client
+    process connected to the same server, both read after ``settle`` seconds."""
+    l2 = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", service, "--nats", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    plain = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, nats\n"
+            "async def m():\n"
+            f"    nc = await nats.connect('{url}')\n"
+            "    await asyncio.sleep(60)\n"
+            "asyncio.run(m())",
+        ]
+    )
+    try:
+        time.sleep(settle)
+        return Result(
+            name,
+            rss_kb(l2.pid) / 1024,
+            rss_kb(plain.pid) / 1024,
+            "plain nats-py client process",
+            "MiB",
+        )
+    finally:
+        for proc in (l2, plain):
+            proc.terminate()
+            proc.wait(timeout=10)

@@ -10,16 +10,13 @@ Baselines, in the same run against the same nats-server:
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from services.cli.demo import demo_node
 from services.planner.service import Planner
 from shared import api, bus, natsserver, subjects
-from tests.bench.common import Result, median_seconds, rss_kb
+from tests.bench.common import Result, median_seconds, service_memory
 
 SEED = Path(__file__).resolve().parents[2] / "docs" / "examples" / "seed.yaml"
 NODES = [f"node-{i}" for i in range(1, 21)]
@@ -75,37 +72,7 @@ async def _latency(url: str) -> list[Result]:
 
 
 def _memory(url: str) -> list[Result]:
-    planner = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "planner", "--nats", url],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    plain = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import asyncio, nats\n"
-            "async def m():\n"
-            f"    nc = await nats.connect('{url}')\n"
-            "    await asyncio.sleep(30)\n"
-            "asyncio.run(m())",
-        ]
-    )
-    try:
-        time.sleep(4)
-        return [
-            Result(
-                "resident memory, idle",
-                rss_kb(planner.pid) / 1024,
-                rss_kb(plain.pid) / 1024,
-                "plain nats-py client process",
-                "MiB",
-            )
-        ]
-    finally:
-        for p in (planner, plain):
-            p.terminate()
-            p.wait(timeout=10)
+    return [service_memory("resident memory, idle", "planner", url, settle=4)]
 
 
 def run() -> list[Result]:
