@@ -9,6 +9,7 @@ an intent (the kernel's view, as an executor reports it); ``change`` edits it by
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -119,13 +120,13 @@ async def events(nc: Client) -> Bus:
 AuditorFactory = Callable[..., Awaitable[Auditor]]
 
 
-@pytest.fixture
-async def auditors(nats_server: natsserver.EmbeddedNats) -> AsyncIterator[AuditorFactory]:
-    """Start auditors on the test's server (each on its own connection); all stopped at the end."""
+@asynccontextmanager
+async def auditor_factory(url: str, *, name: str) -> AsyncIterator[AuditorFactory]:
+    """Start auditors on ``url`` (each on its own connection); all stopped on exit."""
     started: list[tuple[Auditor, Client]] = []
 
     async def start(config: AuditorConfig | None = None, **kw: Any) -> Auditor:
-        conn = await bus.connect([nats_server.url], name="auditor-test")
+        conn = await bus.connect([url], name=name)
         auditor = Auditor(conn, config or AuditorConfig(**kw))
         await auditor.start()
         started.append((auditor, conn))
@@ -137,6 +138,13 @@ async def auditors(nats_server: natsserver.EmbeddedNats) -> AsyncIterator[Audito
         for auditor, conn in started:
             await auditor.stop()
             await conn.drain()
+
+
+@pytest.fixture
+async def auditors(nats_server: natsserver.EmbeddedNats) -> AsyncIterator[AuditorFactory]:
+    """Start auditors on the test's server (each on its own connection); all stopped at the end."""
+    async with auditor_factory(nats_server.url, name="auditor-test") as start:
+        yield start
 
 
 async def stop(auditor: Auditor) -> None:

@@ -28,6 +28,7 @@ from services.lab import Lab
 from shared import bus, subjects
 from shared.model import NodeStatus, ObservedState
 from tests.auditor import oracle
+from tests.auditor.conftest import auditor_factory
 from tests.executor.helpers import final_status, publish_intent, until
 from tests.executor.labkit import port_vids, seed_intent, sh
 
@@ -61,21 +62,8 @@ LabAuditors = Callable[..., Awaitable[Auditor]]
 
 @pytest.fixture
 async def auditors(lab: Lab) -> AsyncIterator[LabAuditors]:
-    started: list[tuple[Auditor, Client]] = []
-
-    async def start(config: AuditorConfig | None = None) -> Auditor:
-        conn = await bus.connect([lab.nats_url], name="auditor-lab")
-        auditor = Auditor(conn, config or AuditorConfig())
-        await auditor.start()
-        started.append((auditor, conn))
-        return auditor
-
-    try:
+    async with auditor_factory(lab.nats_url, name="auditor-lab") as start:
         yield start
-    finally:
-        for auditor, conn in started:
-            await auditor.stop()
-            await conn.drain()
 
 
 async def reconcile(nc: Client, node: str) -> None:
