@@ -249,10 +249,11 @@ def test_auditor_python_sample_runs_on_the_lab(quickstart: Quickstart) -> None:
 # --- events.md and executor.md, on the converged lab ------------------------------------
 
 
-def test_events_auditor_sample_prints_each_node(quickstart: Quickstart) -> None:
+def run_events_sample(quickstart: Quickstart, needle: str) -> subprocess.CompletedProcess[str]:
+    """Run the one Python sample of events.md that mentions ``needle``, as written."""
     samples = fenced(DOCS / "events.md", "python")
-    (sample,) = [s for s in samples if "l2.auditor.check" in s]
-    result = subprocess.run(
+    (sample,) = [s for s in samples if needle in s]
+    return subprocess.run(
         [sys.executable, "-c", quickstart.local(sample)],
         cwd=REPO,
         env=quickstart.shell.env,
@@ -260,6 +261,10 @@ def test_events_auditor_sample_prints_each_node(quickstart: Quickstart) -> None:
         text=True,
         timeout=60,
     )
+
+
+def test_events_auditor_sample_prints_each_node(quickstart: Quickstart) -> None:
+    result = run_events_sample(quickstart, "l2.auditor.check")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"{n} generation 2 0 findings" for n in NODES]
 
@@ -293,16 +298,7 @@ def test_module_entry_points_the_docs_name(quickstart: Quickstart) -> None:
 
 
 def test_events_status_sample_prints_each_nodes_last_status(quickstart: Quickstart) -> None:
-    samples = fenced(DOCS / "events.md", "python")
-    (sample,) = [s for s in samples if "l2.status.*" in s]
-    result = subprocess.run(
-        [sys.executable, "-c", quickstart.local(sample)],
-        cwd=REPO,
-        env=quickstart.shell.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_events_sample(quickstart, "l2.status.*")
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == [f"{n} Applied generation 2" for n in NODES]
     # The `nats` CLI line (not installable here) subscribes to exactly those subjects.

@@ -9,7 +9,6 @@ no spans.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from collections.abc import Iterator
 
@@ -25,20 +24,15 @@ from shared.model import NodeStatus
 from tests.auditor.conftest import applied
 from tests.executor.helpers import until
 from tests.executor.labkit import seed_intent
+from tests.trace.conftest import in_memory_spans
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    for key in list(os.environ):
-        if key.startswith("OTEL_"):
-            monkeypatch.delenv(key)
-    tracing.shutdown()
-    exporter = InMemorySpanExporter()
-    tracing.setup("auditor", span_exporters=[exporter])
-    yield exporter
-    tracing.shutdown()
+    with in_memory_spans(monkeypatch, "auditor") as exporter:
+        yield exporter
 
 
 def finished(exporter: InMemorySpanExporter) -> list[ReadableSpan]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -12,18 +11,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from services.planner.service import Planner
 from shared import tracing
+from tests.trace.conftest import in_memory_spans
 
 
 @pytest.fixture
 def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    for key in list(os.environ):
-        if key.startswith("OTEL_"):
-            monkeypatch.delenv(key)
-    tracing.shutdown()
-    exporter = InMemorySpanExporter()
-    tracing.setup("planner", span_exporters=[exporter])
-    yield exporter
-    tracing.shutdown()
+    with in_memory_spans(monkeypatch, "planner") as exporter:
+        yield exporter
 
 
 @pytest.mark.parametrize(
