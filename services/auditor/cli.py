@@ -21,7 +21,7 @@ from nats.aio.client import Client
 
 from services.auditor import protocol, report
 from services.auditor.service import Auditor, AuditorConfig
-from services.cli.client import CliError, request
+from services.cli.client import CliError, add_nats_option, request
 from shared import bus, config, lifecycle, subjects, tracing
 from shared.model import DriftItem
 
@@ -48,7 +48,7 @@ class PolicyFile(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fi
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``auditor``, ``audit`` and ``history`` to the ``l2net`` command line."""
     p = sub.add_parser("auditor", help="run the auditor service (replays history, finds drift)")
-    p.add_argument("--nats", help="NATS URL(s), comma-separated (default: $NATS_URL)")
+    add_nats_option(p)
     p.add_argument(
         "--heal",
         action="append",
@@ -81,7 +81,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="ask drifting nodes to re-converge now (whatever the policy), then show the result",
     )
-    p.add_argument("--nats", help="NATS URL(s), comma-separated (default: $NATS_URL)")
+    add_nats_option(p)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.set_defaults(handler=_audit)
 
@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--generation", type=int, help="print the desired state at this generation instead"
     )
     p.add_argument("--json", action="store_true", help="as JSON")
-    p.add_argument("--nats", help="NATS URL(s), comma-separated (default: $NATS_URL)")
+    add_nats_option(p)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.set_defaults(handler=_history)
 

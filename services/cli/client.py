@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 from collections.abc import AsyncIterator
@@ -16,6 +17,15 @@ from nats.errors import TimeoutError as NatsTimeout
 from shared import bus, config, tracing
 
 T = TypeVar("T")
+
+
+def add_nats_option(p: argparse.ArgumentParser) -> None:
+    """``--nats URL``, the same on every command that talks to the bus (see shared.config)."""
+    p.add_argument(
+        "--nats",
+        metavar="URL",
+        help="NATS server URL(s), comma-separated (default: $NATS_URL, else the embedded one)",
+    )
 
 
 class CliError(Exception):

@@ -18,18 +18,10 @@ from typing import Any
 
 import msgspec
 
-from services.cli.client import CliError, connected, request
+from services.cli.client import CliError, add_nats_option, connected, request
 from shared import api, bus, config, lifecycle, model, natsserver, subjects, tracing
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-
-
-def _nats_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--nats",
-        metavar="URL",
-        help="NATS server URL(s), comma-separated (default: $NATS_URL, else the embedded one)",
-    )
 
 
 def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
@@ -58,36 +50,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("apply", help="submit a manifest (all documents accepted, or none)")
     p.add_argument("-f", "--file", required=True, help="YAML or JSON file, or - for stdin")
-    _nats_arg(p)
+    add_nats_option(p)
     p.set_defaults(handler=_command(_apply))
 
     p = sub.add_parser("delete", help="delete one object")
     p.add_argument("kind", help=", ".join(model.USER_KINDS))
     p.add_argument("name")
-    _nats_arg(p)
+    add_nats_option(p)
     p.set_defaults(handler=_command(_delete))
 
     p = sub.add_parser("get", help="list objects (every kind, or one)")
     p.add_argument("kind", nargs="?", help=", ".join([*model.USER_KINDS, "Node"]))
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
-    _nats_arg(p)
+    add_nats_option(p)
     p.set_defaults(handler=_command(_get))
 
     p = sub.add_parser("nad", help="print a network's bridge CNI config (as Multus gets it)")
     p.add_argument("network")
     p.add_argument("--yaml", action="store_true", help="the NetworkAttachmentDefinition object")
-    _nats_arg(p)
+    add_nats_option(p)
     p.set_defaults(handler=_command(_nad))
 
     p = sub.add_parser("switch-config", help="what the switch ports of each NIC group need")
     p.add_argument("node", nargs="?")
-    _nats_arg(p)
+    add_nats_option(p)
     p.set_defaults(handler=_command(_switch_config))
 
     p = sub.add_parser("watch", help="follow per-node status live (Ctrl-C to stop)")
     p.add_argument("--for", dest="duration", type=float, help="stop after this many seconds")
-    _nats_arg(p)
+    add_nats_option(p)
     p.set_defaults(handler=_command(_watch))
 
     p = sub.add_parser("demo", help="the demo that `make demo` runs")

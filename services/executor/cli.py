@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from services.cli.client import add_nats_option
 from services.executor.kernel import NetlinkKernel
 from services.executor.service import Executor, ExecutorConfig
 from shared import bus, config, lifecycle, names, subjects, tracing
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("reconcile", help="ask a node's executor to converge to its last intent")
     p.add_argument("node", help="node name")
-    p.add_argument("--nats", help="NATS URL(s), comma-separated (default: $NATS_URL)")
+    add_nats_option(p)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
     p.set_defaults(handler=_reconcile)
 
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def add_executor_arguments(p: argparse.ArgumentParser) -> None:
     """The executor's options (shared by ``l2net executor`` and ``python -m services.executor``)."""
     p.add_argument("--node", required=True, help="this node's name")
-    p.add_argument("--nats", help="NATS URL(s), comma-separated (default: $NATS_URL)")
+    add_nats_option(p)
     p.add_argument(
         "--label",
         action="append",

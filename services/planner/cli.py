@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 
+from services.cli.client import add_nats_option
 from services.planner.service import Planner
 from shared import bus, config, lifecycle, tracing
 
@@ -14,7 +15,7 @@ log = logging.getLogger("l2net.planner")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("planner", help="run the planner service (validates, compiles, publishes)")
-    p.add_argument("--nats", help="NATS URL(s), comma-separated (default: $NATS_URL)")
+    add_nats_option(p)
     p.set_defaults(handler=_run)
 
 
