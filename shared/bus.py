@@ -138,6 +138,20 @@ async def connect(
         raise BusError(f"cannot reach NATS at {where}: {exc}") from exc
 
 
+async def settle(nc: Client) -> None:
+    """Return once the server has processed every command this client has sent so far.
+
+    Use it before another connection relies on a subscription made here ("ready", "now
+    publish"). A single ``flush()`` is not enough with nats-py (2.16 and before): it writes
+    its PING straight to the socket, ahead of a SUB still queued for the client's flusher
+    task, so the PONG can come back before the server knows the subscription; checked here,
+    about one time in ten. The first round trip wakes the flusher, which writes the queue
+    before the PONG is read; the second PING then follows everything queued before it.
+    """
+    await nc.flush()
+    await nc.flush()
+
+
 async def ensure_streams(js: JetStreamContext, names: Iterable[str]) -> None:
     """Create each stream, or bring an existing one to our configuration."""
     for name in names:

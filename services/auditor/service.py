@@ -224,7 +224,7 @@ class Auditor:
             ("desired", subjects.AUDITOR_DESIRED, self._handle_desired),
         ):
             await self._service.add_endpoint(name=verb, subject=subject, handler=handler)
-        await self.nc.flush()  # the endpoints are known to the server before "ready"
+        await bus.settle(self.nc)  # the endpoints are known to the server before "ready"
         self._tasks.append(asyncio.create_task(self._ticker(), name="auditor-tick"))
         self.ready.set()
         self._schedule_heals()

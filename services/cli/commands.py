@@ -351,6 +351,7 @@ async def _watch(args: argparse.Namespace) -> int:
             await nc.subscribe(s, cb=on_msg)
             for s in (subjects.ALL_STATUS, subjects.ALL_OBSERVED, subjects.ALL_DRIFT)
         ]
+        await bus.settle(nc)
         print("watching l2.status.*, l2.observed.*, l2.drift.* (Ctrl-C to stop)", flush=True)
         deadline = time.monotonic() + args.duration if args.duration else None
         try:

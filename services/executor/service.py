@@ -134,7 +134,6 @@ class Executor:
         )
         self.js = self.nc.jetstream()
         streams = await self._streams()
-        await self._publish_node()
         # A NATS micro service instance per node: `nats micro ls` lists every executor.
         self._service = await add_service(
             self.nc,
@@ -151,6 +150,9 @@ class Executor:
             await self._service.add_endpoint(
                 name=verb, subject=subjects.executor_control(self.node, verb), handler=handler
             )
+        # Registered once its endpoints are subscribed (same connection, so the server has
+        # them first): whoever waits for the registration may ask the executor at once.
+        await self._publish_node()
         watcher = self.kernel.events()
         self._tasks.append(asyncio.create_task(self._watch(watcher), name="watch"))
         await self._converge_to_last_intent(

@@ -24,6 +24,7 @@ import nats
 from nats.aio.msg import Msg
 
 from services.lab.protocol import MAX_OUTPUT, ExecReply, ExecRequest, PingReply
+from shared import bus
 
 _STARTED = time.time()
 
@@ -168,7 +169,7 @@ async def serve(*, lab: str, node: str, address: str, url: str, cwd: str) -> Non
     prefix = f"l2.lab.{lab}.{node}"
     await nc.subscribe(f"{prefix}.exec", cb=on_exec)
     await nc.subscribe(f"{prefix}.ping", cb=on_ping)
-    await nc.flush()
+    await bus.settle(nc)
     print(f"helper: serving {prefix}.exec and {prefix}.ping", flush=True)
     await asyncio.Event().wait()
 

@@ -53,7 +53,7 @@ from services.lab.bootscript import INIT_SCRIPT
 from services.lab.naming import LabConfigError, LabId
 from services.lab.protocol import MAX_STDIN, ExecReply, ExecRequest, PingReply
 from services.lab.relay import Listener, RelayConfig, VlanBridge
-from shared import config, natsserver, subjects
+from shared import bus, config, natsserver, subjects
 
 T = TypeVar("T")
 
@@ -610,7 +610,7 @@ class Lab:
                         ev.set()
 
                     await nc.subscribe(subjects.node(n.name), cb=on_node)
-                await nc.flush()  # subscribed before any executor can publish
+                await bus.settle(nc)  # subscribed before any executor can publish
             started: dict[str, float] = {}
             for n in st.nodes:
                 self._write_node_env(n)

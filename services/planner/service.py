@@ -86,6 +86,7 @@ class Planner:
             ("switch", subjects.API_SWITCH, self._handle_switch),
         ):
             await self._service.add_endpoint(name=verb, subject=subject, handler=handler)
+        await bus.settle(self.nc)  # "ready" means the endpoints answer
         log.info(
             "planner ready: %d objects, %d nodes", len(self.catalog.entries), len(self.intents)
         )

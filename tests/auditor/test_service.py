@@ -270,6 +270,7 @@ async def test_report_only_policy_never_asks_an_executor_to_converge(
         asked.append(msg.subject)  # type: ignore[attr-defined]
 
     await nc.subscribe("l2.executor.*.reconcile", cb=record)
+    await bus.settle(nc)
     intent = seed_intent("node-1", 1)
     await events.intent(intent)
     auditor = await auditors()
@@ -359,6 +360,7 @@ async def test_an_episode_seen_live_first_is_the_same_episode_in_the_stream(
         await msg.respond(bus.encode(live))  # type: ignore[attr-defined]
 
     sub = await nc.subscribe(subjects.executor_control("node-1", "state"), cb=state)
+    await bus.settle(nc)
     first = await auditors()
     assert ("oob-bo", "vlans") in {
         (i.object, i.path) for i in (await first.check("node-1")).nodes[0].items

@@ -80,7 +80,7 @@ async def measure(
         await drift.put(bus.decode(msg.data, DriftReport))
 
     sub = await nc.subscribe(subjects.drift(node), cb=on_drift)
-    await nc.flush()
+    await bus.settle(nc)
     with open(work / "auditor.log", "wb") as log:
         auditor = subprocess.Popen(
             [sys.executable, "-m", "services.auditor", "--nats", lab.nats_url],

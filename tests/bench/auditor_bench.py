@@ -137,6 +137,7 @@ async def _latency(url: str) -> list[Result]:
         heard.put_nowait(bus.decode(msg.data, DriftReport))  # type: ignore[attr-defined]
 
     await nc.subscribe(subjects.drift("node-1"), cb=on_drift)
+    await bus.settle(nc)
     state = [False]
 
     async def finding() -> None:

@@ -143,7 +143,7 @@ async def _service_phase(
 
     await nc.subscribe(subjects.status(NODE), cb=on_status)
     await nc.subscribe(subjects.node(NODE), cb=on_node)
-    await nc.flush()
+    await bus.settle(nc)
     exe_log, plain_log = work / "executor.log", work / "plain-client.log"
     argv = executor_command(node=NODE, nats_url=lab.nats_url_inside)
     start = (

@@ -219,7 +219,7 @@ async def test_a_node_publishes_only_its_own_subjects(
     await nc.publish(subjects.status("node-2"), b'{"phase": "Applied"}')
     await nc.publish(subjects.intent("node-1"), b'{"forged": true}')
     await nc.publish(subjects.drift("node-1"), b"{}")
-    await nc.flush()
+    await bus.settle(nc)
     for subject in ("l2.status.node-2", "l2.intent.node-1", "l2.drift.node-1"):
         assert await denied(secured.errors["node-1"], "publish", subject), subject
 
@@ -287,7 +287,7 @@ async def test_a_node_reads_only_its_own_intents(secured: SecuredNats, planner: 
         await js.get_last_msg(subjects.STREAM_INTENTS, "l2.intent.node-2")
     await nc.subscribe("l2.intent.node-2")
     await nc.subscribe("_INBOX.>")
-    await nc.flush()
+    await bus.settle(nc)
     for subject in ("l2.intent.node-2", "_inbox.>"):
         assert await denied(secured.errors["node-1"], "subscription", subject), subject
     await nc.close()
@@ -334,7 +334,7 @@ async def test_auditor_reads_all_and_publishes_drift_but_no_intents(
     nc = await secured.connect("auditor")
     js = nc.jetstream(timeout=2)
     seen = await nc.subscribe("l2.>")
-    await nc.flush()
+    await bus.settle(nc)
     node = await secured.connect("node-2")
     await node.jetstream().publish(subjects.status("node-2"), b"{}")
     got = await seen.next_msg(timeout=5)
@@ -343,7 +343,7 @@ async def test_auditor_reads_all_and_publishes_drift_but_no_intents(
     last = await js.get_last_msg(subjects.STREAM_INTENTS, "l2.intent.node-2")
     assert json.loads(last.data or b"") == {"node": "node-2"}
     await nc.publish(subjects.intent("node-2"), b"{}")
-    await nc.flush()
+    await bus.settle(nc)
     assert await denied(secured.errors["auditor"], "publish", "l2.intent.node-2")
     await node.close()
     await nc.close()
@@ -353,9 +353,10 @@ async def test_operator_submits_but_cannot_forge_events(secured: SecuredNats) ->
     nc = await secured.connect("operator")
     planner_nc = await secured.connect("planner")
     served = await planner_nc.subscribe(subjects.API_GET)
+    await bus.settle(planner_nc)  # the server knows the subscription before anyone publishes
     await nc.publish(subjects.API_GET, b"{}")
     await nc.publish(subjects.status("node-1"), b"{}")
-    await nc.flush()
+    await bus.settle(nc)
     assert (await served.next_msg(timeout=5)).subject == subjects.API_GET
     assert await denied(secured.errors["operator"], "publish", "l2.status.node-1")
 
@@ -366,7 +367,7 @@ async def test_operator_submits_but_cannot_forge_events(secured: SecuredNats) ->
         await msg.respond(b'{"links": []}')
 
     await node.subscribe(subjects.executor_control("node-1", "state"), cb=answer)
-    await node.flush()
+    await bus.settle(node)
     reply = await nc.request(subjects.executor_control("node-1", "state"), b"", timeout=5)
     assert reply.data == b'{"links": []}'
     await node.close()

@@ -146,6 +146,7 @@ async def test_hand_made_change_shows_up_as_observed_state(lab: Lab, labnc: Clie
         seen.append(bus.decode(msg.data, ObservedState))  # type: ignore[attr-defined]
 
     sub = await labnc.subscribe(subjects.observed("node-3"), cb=collect)
+    await bus.settle(labnc)
     await sh(lab, "node-3", "bridge", "vlan", "del", "dev", "oob-bo", "vid", "200")
     try:
 

@@ -189,6 +189,7 @@ async def test_hand_made_change_shows_as_observed_state_and_is_not_reverted(
         seen.append(bus.decode(msg.data, ObservedState))  # type: ignore[attr-defined]
 
     await nc.subscribe(subjects.observed(host_node.node), cb=collect)
+    await bus.settle(nc)
     changed = subprocess.run(
         ["ip", "netns", "exec", host_node.ns, "ip", "link", "set", veth, "nomaster"],
         capture_output=True,

@@ -77,7 +77,7 @@ async def auditor(url: str, node: str) -> None:
             got.set_result((m.subject, m.headers))  # type: ignore[attr-defined]
 
     await nc.subscribe(subjects.status(node), cb=on_status)
-    await nc.flush()
+    await bus.settle(nc)
     print("READY", flush=True)
     subject, headers = await asyncio.wait_for(got, timeout=60)
     with tracing.process_span(subject, headers, template="l2.status.{node}"):
