@@ -148,6 +148,10 @@ class NetlinkKernel:
         self._events: AsyncIPRoute | None = None
         self._vm_hosts: dict[str, str] = {}
         """VM NIC key to the host veth the CNI plugin made for it (a hint, checked by alias)."""
+        self._socket = asyncio.Lock()
+        """One read or step at a time on ``_ipr``: the kernel refuses a second dump on a
+        netlink socket while one runs (EBUSY), e.g. a heartbeat's NIC read during a state
+        request."""
 
     @property
     def writes(self) -> int:
@@ -205,6 +209,10 @@ class NetlinkKernel:
         return out
 
     async def read(self) -> NodeL2State:
+        async with self._socket:
+            return await self._read()
+
+    async def _read(self) -> NodeL2State:
         ipr = await self._ip()
         raw = await self._raw_links()
         names: dict[int, str] = {msg["index"]: msg.get("ifname") for msg in raw}
@@ -294,7 +302,8 @@ class NetlinkKernel:
         handler = _HANDLERS.get(step.op)
         if handler is None:
             raise KernelError(step, f"unknown step operation {step.op!r}")
-        await handler(self, step)
+        async with self._socket:
+            await handler(self, step)
 
     async def _link_create(self, step: Step) -> None:
         ipr = await self._ip()

@@ -6,6 +6,7 @@ conftest). Packets between VMs are real: ping between VM namespaces over mgmt-br
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 
 import pytest
@@ -69,6 +70,23 @@ async def test_second_apply_of_the_same_intent_writes_nothing(
     assert second.phase == "Applied"
     assert second.writes == 0
     assert kernel.writes == before
+
+
+async def test_reads_and_steps_that_overlap_all_succeed(
+    host_node: HostNode, kernel: NetlinkKernel
+) -> None:
+    """A heartbeat's NIC read, a state request and an apply can overlap in the executor;
+    the kernel refuses a second dump on one netlink socket while the first runs (EBUSY)."""
+    desired, _ = desired_state(intent(host_node, 1, [untagged_port(host_node.vm("a"))]))
+    results = await asyncio.gather(
+        converge(kernel, desired),
+        *(kernel.read() for _ in range(6)),
+        *(kernel.nics() for _ in range(3)),
+    )
+    assert results[0].phase == "Applied", results[0].error
+    after = await kernel.read()
+    assert comparable(after) == comparable(await kernel.read())
+    assert host_node.vm("a") in after.namespaces
 
 
 async def test_deleted_vm_nic_is_unplugged_and_its_namespace_removed(
