@@ -9,7 +9,7 @@ is missing and their NATS user allows, and otherwise wait (:func:`wait_for_strea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import msgspec
@@ -28,10 +28,19 @@ from nats.js.api import (
     StreamInfo,
 )
 from nats.js.errors import BadRequestError, NotFoundError
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
 
 from shared import subjects
 
 T = TypeVar("T")
+
+VERSION = "0.1.0"
+"""l2net's version (pyproject.toml's), as the services and executors announce it."""
+
+Endpoint = tuple[str, str, Callable[[Request], Awaitable[None]]]
+"""A request endpoint of a service: its name, its subject, its handler."""
 
 _encoder = msgspec.json.Encoder()
 
@@ -150,6 +159,31 @@ async def settle(nc: Client) -> None:
     """
     await nc.flush()
     await nc.flush()
+
+
+async def serve(
+    nc: Client,
+    *,
+    name: str,
+    description: str,
+    queue_group: str,
+    endpoints: Iterable[Endpoint],
+    metadata: dict[str, str] | None = None,
+) -> Service:
+    """A NATS micro service (``nats micro ls`` lists it) answering on ``endpoints`` once
+    this returns: the server has their subscriptions (:func:`settle`)."""
+    service = await add_service(
+        nc,
+        name=name,
+        version=VERSION,
+        description=description,
+        queue_group=queue_group,
+        metadata=metadata,
+    )
+    for verb, subject, handler in endpoints:
+        await service.add_endpoint(name=verb, subject=subject, handler=handler)
+    await settle(nc)
+    return service
 
 
 async def ensure_streams(js: JetStreamContext, names: Iterable[str]) -> None:

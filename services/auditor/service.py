@@ -47,7 +47,6 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StreamInfo
 from nats.js.errors import BadRequestError, NotFoundError
-from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 from opentelemetry import trace
@@ -68,7 +67,6 @@ from shared.model import DriftItem, DriftReport, Node, NodeIntent, NodeStatus, O
 
 log = logging.getLogger("l2net.auditor")
 
-VERSION = "0.1.0"
 SERVICE_NAME = "l2net-auditor"
 CHECK_SPAN = "l2net.auditor.check"
 """The span of the check that follows a live status, child of its CONSUMER span."""
@@ -211,20 +209,17 @@ class Auditor:
         self.view.tick(time.time())
         await self.flush()
         self.save_snapshot()
-        self._service = await add_service(
+        self._service = await bus.serve(
             self.nc,
             name=SERVICE_NAME,
-            version=VERSION,
             description="Replays l2net's history, reports drift and heals it by policy",
             queue_group=SERVICE_NAME,
-        )
-        for verb, subject, handler in (
-            ("check", subjects.AUDITOR_CHECK, self._handle_check),
-            ("history", subjects.AUDITOR_HISTORY, self._handle_history),
-            ("desired", subjects.AUDITOR_DESIRED, self._handle_desired),
-        ):
-            await self._service.add_endpoint(name=verb, subject=subject, handler=handler)
-        await bus.settle(self.nc)  # the endpoints are known to the server before "ready"
+            endpoints=[
+                ("check", subjects.AUDITOR_CHECK, self._handle_check),
+                ("history", subjects.AUDITOR_HISTORY, self._handle_history),
+                ("desired", subjects.AUDITOR_DESIRED, self._handle_desired),
+            ],
+        )  # answering before "ready"
         self._tasks.append(asyncio.create_task(self._ticker(), name="auditor-tick"))
         self.ready.set()
         self._schedule_heals()

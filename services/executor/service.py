@@ -46,7 +46,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamInfo
 from nats.js.errors import BadRequestError, NotFoundError
-from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
@@ -59,7 +58,6 @@ from shared.model import Node, NodeIntent, NodeStatus, ObjectResult, ObservedSta
 
 log = logging.getLogger("l2net.executor")
 
-VERSION = "0.1.0"
 WRITE_STREAMS = (
     subjects.STREAM_STATUS,
     subjects.STREAM_OBSERVED,
@@ -135,23 +133,22 @@ class Executor:
         self.js = self.nc.jetstream()
         streams = await self._streams()
         # A NATS micro service instance per node: `nats micro ls` lists every executor.
-        self._service = await add_service(
+        self._service = await bus.serve(
             self.nc,
             name="l2net-executor",
-            version=VERSION,
             description="Converges one node's kernel to its l2net intent",
             metadata={"node": self.node},
             queue_group=f"l2net-executor-{self.node}",
+            endpoints=[
+                (verb, subjects.executor_control(self.node, verb), handler)
+                for verb, handler in (
+                    ("state", self._on_state_request),
+                    ("reconcile", self._on_reconcile_request),
+                )
+            ],
         )
-        for verb, handler in (
-            ("state", self._on_state_request),
-            ("reconcile", self._on_reconcile_request),
-        ):
-            await self._service.add_endpoint(
-                name=verb, subject=subjects.executor_control(self.node, verb), handler=handler
-            )
-        # Registered once its endpoints are subscribed (same connection, so the server has
-        # them first): whoever waits for the registration may ask the executor at once.
+        # Registered once its endpoints answer: whoever waits for the registration may ask
+        # the executor at once.
         await self._publish_node()
         watcher = self.kernel.events()
         self._tasks.append(asyncio.create_task(self._watch(watcher), name="watch"))
@@ -450,7 +447,7 @@ class Executor:
             nics=nics,
             mgmt_vlan=self._mgmt_vlan(),
             heartbeat_at=time.time(),
-            executor_version=VERSION,
+            executor_version=bus.VERSION,
         )
         await self._publish(subjects.node(self.node), "l2.node.{node}", node)
 

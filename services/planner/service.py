@@ -30,7 +30,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
-from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
@@ -41,8 +40,6 @@ from shared import api, bus, model, subjects, tracing
 log = logging.getLogger("l2net.planner")
 
 B = TypeVar("B")
-
-VERSION = "0.1.0"
 
 
 class Planner:
@@ -71,22 +68,19 @@ class Planner:
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
         )
-        self._service = await add_service(
+        self._service = await bus.serve(
             self.nc,
             name="l2net-planner",
-            version=VERSION,
             description="Validates l2net submissions and compiles per-node intents",
             queue_group="l2net-planner",
+            endpoints=[
+                ("apply", subjects.API_APPLY, self._handle_apply),
+                ("delete", subjects.API_DELETE, self._handle_delete),
+                ("get", subjects.API_GET, self._handle_get),
+                ("nad", subjects.API_NAD, self._handle_nad),
+                ("switch", subjects.API_SWITCH, self._handle_switch),
+            ],
         )
-        for verb, subject, handler in (
-            ("apply", subjects.API_APPLY, self._handle_apply),
-            ("delete", subjects.API_DELETE, self._handle_delete),
-            ("get", subjects.API_GET, self._handle_get),
-            ("nad", subjects.API_NAD, self._handle_nad),
-            ("switch", subjects.API_SWITCH, self._handle_switch),
-        ):
-            await self._service.add_endpoint(name=verb, subject=subject, handler=handler)
-        await bus.settle(self.nc)  # "ready" means the endpoints answer
         log.info(
             "planner ready: %d objects, %d nodes", len(self.catalog.entries), len(self.intents)
         )
