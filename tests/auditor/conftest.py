@@ -35,6 +35,7 @@ from shared.model import (
     ObservedState,
     VlanRange,
 )
+from tests.executor.conftest import executors  # noqa: F401  (a fixture, shared)
 
 Change = Callable[[dict[str, LinkState], dict[str, list[VlanRange]]], object]
 

@@ -9,18 +9,22 @@ import asyncio
 import json
 import secrets
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from pyroute2 import netns as pyroute2_netns
 
 from services.auditor.service import AuditorConfig
 from services.auditor.view import Policy
-from services.executor.kernel import NetlinkKernel
-from services.executor.service import Executor, ExecutorConfig
-from shared import natsserver
+from services.executor.service import Executor
 from tests.auditor.conftest import AuditorFactory, Bus
-from tests.executor.conftest import HostNode, _build_node, intent, untagged_port
+from tests.executor.conftest import (
+    ExecutorFactory,
+    HostNode,
+    _build_node,
+    intent,
+    untagged_port,
+)
 from tests.executor.helpers import final_status, publish_intent, until
 
 pytestmark = pytest.mark.timeout(180)
@@ -49,29 +53,6 @@ def host_nodes() -> Iterator[NodeFactory]:
             for name in [*node.vms, node.ns]:
                 if name in present:
                     pyroute2_netns.remove(name)
-
-
-@pytest.fixture
-async def executors(
-    nats_server: natsserver.EmbeddedNats,
-) -> AsyncIterator[Callable[[HostNode], asyncio.Future[Executor]]]:
-    started: list[Executor] = []
-
-    async def start(node: HostNode) -> Executor:
-        ex = Executor(
-            ExecutorConfig(node=node.node, servers=[nats_server.url], heartbeat_s=0.3),
-            NetlinkKernel(node.node, netns=node.ns),
-        )
-        await ex.start()
-        started.append(ex)
-        return ex
-
-    try:
-        yield start  # type: ignore[misc]
-    finally:
-        for ex in started:
-            if not ex._stopped.is_set():
-                await ex.stop()
 
 
 async def converge(events: Bus, node: HostNode, ex: Executor) -> str:
@@ -108,7 +89,7 @@ def keys(items: list) -> set[tuple[str, str]]:  # type: ignore[type-arg]
 
 async def test_report_only_finds_a_released_vm_port_and_leaves_it_alone(
     host_nodes: NodeFactory,
-    executors: Callable[[HostNode], asyncio.Future[Executor]],
+    executors: ExecutorFactory,
     events: Bus,
     auditors: AuditorFactory,
 ) -> None:
@@ -129,7 +110,7 @@ async def test_report_only_finds_a_released_vm_port_and_leaves_it_alone(
 
 async def test_heal_policy_restores_the_node_and_counts_it(
     host_nodes: NodeFactory,
-    executors: Callable[[HostNode], asyncio.Future[Executor]],
+    executors: ExecutorFactory,
     events: Bus,
     auditors: AuditorFactory,
 ) -> None:
@@ -151,7 +132,7 @@ async def test_heal_policy_restores_the_node_and_counts_it(
 
 async def test_a_stopped_executor_leaves_its_node_unverified_and_no_drift_elsewhere(
     host_nodes: NodeFactory,
-    executors: Callable[[HostNode], asyncio.Future[Executor]],
+    executors: ExecutorFactory,
     events: Bus,
     auditors: AuditorFactory,
 ) -> None:

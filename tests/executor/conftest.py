@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pytest
 from nats.aio.client import Client
@@ -21,8 +22,9 @@ from pyroute2 import AsyncIPRoute
 from pyroute2 import netns as pyroute2_netns
 
 from services.executor.kernel import NetlinkKernel
+from services.executor.service import Executor, ExecutorConfig
 from services.lab import Lab
-from shared import bus
+from shared import bus, natsserver
 from shared.model import ClusterNetworkIntent, NodeIntent, VlanRange, VmPortIntent
 
 
@@ -81,6 +83,40 @@ async def kernel(host_node: HostNode) -> AsyncIterator[NetlinkKernel]:
         yield k
     finally:
         await k.close()
+
+
+class ExecutorFactory(Protocol):
+    def __call__(
+        self, node: HostNode, *, labels: dict[str, str] | None = None
+    ) -> Awaitable[Executor]: ...
+
+
+@pytest.fixture
+async def executors(nats_server: natsserver.EmbeddedNats) -> AsyncIterator[ExecutorFactory]:
+    """Starts real executors on the test's bus, each working in its namespace node (fast
+    heartbeats); those still running are stopped at the end."""
+    started: list[Executor] = []
+
+    async def start(node: HostNode, *, labels: dict[str, str] | None = None) -> Executor:
+        ex = Executor(
+            ExecutorConfig(
+                node=node.node,
+                servers=[nats_server.url],
+                labels=labels or {},
+                heartbeat_s=0.3,
+            ),
+            NetlinkKernel(node.node, netns=node.ns),
+        )
+        await ex.start()
+        started.append(ex)
+        return ex
+
+    try:
+        yield start
+    finally:
+        for ex in started:
+            if not ex._stopped.is_set():
+                await ex.stop()
 
 
 UNTAGGED = [VlanRange(vid=1, pvid=True, untagged=True)]

@@ -5,48 +5,28 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client
 
 from services.cli.main import main as l2net
-from services.executor.kernel import NetlinkKernel
-from services.executor.service import Executor, ExecutorConfig, consumer_name
+from services.executor.service import Executor, consumer_name
 from shared import bus, natsserver, subjects
 from shared.l2state import state_from_observed
 from shared.model import Node, NodeStatus, ObservedState
-from tests.executor.conftest import HostNode, intent, untagged_port
+from tests.executor.conftest import ExecutorFactory, HostNode, intent, untagged_port
 from tests.executor.helpers import final_status, publish_intent, statuses, until
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-async def start_executor(
-    host_node: HostNode, nats_server: natsserver.EmbeddedNats
-) -> AsyncIterator[Callable[[], asyncio.Future[Executor]]]:
-    started: list[Executor] = []
-
-    async def start() -> Executor:
-        ex = Executor(
-            ExecutorConfig(
-                node=host_node.node,
-                servers=[nats_server.url],
-                labels={"rack": "r1"},
-                heartbeat_s=0.3,
-            ),
-            NetlinkKernel(host_node.node, netns=host_node.ns),
-        )
-        await ex.start()
-        started.append(ex)
-        return ex
-
-    try:
-        yield start  # type: ignore[misc]
-    finally:
-        for ex in started:
-            await ex.stop()
+def start_executor(
+    host_node: HostNode, executors: ExecutorFactory
+) -> Callable[[], Awaitable[Executor]]:
+    """Starts this test's node's executor, which registers the label rack=r1."""
+    return lambda: executors(host_node, labels={"rack": "r1"})
 
 
 async def test_registers_its_node_with_labels_nics_and_heartbeats(
