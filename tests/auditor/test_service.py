@@ -71,6 +71,14 @@ EXPECTED = {
 }
 
 
+async def stuck_on_generation_1(events: Bus, now: float) -> None:
+    """node-1 applied generation 1 at ``now - 5``; generation 2 rolled back at ``now - 4``."""
+    await events.intent(seed_intent("node-1", 1))
+    await events.status(applied("node-1", 1, now - 5))
+    await events.intent(seed_intent("node-1", 2, vlan200=210))
+    await events.status(applied("node-1", 2, now - 4, phase="RolledBack"))
+
+
 def episodes_of(reports: list[DriftReport]) -> list[tuple[str, str, str, float, float | None]]:
     return [
         (r.node, i.object, i.path, i.first_seen, i.resolved_at) for r in reports for i in r.items
@@ -165,10 +173,7 @@ async def test_a_node_stuck_on_an_old_generation_is_reported(
     events: Bus, auditors: AuditorFactory
 ) -> None:
     now = time.time()
-    await events.intent(seed_intent("node-1", 1))
-    await events.status(applied("node-1", 1, now - 5))
-    await events.intent(seed_intent("node-1", 2, vlan200=210))
-    await events.status(applied("node-1", 2, now - 4, phase="RolledBack"))
+    await stuck_on_generation_1(events, now)
     auditor = await auditors()
     reply = await auditor.check("node-1", live=False)
     items = reply.nodes[0].items
@@ -383,10 +388,7 @@ async def test_a_node_finding_that_ended_while_the_auditor_was_down_is_closed_on
     events: Bus, auditors: AuditorFactory
 ) -> None:
     now = time.time()
-    await events.intent(seed_intent("node-1", 1))
-    await events.status(applied("node-1", 1, now - 5))
-    await events.intent(seed_intent("node-1", 2, vlan200=210))
-    await events.status(applied("node-1", 2, now - 4, phase="RolledBack"))
+    await stuck_on_generation_1(events, now)
     first = await auditors()
     assert [(i.path, i.resolved_at) for i in first.findings("node-1")] == [("generation", None)]
     await first.stop()
