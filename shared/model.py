@@ -298,6 +298,10 @@ class NodeStatus(msgspec.Struct, kw_only=True, rename="camel", tag="NodeStatus")
     netlink_writes: int = 0
     duration_s: float = 0.0
     at: float = 0.0
+    # What was really applied: sha256 (hex) of the canonical bytes of the intent this status
+    # is about (:func:`shared.intents.digest`), so that the auditor compares the node with the
+    # intent it runs, not with the last one published.
+    intent_digest: str | None = None
 
 
 class ObservedState(msgspec.Struct, kw_only=True, rename="camel", tag="ObservedState"):
