@@ -172,6 +172,9 @@ class Node(msgspec.Struct, kw_only=True, rename="camel"):
     mgmt_vlan: int | None = None
     heartbeat_at: float = 0.0
     executor_version: str = ""
+    # The highest generation this node's executor has handled (kept on the node's disk across
+    # restarts): a planner never issues a generation at or below it.
+    applied_generation: int = 0
 
 
 USER_KINDS: dict[str, type[Spec]] = {
