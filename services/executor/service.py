@@ -52,7 +52,7 @@ from nats.micro.service import Service
 from services.executor.kernel import Kernel
 from services.executor.planning import Step
 from services.executor.reconciling import Outcome, converge
-from shared import bus, metrics, names, subjects, tracing
+from shared import bus, metrics, names, signing, subjects, tracing
 from shared.l2state import StateError, desired_state, observed_from
 from shared.model import Node, NodeIntent, NodeStatus, ObjectResult, ObservedState
 
@@ -92,6 +92,11 @@ class ExecutorConfig:
     create_streams: bool = True
     """Create missing streams (an unrestricted NATS user). False for a least-privilege node
     user (``--no-create-streams``, as in deploy/): wait for the planner to create them."""
+    trusted_keys: list[str] = field(default_factory=list)
+    """Public keys (nkeys ``N...``) whose signatures make an intent acceptable."""
+    accept_unsigned: bool = False
+    """Insecure, for a dev setup only: with no trusted key, apply intents unchecked. Without
+    it an executor that trusts no key refuses every intent."""
 
 
 class Executor:
@@ -279,13 +284,21 @@ class Executor:
         await self.handle_intent(intent, headers=raw.headers)
 
     def _decode_intent(self, data: bytes, subject: str) -> NodeIntent:
-        """The intent in ``data``, or ValueError saying what is wrong with it."""
+        """The intent in ``data``, or ValueError saying what is wrong with it: not this
+        node's subject or node, or not signed by a trusted key (whoever published it)."""
         try:
             intent = bus.decode(data, NodeIntent)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ValueError(f"{subject}: {exc}") from exc
-        if intent.node != self.node:
+        if subject != subjects.intent(self.node) or intent.node != self.node:
             raise ValueError(f"{subject}: intent for node {intent.node!r}, this is {self.node!r}")
+        if self.config.trusted_keys or not self.config.accept_unsigned:
+            if not self.config.trusted_keys:
+                raise ValueError(f"{subject}: this executor trusts no signing key (--trust-key)")
+            try:
+                signing.verify(intent, self.config.trusted_keys)
+            except signing.SignatureError as exc:
+                raise ValueError(f"{subject}: {exc}") from None
         return intent
 
     async def _follow(self, sub: JetStreamContext.PullSubscription) -> None:

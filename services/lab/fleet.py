@@ -53,7 +53,7 @@ from services.lab.bootscript import INIT_SCRIPT
 from services.lab.naming import LabConfigError, LabId
 from services.lab.protocol import MAX_STDIN, ExecReply, ExecRequest, PingReply
 from services.lab.relay import Listener, RelayConfig, VlanBridge
-from shared import bus, config, natsserver, subjects
+from shared import bus, config, natsserver, signing, subjects
 
 T = TypeVar("T")
 
@@ -108,17 +108,49 @@ def executor_available() -> bool:
 
 
 def executor_command(
-    *, node: str, nats_url: str, mgmt_vlan: int | None = None, python: str = sys.executable
+    *,
+    node: str,
+    nats_url: str,
+    mgmt_vlan: int | None = None,
+    trust_keys: Sequence[str] = (),
+    python: str = sys.executable,
 ) -> list[str]:
     """The command line each node runs for its executor (cwd: the repository root; the
     environment also has ``NATS_URL``, ``L2NET_NODE``, ``L2NET_STATE_DIR`` = the node's
     private directory, and the relayed ``OTEL_*`` variables). Its output goes to
     ``<node dir>/executor.log``; ``lab up`` waits for its first message on ``l2.node.<node>``.
+    ``trust_keys``: the public keys whose intent signatures it accepts (the lab's own first).
     """
     argv = [python, "-m", "services.executor", "--node", node, "--nats", nats_url]
     if mgmt_vlan is not None:
         argv += ["--mgmt-vlan", str(mgmt_vlan)]
+    for key in trust_keys:
+        argv += ["--trust-key", key]
     return argv
+
+
+SIGNING_SEED_FILE = "signing.seed"
+TRUST_KEYS_ENV = "L2NET_TRUST_KEYS"
+
+
+def signing_seed_file(directory: Path | str | None = None) -> Path:
+    """The lab's intent signing seed, ``<lab dir>/signing.seed``: made by ``lab up`` (or
+    first by ``l2net planner --generate-signing-key``) and removed by ``lab down``. The lab's
+    executors trust its public key; a planner for the lab signs with it."""
+    return (Path(directory) if directory is not None else default_dir()) / SIGNING_SEED_FILE
+
+
+def _lab_trust_keys(d: Path, environ: dict[str, str]) -> list[str]:
+    """The lab's own key (made now if missing), then those of ``$L2NET_TRUST_KEYS``."""
+    keys = [signing.public_key(signing.ensure_seed(signing_seed_file(d)))]
+    for key in environ.get(TRUST_KEYS_ENV, "").replace(",", " ").split():
+        try:
+            checked = signing.check_public_key(key)
+        except signing.KeyError_ as exc:
+            raise LabError(f"${TRUST_KEYS_ENV}: {exc}") from None
+        if checked not in keys:
+            keys.append(checked)
+    return keys
 
 
 # ---------------------------------------------------------------------------
@@ -277,6 +309,12 @@ class Lab:
     def nats_url_inside(self) -> str:
         """The URL the nodes use (the relay on the gateway address)."""
         return self.state.nats_url_inside
+
+    @property
+    def signing_seed_file(self) -> Path:
+        """The lab's intent signing seed (a secret): what a planner for this lab signs with;
+        the lab's executors trust its public key (and those of ``$L2NET_TRUST_KEYS``)."""
+        return signing_seed_file(self.dir)
 
     def node(self, name: str) -> state.NodeState:
         """A node's record; LabError naming the known nodes if there is no such node."""
@@ -474,6 +512,7 @@ class Lab:
             teardown(old)  # leftovers of a crashed or killed lab
             d.mkdir(parents=True, exist_ok=True)
         start_executor = executor_available() if executor is None else executor
+        trust_keys = _lab_trust_keys(d, env) if start_executor else []
         lab_id = naming.new_lab_id()
         while _netns_exists(naming.netns_name(lab_id)):  # never adopt another lab's names
             lab_id = naming.new_lab_id()
@@ -487,6 +526,7 @@ class Lab:
             data_nics=data_nics,
             mem_mb=mem_mb,
             executor=start_executor,
+            trust_keys=trust_keys,
         )
         state.save(st)
         lab = cls(st)
@@ -739,7 +779,12 @@ class Lab:
         }
         if st.executor:
             env["L2LAB_EXECUTOR_CMD"] = shlex.join(
-                executor_command(node=n.name, nats_url=st.nats_url_inside, mgmt_vlan=st.mgmt_vlan)
+                executor_command(
+                    node=n.name,
+                    nats_url=st.nats_url_inside,
+                    mgmt_vlan=st.mgmt_vlan,
+                    trust_keys=st.trust_keys,
+                )
             )
         (nd / "node.env").write_text(naming.env_file(env))
 
@@ -809,7 +854,8 @@ def teardown(st: state.LabState, *, remove_files: bool = True) -> list[str]:
         for sub in ("nodes", "uml", "nats"):
             if (d / sub).is_dir():
                 shutil.rmtree(d / sub, ignore_errors=True)
-        for name in ("init.sh", "relay.json", "relay.log", "relay.ready", state.STATE_FILE):
+        files = ("init.sh", "relay.json", "relay.log", "relay.ready", SIGNING_SEED_FILE)
+        for name in (*files, state.STATE_FILE):
             (d / name).unlink(missing_ok=True)
         (d / (state.STATE_FILE.removesuffix(".json") + ".tmp")).unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # not empty: files that are not the lab's stay

@@ -35,7 +35,7 @@ from nats.micro.service import Service
 
 from services.planner import compiling, manifests, validation
 from services.planner.catalog import Catalog
-from shared import api, bus, model, subjects, tracing
+from shared import api, bus, model, signing, subjects, tracing
 
 log = logging.getLogger("l2net.planner")
 
@@ -43,7 +43,12 @@ B = TypeVar("B")
 
 
 class Planner:
-    def __init__(self, nc: Client) -> None:
+    """The planner on connection ``nc``; every intent it publishes is signed with
+    ``signing_seed`` (an nkeys seed, :mod:`shared.signing`), which executors verify."""
+
+    def __init__(self, nc: Client, *, signing_seed: str) -> None:
+        self.signing_key = signing.public_key(signing_seed)  # a bad seed fails here, at once
+        self._seed = signing_seed
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.catalog = Catalog()
@@ -413,7 +418,9 @@ class Planner:
                 attributes={"l2net.node": node, "l2net.generation": intent.generation},
             ) as headers:
                 headers["Nats-Msg-Id"] = f"intent:{node}:{intent.generation}"
-                await self.js.publish(subject, bus.encode(intent), headers=headers)
+                await self.js.publish(
+                    subject, bus.encode(signing.sign(intent, self._seed)), headers=headers
+                )
             self.intents[node] = intent
             generations[node] = intent.generation
             log.info("node %s: generation %d", node, intent.generation)

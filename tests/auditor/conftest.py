@@ -35,6 +35,7 @@ from shared.model import (
     ObservedState,
     VlanRange,
 )
+from tests import keys
 from tests.executor.conftest import executors  # noqa: F401  (a fixture, shared)
 
 Change = Callable[[dict[str, LinkState], dict[str, list[VlanRange]]], object]
@@ -89,7 +90,7 @@ class Bus:
         await bus.ensure_streams(self.js, list(bus.STREAMS))
 
     async def intent(self, intent: NodeIntent) -> None:
-        await self.js.publish(subjects.intent(intent.node), bus.encode(intent))
+        await self.js.publish(subjects.intent(intent.node), bus.encode(keys.sign(intent)))
 
     async def status(self, status: NodeStatus) -> None:
         await self.js.publish(subjects.status(status.node), bus.encode(status))

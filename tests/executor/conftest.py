@@ -26,6 +26,7 @@ from services.executor.service import Executor, ExecutorConfig
 from services.lab import Lab
 from shared import bus, natsserver
 from shared.model import ClusterNetworkIntent, NodeIntent, VlanRange, VmPortIntent
+from tests import keys
 
 
 @dataclass
@@ -104,6 +105,7 @@ async def executors(nats_server: natsserver.EmbeddedNats) -> AsyncIterator[Execu
                 servers=[nats_server.url],
                 labels=labels or {},
                 heartbeat_s=0.3,
+                trusted_keys=[keys.PUBLIC],
             ),
             NetlinkKernel(node.node, netns=node.ns),
         )
