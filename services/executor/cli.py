@@ -111,6 +111,8 @@ def trusted_keys(keys: list[str], files: list[str], environ: Mapping[str, str]) 
                 found.append((key, f"{path}:{number}"))
     out: list[str] = []
     for key, where in found:
+        if key.startswith("S"):  # never echoed: it is a secret in the wrong place
+            raise ValueError(f"{where}: a seed (a secret), not a public key (N...)")
         try:
             checked = signing.check_public_key(key)
         except signing.KeyError_ as exc:
