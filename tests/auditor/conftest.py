@@ -35,7 +35,6 @@ from shared.model import (
     ObservedState,
     VlanRange,
 )
-from tests import keys
 from tests.executor.conftest import executors  # noqa: F401  (a fixture, shared)
 
 Change = Callable[[dict[str, LinkState], dict[str, list[VlanRange]]], object]
@@ -90,7 +89,7 @@ class Bus:
         await bus.ensure_streams(self.js, list(bus.STREAMS))
 
     async def intent(self, intent: NodeIntent) -> None:
-        await self.js.publish(subjects.intent(intent.node), bus.encode(keys.sign(intent)))
+        await self.js.publish(subjects.intent(intent.node), bus.encode(intent))
 
     async def status(self, status: NodeStatus) -> None:
         await self.js.publish(subjects.status(status.node), bus.encode(status))
