@@ -277,3 +277,43 @@ async def test_only_the_planner_creates_and_updates_streams(
         secured, users["planner"], Attempt("planner", "delete", f"{API}.STREAM.DELETE.L2_NODES")
     )
     assert subjects.STREAM_NODES in {s.config.name for s in await js.streams_info()}
+
+
+async def test_the_auditors_ephemeral_consumers_never_make_an_intent(
+    secured: SecuredNats,  # noqa: F811
+    users: dict[str, Client],
+) -> None:
+    """What the auditor keeps (ephemeral consumers, to read) cannot put a message on another
+    node's ``l2.intent.<node>`` subject: a push consumer's copies keep their own subjects
+    (l2.drift.* copies are never on an executor's filter; an intent's copy is that same
+    signed intent again), or the server refuses the consumer as a cycle."""
+    auditor = users["auditor"]
+    ajs = auditor.jetstream(timeout=5)
+    await ajs.publish(subjects.drift("node-1"), b'{"forged": "via a consumer"}')
+    copies = await auditor.subscribe("l2.intent.node-1")  # interest: a push consumer delivers
+    made = 0
+    for stream, filter_subject in (
+        (subjects.STREAM_DRIFT, subjects.drift("node-1")),
+        (INTENTS, subjects.intent("node-2")),
+    ):
+        try:
+            await ajs.add_consumer(
+                stream,
+                ConsumerConfig(deliver_subject="l2.intent.node-1", filter_subject=filter_subject),
+            )
+        except Exception as exc:
+            print(f"{stream}: refused ({exc})")
+            continue
+        made += 1
+        copy = await copies.next_msg(timeout=10)  # delivered (so stored, if anywhere)
+        print(f"{stream}: a copy of {copy.subject} delivered to l2.intent.node-1")
+    js = users["planner"].jetstream()
+    for _ in range(100):  # the drift report's copy is stored, under its own subject
+        held = (await js.stream_info(INTENTS, subjects_filter=">")).state.subjects or {}
+        if held.get(subjects.drift("node-1")) or not made:
+            break
+        await asyncio.sleep(0.1)
+    print(f"L2_INTENTS subjects after {made} push consumer(s): {held}")
+    assert held.get("l2.intent.node-1") == 1  # only the planner's
+    last = await js.get_last_msg(INTENTS, "l2.intent.node-1")
+    assert json.loads(last.data or b"") == {"node": "node-1"}
