@@ -292,13 +292,14 @@ class Executor:
             raise ValueError(f"{subject}: {exc}") from exc
         if subject != subjects.intent(self.node) or intent.node != self.node:
             raise ValueError(f"{subject}: intent for node {intent.node!r}, this is {self.node!r}")
-        if self.config.trusted_keys or not self.config.accept_unsigned:
-            if not self.config.trusted_keys:
-                raise ValueError(f"{subject}: this executor trusts no signing key (--trust-key)")
-            try:
-                signing.verify(intent, self.config.trusted_keys)
-            except signing.SignatureError as exc:
-                raise ValueError(f"{subject}: {exc}") from None
+        if not self.config.trusted_keys:
+            if self.config.accept_unsigned:  # insecure dev setup (--insecure-accept-unsigned)
+                return intent
+            raise ValueError(f"{subject}: this executor trusts no signing key (--trust-key)")
+        try:
+            signing.verify(intent, self.config.trusted_keys)
+        except signing.SignatureError as exc:
+            raise ValueError(f"{subject}: {exc}") from None
         return intent
 
     async def _follow(self, sub: JetStreamContext.PullSubscription) -> None:

@@ -259,6 +259,19 @@ async def test_an_executor_that_trusts_no_key_applies_nothing(
     assert host_node.vm("a") not in (await _kernel(ex))[2]
 
 
+async def test_the_insecure_dev_flag_applies_unsigned_intents(
+    host_node: HostNode, nc: Client, executors: ExecutorFactory
+) -> None:
+    ex = await executors(host_node)
+    ex.config.trusted_keys = []
+    ex.config.accept_unsigned = True  # --insecure-accept-unsigned
+    await nc.jetstream().publish(
+        subjects.intent(host_node.node), bus.encode(intent(host_node, 1, []))
+    )
+    await until(lambda: final_status(nc, host_node.node, 1))
+    assert (await final_status(nc, host_node.node, 1)).phase == "Applied"  # type: ignore[union-attr]
+
+
 def _executor_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.executor", "--node", "n1", "--nats",
