@@ -98,7 +98,7 @@ def trusted_keys(keys: list[str], files: list[str], environ: Mapping[str, str]) 
     ``$L2NET_TRUST_KEYS``, each checked; ValueError naming the one that is not a key."""
     found: list[tuple[str, str]] = [(k, "--trust-key") for k in keys]
     found += [
-        (k, TRUST_KEYS_ENV) for k in environ.get(TRUST_KEYS_ENV, "").replace(",", " ").split()
+        (k, f"${TRUST_KEYS_ENV}") for k in environ.get(TRUST_KEYS_ENV, "").replace(",", " ").split()
     ]
     for path in files:
         try:

@@ -10,9 +10,6 @@ changes nothing in the kernel; a genuine next generation is applied afterwards.
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +18,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
+from services.cli.main import main as l2net
 from services.executor.service import Executor, consumer_name
 from shared import bus, signing, subjects
 from shared.model import NodeIntent, NodeStatus
@@ -29,8 +27,6 @@ from tests.executor.conftest import ExecutorFactory, HostNode, intent, untagged_
 from tests.executor.helpers import final_status, statuses, until
 
 pytestmark = pytest.mark.timeout(180)
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -272,25 +268,23 @@ async def test_the_insecure_dev_flag_applies_unsigned_intents(
     assert (await final_status(nc, host_node.node, 1)).phase == "Applied"  # type: ignore[union-attr]
 
 
-def _executor_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.executor", "--node", "n1", "--nats",
-         "nats://127.0.0.1:1", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-
-
-def test_the_executor_refuses_to_start_without_a_trusted_key(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "L2NET_TRUST_KEYS"}
-    result = _executor_cli(env=env)
-    assert result.returncode == 2, result.stdout + result.stderr
+def test_the_executor_refuses_to_start_without_a_trusted_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("L2NET_TRUST_KEYS", raising=False)
+    base = ["executor", "--node", "n1", "--nats", "nats://127.0.0.1:1"]
+    assert l2net(base) == 2  # refused before connecting anywhere
     assert "no trusted signing key: give the planner's public key with --trust-key" in (
-        result.stdout
+        capsys.readouterr().out
     )
-    bad = _executor_cli("--trust-key", "NOTAKEY", env=env)
-    assert bad.returncode == 2 and "--trust-key: public key 'NOTAKEY'" in bad.stdout
+    assert l2net([*base, "--trust-key", "NOTAKEY"]) == 2
+    assert "--trust-key: public key 'NOTAKEY'" in capsys.readouterr().out
     listed = tmp_path / "keys"
     listed.write_text(f"# the planner\n{keys.PUBLIC}\n{keys.SEED}\n")
-    from_file = _executor_cli("--trust-keys-file", str(listed), env=env)
-    assert from_file.returncode == 2 and f"{listed}:3: a seed (a secret)" in from_file.stdout
-    assert keys.SEED not in from_file.stdout  # a secret put in the wrong file is not echoed
+    assert l2net([*base, "--trust-keys-file", str(listed)]) == 2
+    out = capsys.readouterr().out
+    assert f"{listed}:3: a seed (a secret)" in out
+    assert keys.SEED[:6] not in out  # a secret put in the wrong file is not echoed
+    monkeypatch.setenv("L2NET_TRUST_KEYS", f"{keys.PUBLIC},bogus")
+    assert l2net(base) == 2
+    assert "$L2NET_TRUST_KEYS: public key 'bogus'" in capsys.readouterr().out
