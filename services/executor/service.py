@@ -129,6 +129,7 @@ class Executor:
             self.config.servers,
             name=f"l2net-executor-{self.node}",
             inbox_prefix=inbox_prefix(self.node),
+            attempts=-1,  # a service: connect and reconnect for ever (see bus.connect)
         )
         self.js = self.nc.jetstream()
         streams = await self._streams()
