@@ -31,7 +31,7 @@ from nats.js.api import (
     StreamConfig,
     StreamInfo,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
@@ -433,6 +433,25 @@ def redact(url: str) -> str:
 
 class BusError(RuntimeError):
     """NATS is unreachable or answered something l2net cannot use."""
+
+
+_OUTAGE_ERRORS = (
+    nats_errors.TimeoutError,  # also JetStream's publish ack and fetch timeouts
+    nats_errors.NoRespondersError,  # JetStream not back yet after a server restart
+    nats_errors.ConnectionClosedError,
+    nats_errors.ConnectionReconnectingError,
+    nats_errors.OutboundBufferLimitError,  # the reconnect buffer is full
+    nats_errors.StaleConnectionError,
+    ServiceUnavailableError,
+    ConnectionError,
+    asyncio.TimeoutError,
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is what a NATS outage (or a server still starting) raises: the same
+    call succeeds once NATS is back, so retry it, with backoff, rather than give up."""
+    return isinstance(exc, _OUTAGE_ERRORS)
 
 
 async def wait_for_streams(
