@@ -13,7 +13,12 @@ sends the same one again, as a user would. Counted end to end, after the last ou
 * every status an executor published (observed where the executor publishes it) is stored
   in ``L2_STATUS``;
 * after each outage every service is back by itself: connected (its health says it lived
-  through that outage) and answering its own requests.
+  through that outage) and answering its own requests;
+* what the services follow still flows to them: a node that joins after the last outage gets
+  its intent from the planner (which follows ``L2_NODES``), and the auditor's history of
+  every node holds the node's last intent and its apply (it follows ``L2_INTENTS`` and
+  ``L2_STATUS``). The executors' pull consumers are proven by the intents applied after
+  each outage.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pyroute2 import netns as pyroute2_netns
 
+from services.auditor.protocol import HistoryReply
 from services.auditor.service import Auditor, AuditorConfig
 from services.executor.service import Executor
 from services.planner.service import Planner
@@ -131,11 +137,11 @@ async def read_stream(js: Any, stream: str, filter_subject: str) -> list[Any]:
 
 @pytest.fixture
 def nodes() -> Iterator[list[HostNode]]:
-    """Two namespace nodes (see tests/executor/conftest.py), removed by name with every VM
-    namespace the test named."""
+    """Three namespace nodes (see tests/executor/conftest.py; the third joins after the last
+    outage), removed by name with every VM namespace the test named."""
     made: list[HostNode] = []
     try:
-        for _ in range(2):
+        for _ in range(3):
             ns = f"l2o-{secrets.token_hex(3)}"
             pyroute2_netns.create(ns)
             node = HostNode(ns=ns, node=f"host-{ns}")
@@ -155,8 +161,8 @@ Published = dict[tuple[str, int, str], int]
 
 
 def record_statuses(ex: Executor, published: Published) -> None:
-    """Count each status ``ex`` publishes, where it publishes it (its own method, wrapped:
-    the publish itself is real)."""
+    """Count each status ``ex`` publishes from now on, where it publishes it (its own method,
+    wrapped: the publish itself is real)."""
     original: Callable[[NodeStatus], Awaitable[None]] = ex._publish_status
 
     async def publish(status: NodeStatus) -> None:
@@ -188,7 +194,7 @@ async def services(
     auditor_nc = await bus.connect([url], name="l2net-auditor", attempts=-1)
     auditor = Auditor(auditor_nc, AuditorConfig())
     await auditor.start()
-    exs = [await executors(n) for n in nodes]
+    exs = [await executors(n) for n in nodes[:2]]
     try:
         yield Services(planner, auditor, exs, [planner_nc, auditor_nc])
     finally:
@@ -236,7 +242,10 @@ async def back(nc: Client, svc: Services, nodes: list[HostNode], outages: int) -
 
 
 async def test_services_ride_out_nats_outages_and_lose_nothing(
-    nats_server: natsserver.EmbeddedNats, nodes: list[HostNode], services: Services
+    nats_server: natsserver.EmbeddedNats,
+    nodes: list[HostNode],
+    services: Services,
+    executors: ExecutorFactory,  # noqa: F811
 ) -> None:
     started = time.monotonic()
     published: Published = {}
@@ -244,6 +253,8 @@ async def test_services_ride_out_nats_outages_and_lose_nothing(
         record_statuses(ex, published)
     nc = await bus.connect([nats_server.url], name="outage-test", attempts=-1)
     js = nc.jetstream()
+    late = nodes[2]  # joins after the last outage: the planner still follows L2_NODES
+    nodes = nodes[:2]
     submitter = Submitter(nc, nodes)
     try:
         reply = await submitter.submit(UNTAGGED)
@@ -275,17 +286,23 @@ async def test_services_ride_out_nats_outages_and_lose_nothing(
             stop.set()
             await flow
 
+        ex = await executors(late)
+        record_statuses(ex, published)
+
         # Everything published reached its destination: the last intent of each node applied.
-        async def settled() -> bool:
-            for n in nodes:
+        async def unsettled() -> list[str]:
+            out = []
+            stored = await _stored_statuses(js)
+            for n in [*nodes, late]:
                 last = await _last_intent(js, n.node)
                 if last is None:
-                    return False
-                if (n.node, last.generation, "Applied") not in published:
-                    return False
-            return True
+                    out.append(f"{n.node}: no intent")
+                elif (n.node, last.generation, "Applied") not in stored:
+                    out.append(f"{n.node}: generation {last.generation} not Applied")
+            return out
 
-        await until(settled, timeout=BACK_WITHIN_S)
+        with contextlib.suppress(AssertionError):  # what is left is counted below
+            await until(lambda: _none(unsettled), timeout=BACK_WITHIN_S)
 
         specs = {
             bus.decode(m.data, api.SpecRecord).name
@@ -299,13 +316,7 @@ async def test_services_ride_out_nats_outages_and_lose_nothing(
             bus.decode(m.data, NodeIntent)
             for m in await read_stream(js, subjects.STREAM_INTENTS, subjects.ALL_INTENTS)
         ]
-        stored_statuses = {
-            (s.node, s.observed_generation, s.phase)
-            for s in (
-                bus.decode(m.data, NodeStatus)
-                for m in await read_stream(js, subjects.STREAM_STATUS, subjects.ALL_STATUS)
-            )
-        }
+        stored_statuses = await _stored_statuses(js)
         intents_lost = [
             (it.node, it.generation)
             for it in intents
@@ -326,12 +337,41 @@ async def test_services_ride_out_nats_outages_and_lose_nothing(
                 if node == n.node and vm not in present
             ]
 
+        # The auditor still follows intents and statuses: its history of every node holds
+        # the node's last intent and its apply.
+        async def followed(n: HostNode) -> bool:
+            last = await _last_intent(js, n.node)
+            try:
+                msg = await nc.request(
+                    subjects.AUDITOR_HISTORY, bus.encode({"node": n.node}), timeout=5.0
+                )
+            except Exception:
+                return False
+            events = msgspec.json.decode(msg.data, type=HistoryReply).events
+            seen = {(e.what, e.generation) for e in events}
+            return (
+                last is not None
+                and {("intent", last.generation), ("apply", last.generation)} <= seen
+            )
+
+        every = [*nodes, late]
+        with contextlib.suppress(AssertionError):  # counted below
+            await until(lambda: _all(followed, every), timeout=BACK_WITHIN_S)
+        auditor_followed = [n.node for n in every if await followed(n)]
+        planner_followed = await _last_intent(js, late.node) is not None
+
         print(f"submissions: {submitter.count} sent, {submitter.retries} requests sent again")
         print(f"accepted specs lost: {len(specs_lost)}/{len(accepted)}")
         print(f"intents lost: {len(intents_lost)}/{len(intents)}")
         print(f"statuses lost: {len(statuses_lost)}/{len(published)}")
         print(f"accepted VM NICs missing on their node: {len(nics_missing)}/{len(accepted)}")
+        print(
+            "followers alive after the outages: planner (a node joining gets its intent) "
+            f"{int(planner_followed)}/1, auditor (last intent and apply of each node) "
+            f"{len(auditor_followed)}/{len(every)}"
+        )
         print(f"outage test took {time.monotonic() - started:.0f} s")
+        assert not await unsettled(), await unsettled()
         assert not submitter.refused, submitter.refused
         assert accepted, "no submission was accepted"
         assert not specs_lost, specs_lost
@@ -339,6 +379,8 @@ async def test_services_ride_out_nats_outages_and_lose_nothing(
         assert not statuses_lost, statuses_lost
         assert not nics_missing, nics_missing
         assert all(count == n_services for _, count in back_counts), back_counts
+        assert planner_followed
+        assert len(auditor_followed) == len(every), auditor_followed
     finally:
         await nc.close()
 
@@ -347,6 +389,25 @@ async def _all_back(
     nc: Client, svc: Services, nodes: list[HostNode], outages: int, n_services: int
 ) -> bool:
     return len(await back(nc, svc, nodes, outages)) == n_services
+
+
+async def _stored_statuses(js: Any) -> set[tuple[str, int, str]]:
+    """(node, generation, phase) of every status stored in L2_STATUS."""
+    return {
+        (s.node, s.observed_generation, s.phase)
+        for s in (
+            bus.decode(m.data, NodeStatus)
+            for m in await read_stream(js, subjects.STREAM_STATUS, subjects.ALL_STATUS)
+        )
+    }
+
+
+async def _none(check: Callable[[], Awaitable[list[str]]]) -> bool:
+    return not await check()
+
+
+async def _all(check: Callable[[HostNode], Awaitable[bool]], nodes: list[HostNode]) -> bool:
+    return all([await check(n) for n in nodes])
 
 
 async def _last_intent(js: Any, node: str) -> NodeIntent | None:
