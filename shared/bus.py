@@ -145,6 +145,14 @@ doubles, then a random 50-100 % of it is taken (jitter, so that a fleet of execu
 reconnect in step after a NATS restart)."""
 
 
+def reconnect_wait(tries: int, *, backoff: tuple[float, float] = BACKOFF_S) -> float:
+    """Seconds to wait before reconnection try number ``tries`` (0 first) of an outage:
+    ``first * 2**tries`` capped at ``cap``, of which a random 50-100 % (jitter)."""
+    first, cap = backoff
+    ceiling: float = min(cap, first * 2.0 ** min(tries, 30))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
 class _Link:
     """What l2net knows of one connection: its callbacks for nats-py (logs, backoff) and the
     state :func:`health` reports."""
@@ -231,9 +239,7 @@ class _Link:
         backoff with jitter (nats-py's ``reconnect_to_server_handler``)."""
         tries = self.reconnect_tries
         self.reconnect_tries += 1
-        first, cap = self.backoff
-        wait = min(cap, first * 2 ** min(tries, 30)) * random.uniform(0.5, 1.0)
-        return servers[tries % len(servers)], wait
+        return servers[tries % len(servers)], reconnect_wait(tries, backoff=self.backoff)
 
     # --------------------------------------------------------------------------------
 
