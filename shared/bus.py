@@ -473,7 +473,8 @@ async def wait_for_streams(
     For a user that may not create streams: ``on_missing`` is called with the missing names
     when they are first seen missing (and when that list changes). ``attempts`` bounds the
     tries of a ``stream_info`` that fails otherwise than "not found" (e.g. no answer because
-    the user may not ask), then BusError names the stream.
+    the user may not ask), then BusError names the stream; a failure while the connection is
+    down (a NATS outage) does not count: it waits for NATS.
     """
     wanted = list(names)
     found: dict[str, StreamInfo] = {}
@@ -491,6 +492,10 @@ async def wait_for_streams(
                 missing.append(name)
                 failures = 0
             except Exception as exc:
+                if is_outage(exc) and not js._nc.is_connected:  # nats-py keeps its client there
+                    # NATS went away meanwhile: not this user's permissions; wait for it.
+                    missing.append(name)
+                    continue
                 failures += 1
                 if failures >= attempts:
                     raise BusError(
