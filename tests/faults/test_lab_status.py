@@ -15,7 +15,7 @@ import pytest
 from services.lab import Lab
 from tests.lab.conftest import lab_cli
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
