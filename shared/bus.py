@@ -1,5 +1,9 @@
 """NATS helpers every service uses: connecting, the JetStream streams, JSON codecs.
 
+Services connect and reconnect for ever, with backoff, and say so in their logs once per
+outage (:func:`connect` with ``attempts=-1``); one-shot commands fail fast and clearly. Every
+micro service started with :func:`serve` answers its :class:`Health`.
+
 Messages are msgspec structs encoded as JSON so that ``l2net watch`` or any NATS client
 reads them. The planner calls :func:`ensure_streams` for all of them at start, idempotently
 (an existing stream is updated to the configuration here); other services create only what
