@@ -134,6 +134,7 @@ class Executor:
             self.config.servers,
             name=f"l2net-executor-{self.node}",
             inbox_prefix=inbox_prefix(self.node),
+            attempts=-1,  # a service: connect and reconnect for ever (see bus.connect)
         )
         self.js = self.nc.jetstream()
         streams = await self._streams()
@@ -313,13 +314,30 @@ class Executor:
                 await asyncio.sleep(1)
                 continue
             for msg in msgs:
-                try:
-                    await self._on_intent_msg(msg)
-                except Exception as exc:
-                    # Not acked: JetStream redelivers it; applying is idempotent.
-                    log.error("handling intent (stream sequence %s): %s", _seq(msg), exc)
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=2.0)
+                wait = 1.0
+                while True:
+                    try:
+                        await self._on_intent_msg(msg)
+                    except Exception as exc:
+                        if bus.is_outage(exc) and not self._stopped.is_set():
+                            # NATS went away while handling it (its status not stored): a nak
+                            # would not get through either, and JetStream would redeliver it
+                            # only after ack_wait. Handle it again once NATS is back (applying
+                            # is idempotent), so that its status is stored and it is acked.
+                            log.warning(
+                                "handling intent (stream sequence %s): %s; again in %g s",
+                                _seq(msg),
+                                exc or type(exc).__name__,
+                                wait,
+                            )
+                            await asyncio.sleep(wait)
+                            wait = min(wait * 2, 10.0)
+                            continue
+                        # Not acked: JetStream redelivers it; applying is idempotent.
+                        log.error("handling intent (stream sequence %s): %s", _seq(msg), exc)
+                        with contextlib.suppress(Exception):
+                            await msg.nak(delay=2.0)
+                    break
 
     async def _on_intent_msg(self, msg: Msg) -> None:
         """Apply one intent message; ack after its status is stored (see module)."""

@@ -86,6 +86,13 @@ class NodeStatus(NamedTuple):
     boot_seconds: float | None
     host_mem_kb: int
     executor: str  # "" (not started by the lab), "running", "exited", or "?" (no answer)
+    connected: bool | None = None
+    """The executor answers on NATS (its ``health`` request): None when the lab started none."""
+    heartbeat_age: float | None = None
+    """Seconds since the executor's last heartbeat stored in ``L2_NODES`` (by the server's
+    clock), None when there is none."""
+    connected_since: float | None = None
+    """When the executor's current NATS connection was made (epoch seconds), if it answered."""
 
 
 def default_dir() -> Path:
@@ -238,6 +245,23 @@ async def connect_nats(url: str, *, name: str, timeout: float = 3.0) -> Client:
         )
     except Exception as exc:  # nats raises several unrelated types for "not reachable"
         raise LabError(f"cannot reach NATS at {url}: {exc!r}") from exc
+
+
+async def _executor_health(nc: Client, node: str) -> tuple[bus.Health | None, float | None]:
+    """The node's executor's answer to its health request (None: no answer, so not connected
+    to NATS whatever its process does) and the age of its last heartbeat in ``L2_NODES``."""
+    health: bus.Health | None = None
+    age: float | None = None
+    try:
+        msg = await nc.request(subjects.health("l2net-executor", node=node), b"", timeout=2.0)
+        health = msgspec.json.decode(msg.data, type=bus.Health)
+    except Exception:  # no responders, no answer, not l2net's answer: not connected
+        health = None
+    with contextlib.suppress(Exception):  # no stream, no heartbeat yet
+        raw = await nc.jetstream().get_last_msg(subjects.STREAM_NODES, subjects.node(node))
+        if raw.time is not None:
+            age = max(0.0, time.time() - raw.time.timestamp())
+    return health, age
 
 
 async def _probe_nats(url: str) -> None:
@@ -420,6 +444,9 @@ class Lab:
         async def one(n: state.NodeState) -> NodeStatus:
             helper = False
             executor = "?" if self.state.executor else ""
+            connected: bool | None = False if self.state.executor else None
+            since: float | None = None
+            age: float | None = None
             if nc is not None:
                 try:
                     reply = await self.aping(n.name, timeout=2.0, nc=nc)
@@ -427,6 +454,10 @@ class Lab:
                     executor = reply.executor
                 except LabError:
                     pass
+                if self.state.executor:
+                    health, age = await _executor_health(nc, n.name)
+                    connected = health is not None and health.connected
+                    since = health.connected_since if health is not None else None
             return NodeStatus(
                 name=n.name,
                 address=n.address,
@@ -436,6 +467,9 @@ class Lab:
                 boot_seconds=n.boot_seconds,
                 host_mem_kb=_host_mem_kb(n.proc),
                 executor=executor,
+                connected=connected,
+                heartbeat_age=age,
+                connected_since=since,
             )
 
         try:
