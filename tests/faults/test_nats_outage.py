@@ -43,6 +43,7 @@ from services.executor.service import Executor
 from services.planner.service import Planner
 from shared import api, bus, natsserver, subjects
 from shared.model import NodeIntent, NodeStatus, ObservedState
+from tests import keys
 from tests.executor.conftest import (
     ExecutorFactory,
     HostNode,
@@ -189,7 +190,7 @@ async def services(
 ) -> AsyncIterator[Services]:
     url = nats_server.url
     planner_nc = await bus.connect([url], name="l2net-planner", attempts=-1)
-    planner = Planner(planner_nc)
+    planner = Planner(planner_nc, signing_seed=keys.SEED)
     await planner.start()
     auditor_nc = await bus.connect([url], name="l2net-auditor", attempts=-1)
     auditor = Auditor(auditor_nc, AuditorConfig())
