@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from services.cli.client import CliError, add_nats_option, connected, request
+from services.cli.client import CliError, add_nats_option, check_size, connected, request
 from shared import api, bus, config, lifecycle, model, natsserver, subjects, tracing
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -148,9 +148,11 @@ def print_apply_reply(reply: api.ApplyReply, *, source: str) -> int:
 
 async def _apply(args: argparse.Namespace) -> int:
     body = _read_manifest(args.file)
+    source = "stdin" if args.file == "-" else args.file
     async with connected(args.nats) as nc:
+        check_size(nc, len(body), what=source)
         reply = await request(nc, subjects.API_APPLY, body, api.ApplyReply)
-    return print_apply_reply(reply, source="stdin" if args.file == "-" else args.file)
+    return print_apply_reply(reply, source=source)
 
 
 async def _delete(args: argparse.Namespace) -> int:

@@ -70,6 +70,9 @@ MAX_PROBLEMS = 100
 REPLY_MARGIN = 4096
 """Room left under the server's max_payload for a reply's headers (trace context)."""
 
+MAX_BATCH = 1000
+"""Records in one atomic JetStream batch (the server's limit): objects one submission changes."""
+
 CONFLICT_MESSAGE = (
     "another planner kept changing the same objects or nodes at the same moment "
     f"({MAX_ATTEMPTS} tries, each after catching up with JetStream)"
@@ -570,6 +573,16 @@ class Planner:
                             span.set_attribute("l2net.rejected", True)
                             return refusal(problems)
                 changes, to_store = self._changes(specs)
+                if len(to_store) > MAX_BATCH:
+                    return refusal(
+                        [
+                            api.Problem(
+                                message=f"the submission changes {len(to_store)} objects; at "
+                                f"most {MAX_BATCH} are stored at once (JetStream's atomic "
+                                "batch limit): split it into several submissions"
+                            )
+                        ]
+                    )
                 if to_store:
                     try:
                         seqs = await self._store(
