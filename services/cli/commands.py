@@ -133,7 +133,13 @@ def refused(command: str, errors: list[api.Problem]) -> int:
 
 def print_apply_reply(reply: api.ApplyReply, *, source: str) -> int:
     if not reply.ok:
-        print(f"{source}: rejected, nothing was applied:", file=sys.stderr)
+        # Changes listed with a failure: stored, but not (yet) published to every node.
+        what = (
+            "stored, but not yet on every node"
+            if reply.changes
+            else "rejected, nothing was applied"
+        )
+        print(f"{source}: {what}:", file=sys.stderr)
         for problem in reply.errors:
             print(f"  - {problem}", file=sys.stderr)
         return 1

@@ -196,6 +196,8 @@ class Planner:
         """Messages skipped because they do not decode: (subject, stream sequence)."""
         self.served = 0
         """Requests answered (tests count how the queue group spread them)."""
+        self.conflicts = 0
+        """Writes JetStream refused because another writer was first (then retried)."""
 
         self._lock = asyncio.Lock()
         self._followers: list[_Follower] = []
@@ -457,7 +459,7 @@ class Planner:
             try:
                 async with self._lock:
                     await self._publish_intents(nodes)
-            except (bus.BusError, Conflict, OSError, TimeoutError, APIError) as exc:
+            except Exception as exc:  # never let the worker die: retry after a pause
                 log.warning("intents of %s not published yet (%s); retrying", nodes, exc)
                 self._dirty.update(nodes)
                 await asyncio.sleep(1.0)
@@ -589,6 +591,7 @@ class Planner:
                             self._batch([(s.kind, s.name, s) for s in to_store])
                         )
                     except Conflict as exc:
+                        self.conflicts += 1
                         log.info("submission: %s; catching up (try %d)", exc, attempt + 1)
                         continue
                     for change in changes:
@@ -612,6 +615,7 @@ class Planner:
                 try:
                     seqs = await self._store(self._batch([(kind, name, None)]))
                 except Conflict as exc:
+                    self.conflicts += 1
                     log.info("delete: %s; catching up (try %d)", exc, attempt + 1)
                     continue
                 change = api.Change(
@@ -626,17 +630,20 @@ class Planner:
         """Publish every node's intent now that the submission is stored; ok only then."""
         try:
             generations = await self._publish_intents(sorted(self.nodes))
-        except Conflict:
-            stored = ", ".join(f"{c.kind} {c.name}" for c in changes[:5])
-            return refusal(
-                [
-                    api.Problem(
-                        message=f"stored ({stored}...), but the nodes' intents were not all "
-                        f"published: {CONFLICT_MESSAGE}; the next submission or planner start "
-                        "publishes them (submit again to see)"
-                    )
-                ]
+        except (Conflict, bus.BusError, OSError, TimeoutError, APIError) as exc:
+            # Stored, so not a refusal of the content; but not ok either: the nodes do not
+            # have it yet. This planner's worker keeps trying; submitting again shows it.
+            self._dirty.update(self.nodes)
+            self._wake.set()
+            why = CONFLICT_MESSAGE if isinstance(exc, Conflict) else str(exc)
+            stored = ", ".join(f"{c.kind} {c.name} revision {c.revision}" for c in changes[:3])
+            more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+            problem = api.Problem(
+                message=f"stored ({stored}{more}), but the nodes' intents are not all "
+                f"published yet: {why}; the planner keeps trying (submit again to see "
+                "every node's generation)"
             )
+            return api.ApplyReply(ok=False, changes=changes, errors=[problem])
         return api.ApplyReply(ok=True, changes=changes, generations=generations)
 
     def _changes(self, specs: list[model.Spec]) -> tuple[list[api.Change], list[model.Spec]]:
@@ -838,6 +845,7 @@ class Planner:
                 try:
                     await self._publish_intent(intent, self.intent_seq.get(node, 0))
                 except Conflict as exc:
+                    self.conflicts += 1
                     log.info("node %s: %s; catching up", node, exc)
                     again.append(node)
                     continue

@@ -12,6 +12,7 @@ import itertools
 import random
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -20,6 +21,7 @@ from services.planner import service
 from services.planner.service import Planner
 from shared import api, bus, model, subjects
 from shared.natsserver import EmbeddedNats
+from tests import keys
 from tests.planner.conftest import make_node, register, wait_until
 
 NODES = ["node-1", "node-2", "node-3"]
@@ -116,7 +118,11 @@ async def test_two_planners_lose_no_accepted_submission(
         refused = [(i, [str(e) for e in r.errors]) for i, r in replies if not r.ok]
         assert not refused, refused
         served = [p.served for p in two_planners]
-        print(f"\ntwo planners: requests served {served[0]} + {served[1]}")
+        conflicts = sum(p.conflicts for p in two_planners)
+        print(
+            f"\ntwo planners: requests served {served[0]} + {served[1]}; writes refused "
+            f"because the other planner was first, then retried: {conflicts}"
+        )
         assert all(served), "the queue group did not use both planners"
 
         # Let the planners finish node-3's last change before reading the final state.
@@ -314,3 +320,40 @@ async def test_generations_stay_above_what_the_node_applied(nc: Client, planner:
         await wait_until(lambda: again.intents["node-1"].generation == 51)
     finally:
         await again.stop()
+
+
+async def test_stored_but_not_published_is_never_ok(nc: Client, seed_text: str) -> None:
+    """Another writer moves node-1's intent subject before each of our publications, every
+    round: the submission is stored, the answer says so and is not ok; the planner's own
+    worker publishes once the subject is left alone."""
+    hand_published = 0
+
+    class Outrun(Planner):
+        async def _publish_intent(self, intent: model.NodeIntent, expected_seq: int) -> int:
+            nonlocal hand_published
+            if hand_published < service.MAX_ATTEMPTS:
+                hand_published += 1
+                other = msgspec.structs.replace(
+                    intent, generation=intent.generation + 100, cluster_networks=[]
+                )
+                await nc.jetstream().publish(
+                    subjects.intent(intent.node), bus.encode(keys.sign(other))
+                )
+            return await super()._publish_intent(intent, expected_seq)
+
+    planner = Outrun(nc)
+    await planner.start()
+    try:
+        await register(nc, make_node("node-1"))
+        await wait_until(lambda: "node-1" in planner.intents)
+        hand_published = 0
+        reply = await planner.apply(seed_text)
+        stored = [c for c in reply.changes if c.revision]
+        print(f"\nstored, not yet published: {reply.errors[0].message[:120]}...")
+        assert not reply.ok and len(stored) == 5
+        assert "not all published yet" in reply.errors[0].message
+        await wait_until(lambda: covers(planner.intents["node-1"], "oob", 200))
+        last = await nc.jetstream().get_last_msg(subjects.STREAM_INTENTS, "l2.intent.node-1")
+        assert covers(bus.decode(last.data or b"", model.NodeIntent), "oob", 200)
+    finally:
+        await planner.stop()
