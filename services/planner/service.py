@@ -148,6 +148,19 @@ class _Follower:
             self._handled = (meta.consumer or "", meta.sequence.consumer)
             self._progress.set()
 
+    async def reached(self, seq: int, deadline: float) -> None:
+        """Return once the message at stream sequence ``seq`` (or a later one) is handled."""
+        loop = asyncio.get_running_loop()
+        while self.seq < seq:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise NotCaughtUp(f"stream {self.stream} not read up to sequence {seq}")
+            self._progress.clear()
+            if self.seq >= seq:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), min(0.2, remaining))
+
     async def caught_up(self, deadline: float) -> None:
         """Return once every message the stream held when this was called is handled.
 
@@ -585,6 +598,7 @@ class Planner:
                             )
                         ]
                     )
+                stored = 0
                 if to_store:
                     try:
                         seqs = await self._store(
@@ -596,7 +610,8 @@ class Planner:
                         continue
                     for change in changes:
                         change.revision = seqs.get((change.kind, change.name), change.revision)
-                return await self._stored_reply(changes)
+                    stored = max(seqs.values())
+                return await self._stored_reply(changes, stored=stored)
             return refusal(
                 [api.Problem(message=f"nothing was stored: {CONFLICT_MESSAGE}; submit again")]
             )
@@ -621,25 +636,26 @@ class Planner:
                 change = api.Change(
                     kind=kind, name=name, action="deleted", revision=seqs[(kind, name)]
                 )
-                return await self._stored_reply([change])
+                return await self._stored_reply([change], stored=change.revision)
             return refusal(
                 [api.Problem(message=f"nothing was deleted: {CONFLICT_MESSAGE}; try again")]
             )
 
-    async def _stored_reply(self, changes: list[api.Change]) -> api.ApplyReply:
-        """Publish every node's intent now that the submission is stored; ok only then."""
+    async def _stored_reply(self, changes: list[api.Change], *, stored: int) -> api.ApplyReply:
+        """Publish every node's intent now that the submission is stored (``stored``: its
+        last stream sequence, 0 if nothing changed); ok only then."""
         try:
-            generations = await self._publish_intents(sorted(self.nodes))
+            generations = await self._publish_intents(sorted(self.nodes), stored=stored)
         except (Conflict, bus.BusError, OSError, TimeoutError, APIError) as exc:
             # Stored, so not a refusal of the content; but not ok either: the nodes do not
             # have it yet. This planner's worker keeps trying; submitting again shows it.
             self._dirty.update(self.nodes)
             self._wake.set()
             why = CONFLICT_MESSAGE if isinstance(exc, Conflict) else str(exc)
-            stored = ", ".join(f"{c.kind} {c.name} revision {c.revision}" for c in changes[:3])
+            listed = ", ".join(f"{c.kind} {c.name} revision {c.revision}" for c in changes[:3])
             more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
             problem = api.Problem(
-                message=f"stored ({stored}{more}), but the nodes' intents are not all "
+                message=f"stored ({listed}{more}), but the nodes' intents are not all "
                 f"published yet: {why}; the planner keeps trying (submit again to see "
                 "every node's generation)"
             )
@@ -803,20 +819,27 @@ class Planner:
         first = last - len(batch.keys) + 1
         return {key: first + i for i, key in enumerate(batch.keys)}
 
-    async def _publish_intents(self, nodes: list[str]) -> dict[str, int]:
+    async def _publish_intents(self, nodes: list[str], *, stored: int = 0) -> dict[str, int]:
         """Bring each node's intent to the current state: compile it from the caught-up
         catalog and publish a new generation where it differs from the subject's last intent.
 
+        ``stored``: the stream sequence of a batch this planner just stored; the first round
+        then only waits for the specs follower to reach it (every record stored before it is
+        then read too), and a stale view of the intents shows as refused publications.
         Returns each node's generation that holds the current state (published here, or
         already there). A node whose subject another planner wrote meanwhile is done again
         after catching up; :class:`Conflict` after :data:`MAX_ATTEMPTS` rounds.
         """
         generations: dict[str, int] = {}
         todo = list(nodes)
-        for _ in range(MAX_ATTEMPTS):
-            await self.catch_up()
+        for attempt in range(MAX_ATTEMPTS):
+            if stored and not attempt and self._followers:
+                deadline = asyncio.get_running_loop().time() + CATCH_UP_S
+                await self._followers[0].reached(stored, deadline)  # L2_SPECS
+            else:
+                await self.catch_up()
             catalog = self.catalog
-            again: list[str] = []
+            ready: list[tuple[model.NodeIntent, int]] = []
             for node in todo:
                 if node not in catalog.nodes:
                     continue
@@ -842,14 +865,21 @@ class Planner:
                 intent.generation = floor + 1
                 intent.spec_revision = self.last_revision
                 intent.issued_at = time.time()
-                try:
-                    await self._publish_intent(intent, self.intent_seq.get(node, 0))
-                except Conflict as exc:
+                ready.append((intent, self.intent_seq.get(node, 0)))
+            # Nodes are independent: their acknowledgements are awaited together.
+            results = await asyncio.gather(
+                *(self._publish_intent(i, seq) for i, seq in ready), return_exceptions=True
+            )
+            again: list[str] = []
+            for (intent, _), result in zip(ready, results, strict=True):
+                if isinstance(result, Conflict):
                     self.conflicts += 1
-                    log.info("node %s: %s; catching up", node, exc)
-                    again.append(node)
-                    continue
-                generations[node] = intent.generation
+                    log.info("node %s: %s; catching up", intent.node, result)
+                    again.append(intent.node)
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    generations[intent.node] = intent.generation
             if not again:
                 return generations
             todo = again
