@@ -45,7 +45,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 from nats.micro.request import Request
 from nats.micro.service import Service
 
@@ -122,13 +122,30 @@ class _Follower:
         self._sub: Any = None
 
     async def start(self) -> None:
+        """Follow from the start (``policy``), or from after the last message handled."""
+        config = None
+        if self.seq:
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.seq + 1
+            )
         self._sub = await self.js.subscribe(
             self.subject,
             stream=self.stream,
             cb=self._on_msg,
             ordered_consumer=True,
-            deliver_policy=self.policy,
+            config=config,
+            deliver_policy=None if config else self.policy,
         )
+
+    async def restart(self) -> None:
+        """Follow again, from after the last message handled: the consumer is gone (it is
+        ephemeral, and a restarted server forgets it)."""
+        old, self._sub = self._sub, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+        log.info("%s: following again from sequence %d", self.stream, self.seq + 1)
+        await self.start()
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None
@@ -137,7 +154,9 @@ class _Follower:
 
     async def _on_msg(self, msg: Msg) -> None:
         try:
-            await self.handle(msg)
+            # A consumer made again may deliver what was handled already: never go back.
+            if msg.metadata.sequence.stream > self.seq:
+                await self.handle(msg)
         except Exception:  # a message from outside must never stop the follower
             log.exception(
                 "%s: skipped a message on %s that could not be used", self.stream, msg.subject
@@ -172,8 +191,15 @@ class _Follower:
             self._progress.clear()
             try:
                 info = await self._sub.consumer_info()
-            except Exception as exc:  # the ordered consumer may be being recreated
-                reason: str = f"{type(exc).__name__}: {exc}"
+            except NotFoundError:
+                # Gone with a server restart: nats-py would notice only after missed
+                # heartbeats (seconds); make it again now.
+                reason: str = "its consumer was gone"
+                with contextlib.suppress(Exception):
+                    await self.restart()
+                    continue
+            except Exception as exc:  # e.g. no answer while NATS is unreachable
+                reason = f"{type(exc).__name__}: {exc}"
             else:
                 delivered = (info.delivered.consumer_seq if info.delivered else 0) or 0
                 handled = self._handled[1] if self._handled[0] == info.name else 0

@@ -11,15 +11,17 @@ import asyncio
 import itertools
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
+import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.planner import service
 from services.planner.service import Planner
-from shared import api, bus, model, subjects
+from shared import api, bus, model, natsserver, subjects
 from shared.natsserver import EmbeddedNats
 from tests import keys
 from tests.planner.conftest import make_node, register, wait_until
@@ -357,3 +359,53 @@ async def test_stored_but_not_published_is_never_ok(nc: Client, seed_text: str) 
         assert covers(bus.decode(last.data or b"", model.NodeIntent), "oob", 200)
     finally:
         await planner.stop()
+
+
+async def test_the_planner_follows_again_after_a_nats_restart(
+    tmp_path: Path, seed_text: str
+) -> None:
+    """A restarted server forgets the followers' (ephemeral) consumers: the first request
+    after it is answered from a state followed again, not refused for want of it."""
+    server = natsserver.start(tmp_path / "nats")
+    back: natsserver.EmbeddedNats | None = None
+    nc = await bus.connect([server.url], name="planner", attempts=-1)
+    planner = Planner(nc)
+    client: Client | None = None
+    checks: dict[str, bool] = {}
+    try:
+        await planner.start()
+        await register(nc, make_node("node-1"))
+        await wait_until(lambda: "node-1" in planner.intents)
+        assert (await planner.apply(seed_text)).ok
+        server.stop()
+        back = natsserver.start(tmp_path / "nats", port=server.port)
+        client = await bus.connect([back.url], name="client")
+        for _ in range(200):  # until the planner has reconnected and serves again
+            try:
+                await client.request("$SRV.PING.l2net-planner", b"", timeout=0.5)
+                break
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.1)
+        changed = seed_text.replace("vlan: 200", "vlan: 201").encode()
+        reply = bus.decode(await request(client, subjects.API_APPLY, changed), api.ApplyReply)
+        checks["the first submission after the restart is accepted"] = reply.ok
+        got = bus.decode(
+            await request(client, subjects.API_GET, b'{"kind": "Network", "name": "vlan200"}'),
+            api.GetReply,
+        )
+        checks["get answers the new state"] = got.ok and got.items[0].spec["vlan"] == 201
+        last = await client.jetstream().get_last_msg(subjects.STREAM_INTENTS, "l2.intent.node-1")
+        intent = bus.decode(last.data or b"", model.NodeIntent)
+        checks["node-1's intent holds it, one generation on"] = (
+            covers(intent, "oob", 201) and intent.generation == reply.generations["node-1"] == 3
+        )
+    finally:
+        await planner.stop()
+        await nc.close()
+        if client is not None:
+            await client.close()
+        for s in (back, server):
+            if s is not None:
+                s.stop()
+    print(f"\nplanner after a NATS restart: {sum(checks.values())}/{len(checks)}")
+    assert all(checks.values()), checks
