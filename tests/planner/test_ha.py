@@ -328,13 +328,13 @@ async def test_stored_but_not_published_is_never_ok(nc: Client, seed_text: str) 
     """Another writer moves node-1's intent subject before each of our publications, every
     round: the submission is stored, the answer says so and is not ok; the planner's own
     worker publishes once the subject is left alone."""
-    hand_published = 0
 
     class Outrun(Planner):
+        armed = 0
+
         async def _publish_intent(self, intent: model.NodeIntent, expected_seq: int) -> int:
-            nonlocal hand_published
-            if hand_published < service.MAX_ATTEMPTS:
-                hand_published += 1
+            if self.armed:
+                self.armed -= 1
                 other = msgspec.structs.replace(
                     intent, generation=intent.generation + 100, cluster_networks=[]
                 )
@@ -347,12 +347,12 @@ async def test_stored_but_not_published_is_never_ok(nc: Client, seed_text: str) 
     await planner.start()
     try:
         await register(nc, make_node("node-1"))
-        await wait_until(lambda: "node-1" in planner.intents)
-        hand_published = 0
+        await wait_until(lambda: "node-1" in planner.intents)  # the join's generation 1
+        planner.armed = service.MAX_ATTEMPTS  # outrun every round of the next publication
         reply = await planner.apply(seed_text)
         stored = [c for c in reply.changes if c.revision]
+        assert planner.armed == 0 and not reply.ok and len(stored) == 5, reply
         print(f"\nstored, not yet published: {reply.errors[0].message[:120]}...")
-        assert not reply.ok and len(stored) == 5
         assert "not all published yet" in reply.errors[0].message
         await wait_until(lambda: covers(planner.intents["node-1"], "oob", 200))
         last = await nc.jetstream().get_last_msg(subjects.STREAM_INTENTS, "l2.intent.node-1")
