@@ -36,6 +36,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -190,6 +191,8 @@ class _Follower:
         while True:
             self._progress.clear()
             try:
+                if self._sub is None:  # a restart below failed (NATS unreachable): again
+                    await self.start()
                 info = await self._sub.consumer_info()
             except NotFoundError:
                 # Gone with a server restart: nats-py would notice only after missed
@@ -231,8 +234,8 @@ class Planner:
         """The highest generation seen on each node's subject."""
         self._current: dict[str, model.NodeIntent | None] = {}
         """The intent each node's subject ends with, None when that message is bad."""
-        self.skipped: list[tuple[str, int]] = []
-        """Messages skipped because they do not decode: (subject, stream sequence)."""
+        self.skipped: deque[tuple[str, int]] = deque(maxlen=1000)
+        """The last messages skipped because they do not decode: (subject, stream sequence)."""
         self.served = 0
         """Requests answered (tests count how the queue group spread them)."""
         self.conflicts = 0
@@ -293,15 +296,22 @@ class Planner:
         # may not create streams, so a fleet works once the planner has started.
         await bus.ensure_streams(self.js, list(bus.STREAMS))
         last = DeliverPolicy.LAST_PER_SUBJECT
-        self._followers = [
+        followers = [  # L2_SPECS first: see _publish_intents
             _Follower(self.js, subjects.STREAM_SPECS, subjects.ALL_SPECS, last, self._on_spec),
             _Follower(
                 self.js, subjects.STREAM_INTENTS, subjects.ALL_INTENTS, last, self._on_intent
             ),
             _Follower(self.js, subjects.STREAM_NODES, subjects.ALL_NODES, last, self._on_node),
         ]
-        for follower in self._followers:
-            await follower.start()
+        try:
+            for follower in followers:
+                await follower.start()
+        except BaseException:
+            for follower in followers:
+                with contextlib.suppress(Exception):
+                    await follower.stop()
+            raise
+        self._followers = followers
         await self.catch_up()
 
     async def catch_up(self) -> None:
