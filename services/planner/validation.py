@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 
-from services.planner.catalog import Catalog, node_labels, selects
+from services.planner.catalog import HOSTNAME_LABEL, Catalog, node_labels, selects
 from shared import model, names
 from shared.api import Problem
 
@@ -359,9 +359,10 @@ def check_catalog(
         }
         known_nics = {nic.name for nic in node.nics}
         by_cn: dict[str, list[model.VlanConfig]] = defaultdict(list)
-        for vc in vcs:
-            if selects(vc.node_selector, labels):
-                by_cn[vc.cluster_network].append(vc)
+        for cn in by_network:  # only the VlanConfigs that may select this node: linear
+            for vc in catalog.vlan_configs_of(cn, labels[HOSTNAME_LABEL]):
+                if selects(vc.node_selector, labels):
+                    by_cn[cn].append(vc)
         for cn, matched in sorted(by_cn.items()):
             uplinks.setdefault((node_name, cn), matched[0])
             if len(matched) > 1:
