@@ -108,14 +108,21 @@ class _Follower:
         subject: str,
         policy: DeliverPolicy,
         handle: Callable[[Msg], Awaitable[None]],
+        *,
+        track_stream: bool = False,
     ) -> None:
         self.js = js
+        self.track_stream = track_stream
+        """Keep :attr:`stream_seq` (one more request per catch-up)."""
         self.stream = stream
         self.subject = subject
         self.policy = policy
         self.handle = handle
         self.seq = 0
         """The stream sequence of the last message handled."""
+        self.stream_seq = 0
+        """The stream's last sequence when it was last found caught up: every message up to
+        it is handled, or was deleted (then its sequence is still the stream's last)."""
         self._handled: tuple[str, int] = ("", 0)
         """The consumer (ordered consumers are recreated after a gap) and its delivery
         sequence of the last message handled."""
@@ -193,6 +200,11 @@ class _Follower:
             try:
                 if self._sub is None:  # a restart below failed (NATS unreachable): again
                     await self.start()
+                # Asked first: whatever the stream held then is delivered once the consumer
+                # (asked after) has nothing pending.
+                last = 0
+                if self.track_stream:
+                    last = (await self.js.stream_info(self.stream)).state.last_seq
                 info = await self._sub.consumer_info()
             except NotFoundError:
                 # Gone with a server restart: nats-py would notice only after missed
@@ -207,6 +219,7 @@ class _Follower:
                 delivered = (info.delivered.consumer_seq if info.delivered else 0) or 0
                 handled = self._handled[1] if self._handled[0] == info.name else 0
                 if not info.num_pending and handled >= delivered:
+                    self.stream_seq = max(self.stream_seq, last)
                     return
                 reason = f"at sequence {self.seq}, {info.num_pending} pending"
             remaining = deadline - loop.time()
@@ -297,7 +310,14 @@ class Planner:
         await bus.ensure_streams(self.js, list(bus.STREAMS))
         last = DeliverPolicy.LAST_PER_SUBJECT
         followers = [  # L2_SPECS first: see _publish_intents
-            _Follower(self.js, subjects.STREAM_SPECS, subjects.ALL_SPECS, last, self._on_spec),
+            _Follower(
+                self.js,
+                subjects.STREAM_SPECS,
+                subjects.ALL_SPECS,
+                last,
+                self._on_spec,
+                track_stream=True,
+            ),
             _Follower(
                 self.js, subjects.STREAM_INTENTS, subjects.ALL_INTENTS, last, self._on_intent
             ),
@@ -840,7 +860,12 @@ class Planner:
             )
             headers = {"Nats-Expected-Last-Subject-Sequence": str(self.spec_seq.get(key, 0))}
             if not messages:
-                headers["Nats-Expected-Last-Sequence"] = str(self.last_revision)
+                # The stream's last sequence as last caught up: above the last record seen
+                # when trailing messages were deleted, so a deletion cannot refuse every batch.
+                base = max(
+                    self.last_revision, self._followers[0].stream_seq if self._followers else 0
+                )
+                headers["Nats-Expected-Last-Sequence"] = str(base)
             messages.append((subjects.spec(kind, name), bus.encode(record), headers))
         return Batch(id=submission, keys=[(k, n) for k, n, _ in changes], messages=messages)
 

@@ -123,3 +123,23 @@ async def test_poison_last_messages_neither_stop_nor_mislead_the_planner(
     passed = sum(checks.values())
     print(f"poison last messages: planner started and served {passed}/{len(checks)}")
     assert passed == len(checks), checks
+
+
+async def test_a_deleted_last_record_does_not_refuse_every_submission(
+    nc: Client, planner: Planner, seed_text: str
+) -> None:
+    """The stream's last record deleted by hand (an operator's API call): batches expect the
+    stream's last sequence, which still counts it; they are not refused for ever."""
+    assert (await planner.apply(seed_text)).ok
+    js = nc.jetstream()
+    last = (await js.stream_info(subjects.STREAM_SPECS)).state.last_seq
+    await js.delete_msg(subjects.STREAM_SPECS, last)
+    # A planner that never saw the deleted record (started after the deletion).
+    fresh = Planner(nc)
+    await fresh.start()
+    try:
+        reply = await fresh.apply(seed_text.replace("vlan: 200", "vlan: 220"))
+    finally:
+        await fresh.stop()
+    assert reply.ok, reply.errors
+    assert {c.name: c.revision for c in reply.changes}["vlan200"] > last
