@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections import deque
@@ -61,6 +62,9 @@ R = TypeVar("R")
 
 MAX_ATTEMPTS = 10
 """Tries of one write refused because another planner wrote first (each after catching up)."""
+
+BACKOFF_S = 0.01
+"""Longest random pause before the second try of a refused write; before try n, n times it."""
 
 CATCH_UP_S = 15.0
 """How long a request may wait for the followers to reach the end of their streams."""
@@ -636,6 +640,7 @@ class Planner:
             specs = [d.spec for d in docs]
             for attempt in range(MAX_ATTEMPTS):
                 if attempt:
+                    await _backoff(attempt)
                     # Another planner stored first: validate against what it stored.
                     await self.catch_up()
                     with tracing.tracer().start_as_current_span("l2net.planner.validate") as span:
@@ -675,6 +680,7 @@ class Planner:
     async def delete(self, kind: str, name: str) -> api.ApplyReply:
         async with self._lock:
             for attempt in range(MAX_ATTEMPTS):
+                await _backoff(attempt)
                 await self.catch_up()
                 catalog = self.catalog
                 problems = validation.check_delete(catalog, kind, name)
@@ -898,6 +904,7 @@ class Planner:
                 deadline = asyncio.get_running_loop().time() + CATCH_UP_S
                 await self._followers[0].reached(stored, deadline)  # L2_SPECS
             else:
+                await _backoff(attempt)
                 await self.catch_up()
             catalog = self.catalog
             ready: list[tuple[model.NodeIntent, int]] = []
@@ -976,6 +983,13 @@ class Planner:
             raise Conflict(f"generation {intent.generation} of {node} was published before")
         log.info("node %s: generation %d", node, intent.generation)
         return ack.seq
+
+
+async def _backoff(attempt: int) -> None:
+    """Before try ``attempt`` (0: none): a short random pause, growing, so that two planners
+    that refused each other's writes do not meet again in step."""
+    if attempt:
+        await asyncio.sleep(random.uniform(0, BACKOFF_S * attempt))
 
 
 def _quiet(msg: Msg, why: str) -> None:
