@@ -464,6 +464,15 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, _OUTAGE_ERRORS)
 
 
+class ConflictError(BusError):
+    """A write expected a subject's last sequence and another writer had moved it on
+    (``Nats-Expected-Last-Subject-Sequence`` failed): catch up and try again."""
+
+
+WRONG_LAST_SEQUENCE = 10071
+"""JetStream's error code for a failed ``Nats-Expected-Last-Subject-Sequence``."""
+
+
 async def wait_for_streams(
     js: JetStreamContext,
     names: Iterable[str],
@@ -569,7 +578,11 @@ async def publish_atomic(
         reply = await nc.request(subject, data, headers=hdrs, timeout=timeout)
         ack = msgspec.json.decode(reply.data)
         if "error" in ack:
-            raise BusError(f"JetStream refused the batch: {ack['error'].get('description')}")
+            error = ack["error"]
+            what = f"JetStream refused the batch: {error.get('description')}"
+            if error.get("err_code") == WRONG_LAST_SEQUENCE:
+                raise ConflictError(what)
+            raise BusError(what)
         seq: int = ack["seq"]
         return seq
     raise AssertionError("unreachable")
