@@ -6,6 +6,7 @@ import argparse
 import asyncio
 
 from services.cli.client import add_nats_option
+from services.executor import mgmt
 from services.executor.kernel import NetlinkKernel
 from services.executor.service import Executor, ExecutorConfig
 from shared import bus, config, lifecycle, names, subjects, tracing
@@ -49,7 +50,25 @@ def add_executor_arguments(p: argparse.ArgumentParser) -> None:
         help="never try to create JetStream streams; wait for the planner to create them "
         "(for a least-privilege NATS node user, as in deploy/)",
     )
+    p.add_argument(
+        "--confirm-timeout",
+        type=float,
+        default=mgmt.DEFAULT_CONFIRM_S,
+        metavar="SECONDS",
+        help="after each apply, the node must reach NATS (and every --probe) within this "
+        f"time or it restores the previous state by itself (default {mgmt.DEFAULT_CONFIRM_S:g};"
+        " 0: no confirm)",
+    )
+    p.add_argument(
+        "--probe",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a TCP probe that must connect after each apply, besides NATS (repeatable)",
+    )
     p.add_argument("--netns", help=argparse.SUPPRESS)  # tests: work inside a named namespace
+    # Tests only: apply what would cut the management path, to prove the confirm rolls it back.
+    p.add_argument("--test-only-allow-mgmt-cuts", action="store_true", help=argparse.SUPPRESS)
 
 
 def parse_labels(items: list[str]) -> dict[str, str]:
@@ -80,6 +99,10 @@ def run_executor(args: argparse.Namespace) -> int:
             raise ValueError(f"--mgmt-vlan {args.mgmt_vlan}: a VLAN id is 1-4094")
         if args.mgmt_vlan is not None and len(f"mgmt-br.{args.mgmt_vlan}") > MAX_IFNAME:
             raise ValueError(f"--mgmt-vlan {args.mgmt_vlan}: interface name too long")
+        if not 0 <= args.confirm_timeout <= 3600:
+            raise ValueError(f"--confirm-timeout {args.confirm_timeout}: 0-3600 seconds")
+        for probe in args.probe:
+            mgmt.parse_probe(probe)
     except ValueError as exc:
         print(f"l2net executor: {exc}")
         return 2
@@ -91,6 +114,9 @@ def run_executor(args: argparse.Namespace) -> int:
         labels=labels,
         heartbeat_s=args.heartbeat,
         create_streams=args.create_streams,
+        confirm_s=args.confirm_timeout,
+        probes=list(args.probe),
+        test_only_allow_mgmt_cuts=args.test_only_allow_mgmt_cuts,
     )
     kernel = NetlinkKernel(args.node, netns=args.netns, mgmt_vlan=args.mgmt_vlan)
 

@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 
 from services.planner.catalog import Catalog, node_labels, selects, vlan_config_for
-from shared import model, names
+from shared import mgmtpath, model, names
 from shared.api import Problem
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -336,6 +336,8 @@ def check_catalog(catalog: Catalog) -> list[Problem]:
         nic_owner: dict[str, str] = {
             nic.name: model.MGMT for nic in node.nics if nic.master == f"{model.MGMT}-bo"
         }
+        if node.mgmt is not None:
+            nic_owner.update((nic, model.MGMT) for nic in node.mgmt.nics)
         known_nics = {nic.name for nic in node.nics}
         by_cn: dict[str, list[model.VlanConfig]] = defaultdict(list)
         for vc in vcs:
@@ -356,7 +358,15 @@ def check_catalog(catalog: Catalog) -> list[Problem]:
                     if node.nics and nic not in known_nics:
                         add(vc, f"uplink.nics[{i}]", f"node {node_name} has no NIC {nic!r}")
                     owner = nic_owner.get(nic)
-                    if owner is not None and owner != cn:
+                    if owner == model.MGMT and owner != cn:
+                        add(
+                            vc,
+                            f"uplink.nics[{i}]",
+                            f"NIC {nic} of node {node_name} already belongs to cluster network "
+                            "mgmt: it is a member of mgmt-bo, the node's management path, and "
+                            "taking it into another bond would cut the node off",
+                        )
+                    elif owner is not None and owner != cn:
                         add(
                             vc,
                             f"uplink.nics[{i}]",
@@ -397,6 +407,8 @@ def check_catalog(catalog: Catalog) -> list[Problem]:
                         "its interface is built in",
                     )
 
+    problems.extend(check_mgmt_path(catalog))
+
     vm_nodes: dict[str, str] = {}
     for vm_nic in catalog.all(model.VmNic):
         vm_net = catalog.get(model.Network, vm_nic.network)
@@ -425,6 +437,86 @@ def check_catalog(catalog: Catalog) -> list[Problem]:
                 f"VM {vm_nic.vm} already has a NIC on node {other}; a VM runs on one node",
             )
     return problems
+
+
+def _network_vid_fields(net: model.Network) -> list[tuple[str, int, int]]:
+    """(field, first VID, last VID) of each VID entry of a network, as written."""
+    if net.type == "L2VlanNetwork" and net.vlan is not None:
+        return [("vlan", net.vlan, net.vlan)]
+    out: list[tuple[str, int, int]] = []
+    if net.type == "L2VlanTrunkNetwork":
+        for i, rng in enumerate(net.trunk):
+            if rng.id is not None:
+                out.append((f"trunk[{i}].id", rng.id, rng.id))
+            elif rng.min_id is not None and rng.max_id is not None:
+                out.append((f"trunk[{i}]", rng.min_id, rng.max_id))
+    return out
+
+
+def check_mgmt_path(catalog: Catalog) -> list[Problem]:
+    """Everything that would cut a node's management path (:mod:`shared.mgmtpath`).
+
+    Networks on mgmt: no VID 1 (mgmt-bo's PVID), no node's management VLAN. Host networks on
+    mgmt: not VID 1 (mgmt-br's own untagged VID). Host addresses, on any cluster network: no
+    overlap with what the node reports of its management path (subnets, routes, gateway,
+    NATS server). VM NICs on mgmt: not below the node's management MTU. (The NICs of
+    mgmt-bo are in the per-node NIC rule of :func:`check_catalog`.)
+    """
+    problems: list[Problem] = []
+
+    def add(spec: model.Spec, field: str, message: str) -> None:
+        problems.append(Problem(kind=spec.kind, name=spec.name, field=field, message=message))
+
+    mgmt_vlans: dict[int, list[str]] = defaultdict(list)
+    for node_name, node in sorted(catalog.nodes.items()):
+        if node.mgmt_vlan is not None:
+            mgmt_vlans[node.mgmt_vlan].append(node_name)
+
+    for net in catalog.all(model.Network):
+        if net.cluster_network != model.MGMT:
+            continue
+        for field, lo, hi in _network_vid_fields(net):
+            why = mgmtpath.vid_problem(lo, hi, mgmt_vlan=None)
+            if why is not None:
+                add(net, field, why)
+                continue
+            for vid, nodes in sorted(mgmt_vlans.items()):
+                if lo <= vid <= hi:
+                    detail = mgmtpath.vid_problem(vid, vid, mgmt_vlan=vid)
+                    add(net, field, f"{detail} (the management VLAN of {', '.join(nodes)})")
+
+    for hn in catalog.all(model.HostNetwork):
+        if hn.cluster_network == model.MGMT:
+            why = mgmtpath.host_vid_problem(hn.vlan, mgmt_vlan=None)
+            if why is not None:
+                add(hn, "vlan", why)
+        for node_name, cidr in sorted(hn.ips.items()):
+            ip_node = catalog.nodes.get(node_name)
+            if ip_node is None:
+                continue
+            why = mgmtpath.address_problem(cidr, ip_node.mgmt)
+            if why is not None:
+                add(hn, f"ips.{node_name}", f"node {node_name}: {why}")
+
+    mgmt_mtu = DEFAULT_MGMT_NETWORK_MTU
+    for vm_nic in catalog.all(model.VmNic):
+        vm_net = catalog.get(model.Network, vm_nic.network)
+        vm_node = catalog.nodes.get(vm_nic.node)
+        if vm_net is None or vm_node is None or vm_net.cluster_network != model.MGMT:
+            continue
+        why = mgmtpath.mtu_problem(mgmt_mtu, vm_node.mgmt)
+        if why is not None:
+            add(
+                vm_nic,
+                "network",
+                f"network {vm_net.name} is on mgmt and its VM NICs get MTU {mgmt_mtu}; "
+                f"node {vm_nic.node}: {why}",
+            )
+    return problems
+
+
+DEFAULT_MGMT_NETWORK_MTU = 1500
+"""The MTU the bridge CNI config gives VM NICs on mgmt (no VlanConfig sets mgmt's MTU)."""
 
 
 def check_delete(catalog: Catalog, kind: str, name: str) -> list[Problem]:
