@@ -36,6 +36,13 @@ log = logging.getLogger("l2net.executor")
 DEFAULT_CONFIRM_S = 15.0
 """How long, after an apply, the node has to prove it still reaches NATS (and its probes)."""
 
+_PING_WAIT_S = 3600.0
+"""How long one PING waits for its PONG. Never cut short: nats-py pairs PONGs with the
+waiting PINGs in order, and one whose wait was cancelled (``flush(timeout)`` expiring) makes
+its read loop fail on the late PONG and drop the connection. The confirm waits for a PING
+for a bounded time *beside* it (``asyncio.shield``) and lets it finish whenever the PONG
+comes (a reconnect forgets it)."""
+
 
 async def nats_addresses(nc: Client | None) -> list[str]:
     """The IP address(es) of the NATS server ``nc`` is connected to (resolved when a name)."""
@@ -113,6 +120,8 @@ class Confirmer:
     probes: list[str] = field(default_factory=list)
     lost: bool = False
     """Set when a confirm failed: the executor waits for the path before reporting."""
+    _ping: asyncio.Task[None] | None = None
+    _ping_sent: float = 0.0
 
     def enabled(self) -> bool:
         """A confirm is due: configured, and NATS was reachable before the apply."""
@@ -130,14 +139,29 @@ class Confirmer:
         self.lost = True
         return f"lost the path to NATS after applying generation {self.generation} ({why})"
 
-    async def _round_trip(self, deadline: float) -> str | None:
+    async def _pong(self, wait_s: float, *, fresh_after_s: float | None = None) -> None:
+        """A PING/PONG round trip, waited for at most ``wait_s`` (TimeoutError after it).
+
+        One PING is in flight at a time; a new one is sent when none is, or when the last has
+        waited ``fresh_after_s`` (it may have been forgotten by a reconnect)."""
         assert self.nc is not None
+        ping = self._ping
+        now = time.monotonic()
+        stale = fresh_after_s is not None and now - self._ping_sent > fresh_after_s
+        if ping is None or ping.done() or stale:  # none in flight (or maybe forgotten)
+            ping = asyncio.ensure_future(self.nc.flush(timeout=_PING_WAIT_S))  # type: ignore[arg-type]
+            self._ping, self._ping_sent = ping, now
+        await asyncio.wait_for(asyncio.shield(ping), wait_s)
+
+    async def _round_trip(self, deadline: float) -> str | None:
         last = ""
         while (left := deadline - time.monotonic()) > 0:
             try:
-                await self.nc.flush(timeout=max(left, 0.001))  # type: ignore[arg-type]
+                await self._pong(left)
                 return None
-            except Exception as exc:  # a timeout, or a connection being re-established
+            except TimeoutError:
+                last = "no PONG"
+            except Exception as exc:  # the connection is being re-established: try again
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 await asyncio.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
         return f"no round trip to the NATS server within {self.timeout_s:g}s: {last}"
@@ -165,7 +189,7 @@ class Confirmer:
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                await self.nc.flush(timeout=5)
+                await self._pong(5.0, fresh_after_s=10.0)
                 return True
             await asyncio.sleep(0.5)
         return False
