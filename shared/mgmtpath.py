@@ -12,10 +12,14 @@ are the ways an l2net object could, each answered by one small pure check that t
   same to ``mgmt-br``'s own (``self``) VID 1.
 * **The management VLAN.** A network on mgmt carrying the node's management VLAN would put
   VMs into it (any of them can then answer for the gateway's or the node's address).
-* **Addresses.** A host address whose subnet overlaps a management subnet, a destination
-  routed through the management interface, or contains the gateway or the NATS server adds
-  a more specific (or competing) connected route: the path to NATS leaves through the wrong
-  interface.
+* **Addresses.** A host address adds a connected route for its subnet on another
+  interface. That route takes the path to NATS away when the subnet contains the NATS server
+  (any server the executor may connect to), a management gateway, the node's own
+  management address or another node's, when it is a management subnet itself (two equal
+  routes: either may win), or when it overlaps a destination the node routes through a
+  gateway on its management interface. A subnet inside the management subnet that holds
+  none of those shadows only that slice of it, and is allowed (the lab, whose every address
+  is in 169.254.0.0/16 by rule, needs that).
 * **MTU.** A VM port joining ``mgmt-br`` with an MTU below the management interface's lowers
   the bridge's MTU to it (the kernel sizes a bridge to its smallest port).
 * **NICs.** A NIC under ``mgmt-bo`` taken into another bond leaves the management bond.
@@ -88,25 +92,55 @@ def _addresses(texts: Iterable[str]) -> list[ipaddress.IPv4Address | ipaddress.I
     return out
 
 
-def address_problem(cidr: str, mgmt: MgmtPath | None) -> str | None:
+def address_problem(
+    cidr: str, mgmt: MgmtPath | None, *, peers: dict[str, list[str]] | None = None
+) -> str | None:
     """Why host address ``cidr`` would cut the management path ``mgmt`` (None: it would not).
 
-    Its connected subnet must not overlap a management subnet or a destination routed
-    through the management interface (other than the default route), and must not contain
-    a management gateway or the NATS server.
+    ``peers``: other nodes' management addresses (CIDR) by node, when known (the planner).
+    See the module docstring for the rule.
     """
-    if mgmt is None:
-        return None
     try:
         net = ipaddress.ip_interface(cidr).network
     except ValueError:
         return None  # the address itself is refused elsewhere, with its own reason
+    why = _own_path_problem(cidr, net, mgmt) if mgmt is not None else None
+    if why is not None:
+        return why
+    for peer, addresses in sorted((peers or {}).items()):
+        for text in addresses:
+            try:
+                peer_ip = ipaddress.ip_interface(text).ip
+            except ValueError:
+                continue
+            if peer_ip.version == net.version and peer_ip in net:
+                return (
+                    f"{cidr} contains the management address {peer_ip} of node {peer}; its "
+                    "route would send the traffic to that node out of the wrong interface"
+                )
+    return None
+
+
+def _own_path_problem(cidr: str, net: IpNetwork, mgmt: MgmtPath) -> str | None:
+    """The node's own path: its subnets and addresses, gateway routes, gateways, NATS."""
     where = mgmt.interface or "the management interface"
-    for sub in _networks(mgmt.addresses, host=True):
-        if sub.version == net.version and net.overlaps(sub):
+    for text in mgmt.addresses:
+        try:
+            own = ipaddress.ip_interface(text)
+        except ValueError:
+            continue
+        if own.version != net.version:
+            continue
+        if own.network == net:
             return (
-                f"{cidr} overlaps the management subnet {sub} (on {where}); its route would "
-                "take the path to the control plane away from the management interface"
+                f"{cidr} is the management subnet {own.network} (on {where}); a second route "
+                "to it can take the path to the control plane away from the management "
+                "interface"
+            )
+        if own.ip in net:
+            return (
+                f"{cidr} contains the node's management address {own.ip} (on {where}); its "
+                "route would take the management traffic away from the management interface"
             )
     for dst in _networks(mgmt.routes, host=False):
         if dst.prefixlen and dst.version == net.version and net.overlaps(dst):
@@ -121,8 +155,8 @@ def address_problem(cidr: str, mgmt: MgmtPath | None) -> str | None:
         for addr in _addresses(addresses):
             if addr.version == net.version and addr in net:
                 return (
-                    f"{cidr} contains {label} {addr}; its more specific route would send "
-                    f"the node's traffic to {addr} out of the wrong interface"
+                    f"{cidr} contains {label} {addr}; its route would send the node's "
+                    f"traffic to {addr} out of the wrong interface"
                 )
     return None
 

@@ -167,9 +167,9 @@ class MgmtPath(msgspec.Struct, kw_only=True, rename="camel"):
 
     What the planner and the executor need to refuse a change that would cut it: the
     interface holding the node's management address (``mgmt-br`` or ``mgmt-br.<vid>``), its
-    addresses (CIDR), the destinations routed through it (CIDR; ``0.0.0.0/0`` for a default
-    route) and their gateways, the address(es) of the NATS server the executor is connected
-    to, the interface's MTU, and the NICs under ``mgmt-bo`` (or ``mgmt-br``).
+    addresses (CIDR), the destinations routed through it via a gateway (CIDR; ``0.0.0.0/0``
+    for a default route) and those gateways, the addresses of the NATS servers the executor
+    may connect to, the interface's MTU, and the NICs under ``mgmt-bo`` (or ``mgmt-br``).
     """
 
     interface: str = ""

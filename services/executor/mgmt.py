@@ -45,19 +45,25 @@ comes (a reconnect forgets it)."""
 
 
 async def nats_addresses(nc: Client | None) -> list[str]:
-    """The IP address(es) of the NATS server ``nc`` is connected to (resolved when a name)."""
-    if nc is None or not nc.is_connected or nc.connected_url is None:
+    """The IP addresses of the NATS servers ``nc`` is or may be connected to: the connected
+    one and the rest of its pool (configured and discovered), names resolved."""
+    if nc is None:
         return []
-    host = nc.connected_url.hostname or ""
-    try:
-        return [str(ipaddress.ip_address(host))]
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, None), 2.0)
-    except Exception:
-        return []
-    return sorted({str(info[4][0]) for info in infos})
+    hosts = {url.hostname for url in [nc.connected_url, *nc.servers] if url and url.hostname}
+    out: set[str] = set()
+    for host in sorted(hosts):
+        try:
+            out.add(str(ipaddress.ip_address(host)))
+            continue
+        except ValueError:
+            pass
+        try:
+            loop = asyncio.get_running_loop()
+            infos = await asyncio.wait_for(loop.getaddrinfo(host, None), 2.0)
+        except Exception:
+            continue  # an unresolvable name cannot be routed to either
+        out.update(str(info[4][0]) for info in infos)
+    return sorted(out)
 
 
 async def read_mgmt_path(kernel: Kernel, *, nats: list[str]) -> MgmtPath | None:
@@ -76,10 +82,10 @@ async def read_mgmt_path(kernel: Kernel, *, nats: list[str]) -> MgmtPath | None:
     read_routes = getattr(kernel, "routes", None)
     if read_routes is not None:
         for dst, gateway, oif in await read_routes():
-            if oif in (interface, MGMT_BRIDGE):
+            # Through a gateway only: the connected subnets are the addresses themselves.
+            if oif in (interface, MGMT_BRIDGE) and gateway:
                 routes.append(dst)
-                if gateway:
-                    gateways.append(gateway)
+                gateways.append(gateway)
     return MgmtPath(
         interface=link.name,
         addresses=sorted(link.addresses or []),

@@ -457,10 +457,11 @@ def check_mgmt_path(catalog: Catalog) -> list[Problem]:
     """Everything that would cut a node's management path (:mod:`shared.mgmtpath`).
 
     Networks on mgmt: no VID 1 (mgmt-bo's PVID), no node's management VLAN. Host networks on
-    mgmt: not VID 1 (mgmt-br's own untagged VID). Host addresses, on any cluster network: no
-    overlap with what the node reports of its management path (subnets, routes, gateway,
-    NATS server). VM NICs on mgmt: not below the node's management MTU. (The NICs of
-    mgmt-bo are in the per-node NIC rule of :func:`check_catalog`.)
+    mgmt: not VID 1 (mgmt-br's own untagged VID). Host addresses, on any cluster network:
+    clear of what the node reports of its management path (subnets, gateway routes,
+    gateways, NATS servers) and of every node's management address. VM NICs on mgmt: not
+    below the node's management MTU. (The NICs of mgmt-bo are in the per-node NIC rule of
+    :func:`check_catalog`.)
     """
     problems: list[Problem] = []
 
@@ -485,6 +486,11 @@ def check_mgmt_path(catalog: Catalog) -> list[Problem]:
                     detail = mgmtpath.vid_problem(vid, vid, mgmt_vlan=vid)
                     add(net, field, f"{detail} (the management VLAN of {', '.join(nodes)})")
 
+    mgmt_addresses = {
+        name: list(node.mgmt.addresses)
+        for name, node in catalog.nodes.items()
+        if node.mgmt is not None
+    }
     for hn in catalog.all(model.HostNetwork):
         if hn.cluster_network == model.MGMT:
             why = mgmtpath.host_vid_problem(hn.vlan, mgmt_vlan=None)
@@ -494,7 +500,8 @@ def check_mgmt_path(catalog: Catalog) -> list[Problem]:
             ip_node = catalog.nodes.get(node_name)
             if ip_node is None:
                 continue
-            why = mgmtpath.address_problem(cidr, ip_node.mgmt)
+            peers = {n: a for n, a in mgmt_addresses.items() if n != node_name}
+            why = mgmtpath.address_problem(cidr, ip_node.mgmt, peers=peers)
             if why is not None:
                 add(hn, f"ips.{node_name}", f"node {node_name}: {why}")
 

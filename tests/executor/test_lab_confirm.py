@@ -105,7 +105,7 @@ async def mgmt_dump(lab: Lab, nc: Client) -> object:
     """What the cut-offs change: mgmt-br's and mgmt-bo's VLANs, links and addresses."""
     vlans = json.loads(await sh(lab, NODE, "bridge", "-j", "vlan", "show"))
     links = json.loads(await sh(lab, NODE, "ip", "-j", "addr", "show"))
-    keep = ("ifname", "flags", "mtu", "master", "operstate", "addr_info")
+    keep = ("ifname", "flags", "mtu", "master", "addr_info")
     return (
         sorted(json.dumps(v, sort_keys=True) for v in vlans),
         sorted(json.dumps({k: link.get(k) for k in keep}, sort_keys=True) for link in links),

@@ -20,7 +20,7 @@ from tests.planner.test_service import apply, last_intent, stream_messages
 NODE1_MGMT = model.MgmtPath(
     interface="mgmt-br",
     addresses=["10.20.0.11/16", "fd00:20::11/64"],
-    routes=["0.0.0.0/0", "10.20.0.0/16", "10.99.0.0/16", "fd00:20::/64"],
+    routes=["0.0.0.0/0", "10.99.0.0/16"],
     gateways=["10.20.0.1"],
     nats_addresses=["10.30.0.5"],
     mtu=1500,
@@ -29,7 +29,7 @@ NODE1_MGMT = model.MgmtPath(
 NODE2_MGMT = model.MgmtPath(
     interface="mgmt-br.10",
     addresses=["10.21.0.12/24"],
-    routes=["0.0.0.0/0", "10.21.0.0/24"],
+    routes=["0.0.0.0/0"],
     gateways=["10.21.0.1"],
     nats_addresses=["10.30.0.5"],
     mtu=1500,
@@ -38,7 +38,7 @@ NODE2_MGMT = model.MgmtPath(
 NODE3_MGMT = model.MgmtPath(
     interface="mgmt-br",
     addresses=["10.22.0.13/24"],
-    routes=["0.0.0.0/0", "10.22.0.0/24"],
+    routes=["0.0.0.0/0"],
     gateways=["10.22.0.1"],
     nats_addresses=["10.30.0.5"],
     mtu=9000,
@@ -117,25 +117,46 @@ CUTS: list[tuple[str, str, str, str, str]] = [
         "management VLAN of node node-2",
     ),
     (
-        host_network("in-subnet", "oob", 30, {"node-1": "10.20.5.5/24"}),
+        host_network("own-addr", "oob", 30, {"node-1": "10.20.0.99/24"}),
         "HostNetwork",
-        "in-subnet",
+        "own-addr",
         "ips.node-1",
-        "overlaps the management subnet 10.20.0.0/16",
+        "contains the node's management address 10.20.0.11",
     ),
     (
         host_network("wider", "oob", 31, {"node-1": "10.0.0.1/8"}),
         "HostNetwork",
         "wider",
         "ips.node-1",
-        "overlaps the management subnet",
+        "contains the node's management address 10.20.0.11",
     ),
     (
         host_network("same-ip", "mgmt", 50, {"node-2": "10.21.0.12/24"}),
         "HostNetwork",
         "same-ip",
         "ips.node-2",
-        "overlaps the management subnet 10.21.0.0/24",
+        "is the management subnet 10.21.0.0/24",
+    ),
+    (
+        host_network("same-net", "oob", 35, {"node-3": "10.22.0.200/24"}),
+        "HostNetwork",
+        "same-net",
+        "ips.node-3",
+        "is the management subnet 10.22.0.0/24",
+    ),
+    (
+        host_network("to-gw", "oob", 36, {"node-3": "10.22.0.5/29"}),
+        "HostNetwork",
+        "to-gw",
+        "ips.node-3",
+        "contains the management gateway 10.22.0.1",
+    ),
+    (
+        host_network("to-peer", "oob", 37, {"node-1": "10.21.0.5/28"}),
+        "HostNetwork",
+        "to-peer",
+        "ips.node-1",
+        "contains the management address 10.21.0.12 of node node-2",
     ),
     (
         host_network("to-nats", "oob", 32, {"node-1": "10.30.0.9/24"}),
@@ -156,7 +177,7 @@ CUTS: list[tuple[str, str, str, str, str]] = [
         "HostNetwork",
         "v6",
         "ips.node-1",
-        "overlaps the management subnet fd00:20::/64",
+        "is the management subnet fd00:20::/64",
     ),
     (
         "kind: ClusterNetwork\nname: data\n---\nkind: VlanConfig\nname: data-all\n"
@@ -225,8 +246,11 @@ async def test_changes_that_would_cut_the_management_path_are_refused(seeded: Cl
 
 
 async def test_host_addresses_clear_of_the_management_path_are_accepted(seeded: Client) -> None:
-    """The rules refuse what cuts, not every address: a subnet of its own is fine."""
+    """The rules refuse what cuts, not every address: a subnet of its own is fine, and so is
+    a slice of the management subnet that holds no gateway, NATS server or node address."""
     reply = await apply(seeded, host_network("clear", "oob", 40, {"node-1": "10.40.0.1/24"}))
+    assert reply.ok, reply.errors
+    reply = await apply(seeded, host_network("slice", "oob", 41, {"node-1": "10.20.7.1/24"}))
     assert reply.ok, reply.errors
     reply = await apply(seeded, "kind: Network\nname: v20\nclusterNetwork: mgmt\nvlan: 20\n")
     assert reply.ok, reply.errors
