@@ -126,8 +126,8 @@ class Confirmer:
     probes: list[str] = field(default_factory=list)
     lost: bool = False
     """Set when a confirm failed: the executor waits for the path before reporting."""
-    _ping: asyncio.Task[None] | None = None
-    _ping_sent: float = 0.0
+    _ping: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _ping_sent: float = field(default=0.0, init=False, repr=False)
 
     def enabled(self) -> bool:
         """A confirm is due: configured, and NATS was reachable before the apply."""

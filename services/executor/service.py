@@ -381,6 +381,7 @@ class Executor:
 
     async def _apply(self, intent: NodeIntent) -> NodeStatus:
         started = time.monotonic()
+        confirmer: mgmt.Confirmer | None = None
         async with self.lock:
             try:
                 desired, refused = desired_state(
@@ -421,8 +422,8 @@ class Executor:
                     on_planned=progressing,
                     confirm=confirmer if confirmer.enabled() else None,
                 )
-                if confirmer.lost:  # report once the path is back (rolled back or not)
-                    await confirmer.wait_back()
+        if confirmer is not None and confirmer.lost:
+            await confirmer.wait_back()  # report once the path is back (outside the lock)
         attrs = {"l2net.node": self.node, "result": outcome.phase}
         metrics.applies().add(1, attrs)
         metrics.netlink_writes().add(outcome.writes, {"l2net.node": self.node})
