@@ -413,9 +413,10 @@ def desired_state(
                     if why is None:
                         uplink.append(r)
                     else:
+                        vids = f"VIDs {r.vid}-{r.last}" if r.last != r.vid else f"VID {r.vid}"
                         refused.append(
-                            f"cluster network {cn.name}: VIDs {r.vid}-{r.last} not applied"
-                            f" to {cn.bond_name}: {why}"
+                            f"cluster network {cn.name}: {vids} not applied to {cn.bond_name}:"
+                            f" {why}"
                         )
             vlans[cn.bond_name] = canonical_vlans([*base_mgmt, *uplink])
             continue
