@@ -32,7 +32,16 @@ from typing import Any
 
 import msgspec
 
-from shared.model import MGMT, NodeIntent, ObservedState, VlanRange, VmPortIntent
+from shared import mgmtpath
+from shared.model import (
+    MGMT,
+    HostVlanIntent,
+    MgmtPath,
+    NodeIntent,
+    ObservedState,
+    VlanRange,
+    VmPortIntent,
+)
 
 MGMT_BRIDGE = f"{MGMT}-br"
 MGMT_BOND = f"{MGMT}-bo"
@@ -453,17 +462,31 @@ def check_cni_config(port: VmPortIntent) -> None:
 
 
 def desired_state(
-    intent: NodeIntent, *, mgmt_vlan: int | None = None
+    intent: NodeIntent,
+    *,
+    mgmt_vlan: int | None = None,
+    mgmt: MgmtPath | None = None,
+    guard_mgmt: bool = True,
 ) -> tuple[NodeL2State, list[str]]:
     """The state a node must reach for ``intent``, and what of the intent was refused.
 
     Refused (with a reason each, and left out of the state): anything that would create,
-    delete or change ``mgmt-br``, ``mgmt-bo`` or the mgmt VLAN interface. What mgmt keeps
-    under l2net's hands is the VIDs of networks placed on it: on ``mgmt-bo`` and, for host
-    networks on mgmt, on ``mgmt-br`` itself.
+    delete or change ``mgmt-br``, ``mgmt-bo`` or the mgmt VLAN interface, and anything that
+    would cut the management path (:mod:`shared.mgmtpath`; ``mgmt`` is the path as the node
+    sees it, None when unknown): a VID range over VID 1 or a VM port in the management VLAN
+    on mgmt, a host VLAN interface on VID 1 of ``mgmt-br``, a host address overlapping the
+    management subnets or routes, a VM port on ``mgmt-br`` with a smaller MTU, a bond taking
+    a NIC of ``mgmt-bo``. What mgmt keeps under l2net's hands is the VIDs of networks placed
+    on it: on ``mgmt-bo`` and, for host networks on mgmt, on ``mgmt-br`` itself.
+
+    ``guard_mgmt=False`` turns the management-path refusals off (never the protected
+    links): a test-only switch, to prove that a change which cuts the node off is rolled
+    back by the executor's confirm (``--test-only-allow-mgmt-cuts``).
     """
     protected = protected_links(mgmt_vlan)
     refused: list[str] = []
+    if not guard_mgmt:
+        mgmt = None
     links: dict[str, LinkState] = {}
     vlans: dict[str, list[VlanRange]] = {}
     base_mgmt = [DEFAULT_PVID] + ([VlanRange(vid=mgmt_vlan)] if mgmt_vlan else [])
@@ -475,7 +498,20 @@ def desired_state(
                     f"cluster network {cn.name}: {cn.bridge} and {cn.bond_name} are protected;"
                     " only the VIDs of its networks are applied"
                 )
-            vlans[cn.bond_name] = canonical_vlans([*base_mgmt, *cn.uplink_vlans])
+            uplink = cn.uplink_vlans
+            if guard_mgmt:
+                uplink = []
+                for r in cn.uplink_vlans:
+                    why = mgmtpath.vid_problem(r.vid, r.last, mgmt_vlan=None)
+                    if why is None:
+                        uplink.append(r)
+                    else:
+                        vids = f"VIDs {r.vid}-{r.last}" if r.last != r.vid else f"VID {r.vid}"
+                        refused.append(
+                            f"cluster network {cn.name}: {vids} not applied to {cn.bond_name}:"
+                            f" {why}"
+                        )
+            vlans[cn.bond_name] = canonical_vlans([*base_mgmt, *uplink])
             continue
         if not cn.managed or cn.bond is None:
             # The planner has no uplink for this cluster network on this node.
@@ -506,6 +542,10 @@ def desired_state(
             if nic in protected:
                 refused.append(f"cluster network {cn.name}: {nic} is protected, not enslaved")
                 continue
+            nic_why = mgmtpath.nic_problem(nic, mgmt)
+            if nic_why is not None:
+                refused.append(f"cluster network {cn.name}: {nic} not enslaved: {nic_why}")
+                continue
             links[nic] = LinkState(name=nic, master=bond.name, up=True, mtu=bond.mtu)
         vlans[bond.name] = canonical_vlans([DEFAULT_PVID, *cn.uplink_vlans])
         vlans[cn.bridge] = [DEFAULT_PVID]
@@ -513,6 +553,10 @@ def desired_state(
     for hv in intent.host_vlans:
         if hv.name in protected:
             refused.append(f"host network {hv.host_network}: {hv.name} is protected, unchanged")
+            continue
+        hv_why = _host_vlan_problem(hv, mgmt=mgmt, guard=guard_mgmt)
+        if hv_why is not None:
+            refused.append(f"host network {hv.host_network}: {hv.name} not applied: {hv_why}")
             continue
         links[hv.name] = LinkState(
             name=hv.name,
@@ -532,6 +576,10 @@ def desired_state(
     vm_ports: dict[str, VmPort] = {}
     for vp in intent.vm_ports:
         check_cni_config(vp)  # before any write: only the plugin and options l2net generates
+        vp_why = _vm_port_problem(vp, mgmt_vlan=mgmt_vlan, mgmt=mgmt, guard=guard_mgmt)
+        if vp_why is not None:
+            refused.append(f"VM NIC {vp.vm}/{vp.ifname}: not plugged: {vp_why}")
+            continue
         port = VmPort(
             vm=vp.vm,
             ifname=vp.ifname,
@@ -555,6 +603,36 @@ def desired_state(
         ),
         refused,
     )
+
+
+def _host_vlan_problem(hv: HostVlanIntent, *, mgmt: MgmtPath | None, guard: bool) -> str | None:
+    """Why a host VLAN interface would cut the management path (None: it would not)."""
+    if not guard:
+        return None
+    if hv.bridge == MGMT_BRIDGE:
+        why = mgmtpath.host_vid_problem(hv.vlan, mgmt_vlan=None)
+        if why is not None:
+            return why
+    for cidr in hv.addresses:
+        why = mgmtpath.address_problem(cidr, mgmt)
+        if why is not None:
+            return why
+    return None
+
+
+def _vm_port_problem(
+    vp: VmPortIntent, *, mgmt_vlan: int | None, mgmt: MgmtPath | None, guard: bool
+) -> str | None:
+    """Why a VM NIC on ``mgmt-br`` would cut the management path (None: it would not)."""
+    if not guard or vp.bridge != MGMT_BRIDGE:
+        return None
+    if mgmt_vlan is not None:
+        for r in vp.vlans:
+            if r.vid <= mgmt_vlan <= r.last:
+                return mgmtpath.vid_problem(mgmt_vlan, mgmt_vlan, mgmt_vlan=mgmt_vlan)
+    raw_mtu = vp.cni_config.get("mtu") if isinstance(vp.cni_config, dict) else None
+    mtu = raw_mtu if isinstance(raw_mtu, int) and not isinstance(raw_mtu, bool) else 0
+    return mgmtpath.mtu_problem(mtu, mgmt)
 
 
 # ---------------------------------------------------------------------------

@@ -162,6 +162,25 @@ class Nic(msgspec.Struct, kw_only=True, rename="camel"):
     master: str | None = None
 
 
+class MgmtPath(msgspec.Struct, kw_only=True, rename="camel"):
+    """How a node reaches the control plane, as its executor reports it (``Node.mgmt``).
+
+    What the planner and the executor need to refuse a change that would cut it: the
+    interface holding the node's management address (``mgmt-br`` or ``mgmt-br.<vid>``), its
+    addresses (CIDR), the destinations routed through it via a gateway (CIDR; ``0.0.0.0/0``
+    for a default route) and those gateways, the addresses of the NATS servers the executor
+    may connect to, the interface's MTU, and the NICs under ``mgmt-bo`` (or ``mgmt-br``).
+    """
+
+    interface: str = ""
+    addresses: list[str] = msgspec.field(default_factory=list)
+    routes: list[str] = msgspec.field(default_factory=list)
+    gateways: list[str] = msgspec.field(default_factory=list)
+    nats_addresses: list[str] = msgspec.field(default_factory=list)
+    mtu: int = 0
+    nics: list[str] = msgspec.field(default_factory=list)
+
+
 class Node(msgspec.Struct, kw_only=True, rename="camel"):
     """A node as its executor reports it (inventory and heartbeat); never written by users."""
 
@@ -175,6 +194,9 @@ class Node(msgspec.Struct, kw_only=True, rename="camel"):
     # The highest generation this node's executor has handled (kept on the node's disk across
     # restarts): a planner never issues a generation at or below it.
     applied_generation: int = 0
+    # The node's path to the control plane (None: an executor that does not report it, whose
+    # addresses the planner then cannot check against its management subnet).
+    mgmt: MgmtPath | None = None
 
 
 USER_KINDS: dict[str, type[Spec]] = {

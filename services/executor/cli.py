@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from services.cli.client import add_nats_option
+from services.executor import mgmt
 from services.executor.kernel import NetlinkKernel
 from services.executor.service import Executor, ExecutorConfig
 from shared import bus, config, lifecycle, names, signing, subjects, tracing
@@ -79,7 +80,25 @@ def add_executor_arguments(p: argparse.ArgumentParser) -> None:
         help="INSECURE, dev only: with no trusted key, apply intents without checking "
         "signatures (anyone who may publish on l2.intent.<node> then controls the node)",
     )
+    p.add_argument(
+        "--confirm-timeout",
+        type=float,
+        default=mgmt.DEFAULT_CONFIRM_S,
+        metavar="SECONDS",
+        help="after each apply, the node must reach NATS (and every --probe) within this "
+        f"time or it restores the previous state by itself (default {mgmt.DEFAULT_CONFIRM_S:g};"
+        " 0: no confirm)",
+    )
+    p.add_argument(
+        "--probe",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a TCP probe that must connect after each apply, besides NATS (repeatable)",
+    )
     p.add_argument("--netns", help=argparse.SUPPRESS)  # tests: work inside a named namespace
+    # Tests only: apply what would cut the management path, to prove the confirm rolls it back.
+    p.add_argument("--test-only-allow-mgmt-cuts", action="store_true", help=argparse.SUPPRESS)
 
 
 def parse_labels(items: list[str]) -> dict[str, str]:
@@ -146,6 +165,10 @@ def run_executor(args: argparse.Namespace) -> int:
                 f" (or --trust-keys-file, or ${TRUST_KEYS_ENV}); an executor that trusts no"
                 " key would apply intents anyone can publish"
             )
+        if not 0 <= args.confirm_timeout <= 3600:
+            raise ValueError(f"--confirm-timeout {args.confirm_timeout}: 0-3600 seconds")
+        for probe in args.probe:
+            mgmt.parse_probe(probe)
     except ValueError as exc:
         print(f"l2net executor: {exc}")
         return 2
@@ -159,6 +182,9 @@ def run_executor(args: argparse.Namespace) -> int:
         create_streams=args.create_streams,
         trusted_keys=keys,
         accept_unsigned=args.insecure_accept_unsigned,
+        confirm_s=args.confirm_timeout,
+        probes=list(args.probe),
+        test_only_allow_mgmt_cuts=args.test_only_allow_mgmt_cuts,
     )
     if keys:
         log.info("accepting intents signed by %s", ", ".join(keys))

@@ -257,6 +257,21 @@ class NetlinkKernel:
                 )
         return sorted(out, key=lambda n: n.name)
 
+    async def routes(self) -> list[tuple[str, str | None, str]]:
+        """The main table's routes as (destination CIDR, gateway or None, interface name):
+        what the management path is made of (:mod:`services.executor.mgmt`)."""
+        async with self._socket:
+            ipr = await self._ip()
+            names = {msg["index"]: msg.get("ifname") for msg in await self._raw_links()}
+            out: list[tuple[str, str | None, str]] = []
+            for family, zero in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+                async for msg in await ipr.route("dump", family=family):
+                    if msg.get("table") != 254 or msg.get("type") != 1:  # main, unicast
+                        continue
+                    dst = f"{msg.get('dst') or zero}/{msg['dst_len']}"
+                    out.append((dst, msg.get("gateway"), str(names.get(msg.get("oif"), ""))))
+            return out
+
     async def events(self) -> AsyncIterator[str]:
         """Link, address and bridge VLAN notifications, as the names of the links changed."""
         if self._events is None:

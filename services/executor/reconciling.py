@@ -7,11 +7,13 @@
    writes: the result is ``Applied`` with ``netlink_writes == 0``;
 3. apply the steps in order, logging each applied one;
 4. verify by reading back: the diff against desired must now be empty;
-5. on any failure (a refused step, a failed verification) roll back to the snapshot by
-   planning from the current state to the snapshot taken as an exact desired state (the
-   same planner, so a half-done step is undone too), remove VM namespaces the attempt
-   created, and verify that the dump equals the snapshot again: ``RolledBack`` when it
-   does, ``Failed`` (with what is left) when it does not.
+5. confirm (when given a ``confirm`` callback): the node still reaches the control plane
+   (:class:`services.executor.mgmt.Confirmer`); a change that cut it off is a failure too;
+6. on any failure (a refused step, a failed verification, a failed confirm) roll back to
+   the snapshot by planning from the current state to the snapshot taken as an exact
+   desired state (the same planner, so a half-done step is undone too), remove VM
+   namespaces the attempt created, and verify that the dump equals the snapshot again:
+   ``RolledBack`` when it does, ``Failed`` (with what is left) when it does not.
 
 The kernel's own error text travels to the status unchanged.
 """
@@ -29,6 +31,8 @@ from shared.l2state import Difference, NodeL2State, StateError, diff, exact_desi
 from shared.model import ObjectResult
 
 StepHook = Callable[[Step], Awaitable[None]]
+Confirm = Callable[[], Awaitable[str | None]]
+"""After a verified apply: None when the node still reaches the control plane, else why not."""
 
 
 @dataclass
@@ -42,6 +46,10 @@ class Outcome:
     duration_s: float = 0.0
     remaining: list[Difference] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
+
+
+class ConfirmError(RuntimeError):
+    """The node lost its path to the control plane after the apply (the confirm's words)."""
 
 
 class VerifyError(RuntimeError):
@@ -61,11 +69,14 @@ async def converge(
     refused: list[str] | None = None,
     before_step: StepHook | None = None,
     on_planned: Callable[[list[Step]], Awaitable[None]] | None = None,
+    confirm: Confirm | None = None,
 ) -> Outcome:
     """Bring the kernel to ``desired`` or back to where it was (see the module docstring).
 
     ``before_step`` runs before each step (tracing, tests injecting a failure);
-    ``on_planned`` runs once with the non-empty plan (the executor reports Progressing).
+    ``on_planned`` runs once with the non-empty plan (the executor reports Progressing);
+    ``confirm`` runs once after a verified apply that changed something: a reason (the path
+    to the control plane is lost) rolls back to the snapshot like any other failure.
     """
     started = time.monotonic()
     writes0 = kernel.writes
@@ -113,7 +124,13 @@ async def converge(
             span.set_attribute("l2net.differences", len(left))
         if left:
             raise VerifyError(left)
-    except (KernelError, VerifyError) as exc:
+        if confirm is not None:
+            with tracing.tracer().start_as_current_span("l2net.executor.confirm") as span:
+                lost = await confirm()
+                span.set_attribute("l2net.confirmed", lost is None)
+            if lost is not None:
+                raise ConfirmError(lost)
+    except (KernelError, VerifyError, ConfirmError) as exc:
         failed = exc.step if isinstance(exc, KernelError) else None
         if failed is not None:
             results.append(
@@ -131,7 +148,8 @@ async def converge(
                 remaining=rollback_left,
                 steps=applied,
             )
-        return done("RolledBack", error=str(exc), steps=applied)
+        error = f"{exc}; restored the previous state" if isinstance(exc, ConfirmError) else None
+        return done("RolledBack", error=error or str(exc), steps=applied)
     return done("Applied", steps=applied)
 
 

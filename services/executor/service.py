@@ -49,6 +49,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from services.executor import mgmt
 from services.executor.kernel import Kernel
 from services.executor.planning import Step
 from services.executor.reconciling import Outcome, converge
@@ -97,6 +98,13 @@ class ExecutorConfig:
     accept_unsigned: bool = False
     """Insecure, for a dev setup only: with no trusted key, apply intents unchecked. Without
     it an executor that trusts no key refuses every intent."""
+    confirm_s: float = mgmt.DEFAULT_CONFIRM_S
+    """After an apply, the time the node has to prove it still reaches NATS (and ``probes``)
+    before it rolls back by itself; 0: no confirm."""
+    probes: list[str] = field(default_factory=list)
+    """``HOST:PORT`` TCP probes that must connect after an apply, besides NATS."""
+    test_only_allow_mgmt_cuts: bool = False
+    """Tests only: apply what would cut the management path (the confirm must roll it back)."""
 
 
 class Executor:
@@ -405,9 +413,15 @@ class Executor:
 
     async def _apply(self, intent: NodeIntent) -> NodeStatus:
         started = time.monotonic()
+        confirmer: mgmt.Confirmer | None = None
         async with self.lock:
             try:
-                desired, refused = desired_state(intent, mgmt_vlan=self._mgmt_vlan())
+                desired, refused = desired_state(
+                    intent,
+                    mgmt_vlan=self._mgmt_vlan(),
+                    mgmt=await mgmt.node_mgmt_path(self.kernel, self.nc),
+                    guard_mgmt=not self.config.test_only_allow_mgmt_cuts,
+                )
             except StateError as exc:
                 outcome = Outcome(phase="Failed", error=f"intent cannot be applied: {exc}")
             else:
@@ -426,13 +440,22 @@ class Executor:
                         )
                     )
 
+                confirmer = mgmt.Confirmer(
+                    self.nc,
+                    intent.generation,
+                    timeout_s=self.config.confirm_s,
+                    probes=list(self.config.probes),
+                )
                 outcome = await converge(
                     self.kernel,
                     desired,
                     refused=refused,
                     before_step=self.before_step,
                     on_planned=progressing,
+                    confirm=confirmer if confirmer.enabled() else None,
                 )
+        if confirmer is not None and confirmer.lost:
+            await confirmer.wait_back()  # report once the path is back (outside the lock)
         attrs = {"l2net.node": self.node, "result": outcome.phase}
         metrics.applies().add(1, attrs)
         metrics.netlink_writes().add(outcome.writes, {"l2net.node": self.node})
@@ -478,6 +501,7 @@ class Executor:
             labels=dict(self.config.labels),
             nics=nics,
             mgmt_vlan=self._mgmt_vlan(),
+            mgmt=await mgmt.node_mgmt_path(self.kernel, self.nc),
             heartbeat_at=time.time(),
             executor_version=bus.VERSION,
         )

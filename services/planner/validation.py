@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 
 from services.planner.catalog import HOSTNAME_LABEL, Catalog, node_labels, selects
-from shared import model, names
+from shared import mgmtpath, model, names
 from shared.api import Problem
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -357,6 +357,8 @@ def check_catalog(
         nic_owner: dict[str, tuple[str, model.VlanConfig | None]] = {
             nic.name: (model.MGMT, None) for nic in node.nics if nic.master == f"{model.MGMT}-bo"
         }
+        if node.mgmt is not None:
+            nic_owner.update((nic, (model.MGMT, None)) for nic in node.mgmt.nics)
         known_nics = {nic.name for nic in node.nics}
         by_cn: dict[str, list[model.VlanConfig]] = defaultdict(list)
         for cn in by_network:  # only the VlanConfigs that may select this node: linear
@@ -383,6 +385,15 @@ def check_catalog(
                     owner = nic_owner.get(nic)
                     if owner is None:
                         nic_owner[nic] = (cn, vc)
+                    elif owner[0] == model.MGMT and owner[1] is None and cn != model.MGMT:
+                        add(
+                            vc,
+                            f"uplink.nics[{i}]",
+                            f"NIC {nic} of node {node_name} is in the uplink of the management "
+                            "cluster network mgmt (mgmt-bo): it is a member of mgmt-bo, the "
+                            "node's management path, and taking it into another bond would cut "
+                            "the node off",
+                        )
                     elif owner[0] != cn:
                         problems.append(_nic_conflict(node_name, nic, owner, (cn, vc), where))
 
@@ -416,6 +427,8 @@ def check_catalog(
                         f"VLAN {hn.vlan} is the management VLAN of node {node_name}; "
                         "its interface is built in",
                     )
+
+    problems.extend(check_mgmt_path(catalog))
 
     vm_nodes: dict[str, str] = {}
     for vm_nic in catalog.all(model.VmNic):
@@ -472,6 +485,93 @@ def _nic_conflict(
         message=f"NIC {nic} of node {node} is in the uplink of {holder} and of {other}; "
         "a NIC can be in one cluster network only",
     )
+
+
+def _network_vid_fields(net: model.Network) -> list[tuple[str, int, int]]:
+    """(field, first VID, last VID) of each VID entry of a network, as written."""
+    if net.type == "L2VlanNetwork" and net.vlan is not None:
+        return [("vlan", net.vlan, net.vlan)]
+    out: list[tuple[str, int, int]] = []
+    if net.type == "L2VlanTrunkNetwork":
+        for i, rng in enumerate(net.trunk):
+            if rng.id is not None:
+                out.append((f"trunk[{i}].id", rng.id, rng.id))
+            elif rng.min_id is not None and rng.max_id is not None:
+                out.append((f"trunk[{i}]", rng.min_id, rng.max_id))
+    return out
+
+
+def check_mgmt_path(catalog: Catalog) -> list[Problem]:
+    """Everything that would cut a node's management path (:mod:`shared.mgmtpath`).
+
+    Networks on mgmt: no VID 1 (mgmt-bo's PVID), no node's management VLAN. Host networks on
+    mgmt: not VID 1 (mgmt-br's own untagged VID). Host addresses, on any cluster network:
+    clear of what the node reports of its management path (subnets, gateway routes,
+    gateways, NATS servers) and of every node's management address. VM NICs on mgmt: not
+    below the node's management MTU. (The NICs of mgmt-bo are in the per-node NIC rule of
+    :func:`check_catalog`.)
+    """
+    problems: list[Problem] = []
+
+    def add(spec: model.Spec, field: str, message: str) -> None:
+        problems.append(Problem(kind=spec.kind, name=spec.name, field=field, message=message))
+
+    mgmt_vlans: dict[int, list[str]] = defaultdict(list)
+    for node_name, node in sorted(catalog.nodes.items()):
+        if node.mgmt_vlan is not None:
+            mgmt_vlans[node.mgmt_vlan].append(node_name)
+
+    for net in catalog.all(model.Network):
+        if net.cluster_network != model.MGMT:
+            continue
+        for field, lo, hi in _network_vid_fields(net):
+            why = mgmtpath.vid_problem(lo, hi, mgmt_vlan=None)
+            if why is not None:
+                add(net, field, why)
+                continue
+            for vid, nodes in sorted(mgmt_vlans.items()):
+                if lo <= vid <= hi:
+                    detail = mgmtpath.vid_problem(vid, vid, mgmt_vlan=vid)
+                    add(net, field, f"{detail} (the management VLAN of {', '.join(nodes)})")
+
+    mgmt_addresses = {
+        name: list(node.mgmt.addresses)
+        for name, node in catalog.nodes.items()
+        if node.mgmt is not None
+    }
+    for hn in catalog.all(model.HostNetwork):
+        if hn.cluster_network == model.MGMT:
+            why = mgmtpath.host_vid_problem(hn.vlan, mgmt_vlan=None)
+            if why is not None:
+                add(hn, "vlan", why)
+        for node_name, cidr in sorted(hn.ips.items()):
+            ip_node = catalog.nodes.get(node_name)
+            if ip_node is None:
+                continue
+            peers = {n: a for n, a in mgmt_addresses.items() if n != node_name}
+            why = mgmtpath.address_problem(cidr, ip_node.mgmt, peers=peers)
+            if why is not None:
+                add(hn, f"ips.{node_name}", f"node {node_name}: {why}")
+
+    mgmt_mtu = DEFAULT_MGMT_NETWORK_MTU
+    for vm_nic in catalog.all(model.VmNic):
+        vm_net = catalog.get(model.Network, vm_nic.network)
+        vm_node = catalog.nodes.get(vm_nic.node)
+        if vm_net is None or vm_node is None or vm_net.cluster_network != model.MGMT:
+            continue
+        why = mgmtpath.mtu_problem(mgmt_mtu, vm_node.mgmt)
+        if why is not None:
+            add(
+                vm_nic,
+                "network",
+                f"network {vm_net.name} is on mgmt and its VM NICs get MTU {mgmt_mtu}; "
+                f"node {vm_nic.node}: {why}",
+            )
+    return problems
+
+
+DEFAULT_MGMT_NETWORK_MTU = 1500
+"""The MTU the bridge CNI config gives VM NICs on mgmt (no VlanConfig sets mgmt's MTU)."""
 
 
 def check_delete(catalog: Catalog, kind: str, name: str) -> list[Problem]:
