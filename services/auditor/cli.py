@@ -118,6 +118,10 @@ def load_policy(args: argparse.Namespace) -> AuditorConfig:
             raise ValueError(f"--policy {args.policy}: {exc.strerror}") from exc
         except (yaml.YAMLError, msgspec.ValidationError) as exc:
             raise ValueError(f"--policy {args.policy}: {exc}") from exc
+        except RecursionError:
+            raise ValueError(f"--policy {args.policy}: nested too deeply") from None
+        except ValueError as exc:  # not UTF-8, an integer too long to read...
+            raise ValueError(f"--policy {args.policy}: {exc}") from None
         cfg.heal |= set(pf.heal)
         if pf.silence_seconds is not None:
             cfg.policy.silence_s = pf.silence_seconds
