@@ -98,14 +98,25 @@ class Planner:
         """Rebuild specs and generations from JetStream (after a restart, or at first start)."""
         catalog = Catalog()
         for msg in await bus.last_per_subject(self.js, subjects.STREAM_SPECS, subjects.ALL_SPECS):
-            record = bus.decode(msg.data, api.SpecRecord)
+            try:
+                record = bus.decode(msg.data, api.SpecRecord)
+                kind = model.USER_KINDS.get(record.kind)
+                if kind is None:
+                    raise msgspec.ValidationError(f"unknown kind {record.kind!r}")
+            except msgspec.DecodeError as exc:  # a poison record: reported, never fatal
+                log.error("ignoring a bad record on %s: %s", msg.subject[:200], exc)
+                continue
             seq = msg.metadata.sequence.stream
             key = (record.kind, record.name)
             self.spec_seq[key] = seq
             self.last_revision = max(self.last_revision, seq)
             if record.op != "put" or record.spec is None:
                 continue
-            spec = msgspec.convert(record.spec, type=model.USER_KINDS[record.kind])
+            try:
+                spec = msgspec.convert(record.spec, type=kind)
+            except msgspec.ValidationError as exc:
+                log.error("ignoring a bad record on %s: %s", msg.subject[:200], exc)
+                continue
             catalog = catalog.with_changes(
                 put=[spec], revisions={key: seq}, created={key: record.created}
             )
@@ -113,7 +124,11 @@ class Planner:
         for msg in await bus.last_per_subject(
             self.js, subjects.STREAM_INTENTS, subjects.ALL_INTENTS
         ):
-            intent = bus.decode(msg.data, model.NodeIntent)
+            try:
+                intent = bus.decode(msg.data, model.NodeIntent)
+            except msgspec.DecodeError as exc:  # a poison intent: reported, never fatal
+                log.error("ignoring a bad intent on %s: %s", msg.subject[:200], exc)
+                continue
             self.intents[intent.node] = intent
 
     # -- nodes ------------------------------------------------------------------------
