@@ -467,12 +467,20 @@ class Auditor:
             names = sorted(self.view.nodes) if nodes is None else sorted(set(nodes))
             for name in names:
                 v = self.view.node(name)
-                if not v.registered:
-                    continue  # a stray: reported once, never judged
+                stray = not v.registered
+                if stray:
+                    # Never judged. An episode published open for it (by an older auditor)
+                    # is closed at its own start (it never was drift), so that no reader of
+                    # L2_DRIFT keeps it open for ever; the same time whoever closes it.
+                    for key, item in list(v.episodes.open.items()):
+                        if item.first_seen in self.published.get((name, key), {}):
+                            v.episodes.resolve(key, item.first_seen)
                 items: list[DriftItem] = []
                 for item in v.episodes.all():
                     self._align(name, item)
                     episodes = self.published.get((name, (item.object, item.path)), {})
+                    if stray and item.first_seen not in episodes:
+                        continue
                     if item.first_seen not in episodes or (
                         item.resolved_at is not None
                         and episodes[item.first_seen].resolved_at is None

@@ -452,8 +452,8 @@ class FleetView:
         self, v: NodeView, now: float, *, ticking: bool = False
     ) -> list[DriftItem]:
         """Open, update or end the ``node/<node> generation`` finding as of ``now``."""
-        if not (self.live or ticking):
-            return []
+        if not (self.live or ticking) or not v.registered:
+            return []  # replaying: judged after; a stray: never judged
         key = (node_object(v.name), GENERATION)
         found = self.generation_finding(v)
         if found is None:

@@ -128,6 +128,7 @@ async def test_live_services_answer_hostile_requests_and_refuse_poison_once(
             [plain(protocol.DesiredRequest(node=node, generation=1))]
         ),
         ("executor", subjects.executor_control(node, "state")): hostile([{}]),
+        ("executor", subjects.executor_control(node, "reconcile")): hostile([{}]),
     }  # fmt: skip
     sent = answered = 0
     unanswered: list[str] = []
