@@ -472,9 +472,9 @@ class Auditor:
                     # Never judged. An episode published open for it (by an older auditor)
                     # is closed at its own start (it never was drift), so that no reader of
                     # L2_DRIFT keeps it open for ever; the same time whoever closes it.
-                    for key, item in list(v.episodes.open.items()):
-                        if item.first_seen in self.published.get((name, key), {}):
-                            v.episodes.resolve(key, item.first_seen)
+                    for open_key, item in list(v.episodes.open.items()):
+                        if item.first_seen in self.published.get((name, open_key), {}):
+                            v.episodes.resolve(open_key, item.first_seen)
                 items: list[DriftItem] = []
                 for item in v.episodes.all():
                     self._align(name, item)
