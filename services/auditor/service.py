@@ -697,7 +697,7 @@ class Auditor:
         if not self.config.heal or self.replaying:
             return
         for name, v in self.view.nodes.items():
-            if name in self._healing or v.silent:
+            if name in self._healing or v.silent or not v.registered:
                 continue
             due = [
                 i

@@ -359,7 +359,10 @@ def test_auditor_events(stream: str, valid: list[Any], examples: int) -> None:
 def test_auditor_subjects() -> None:
     """The subject is outside data too: any token is a node name or a BadMessage."""
     body = bus.encode(INTENTS[0])
-    tokens = st.text(max_size=80).map(lambda t: t.encode("utf-8", "surrogatepass"))
+    names = st.sampled_from(["node-1", "node-2", "n", "a" * 63, "a" * 64, "node-1.x", "Node-1"])
+    tokens = st.one_of(names, names, st.text(max_size=80)).map(
+        lambda t: t.encode("utf-8", "surrogatepass")
+    )
 
     def run(token: bytes) -> None:
         subject = "l2.intent." + token.decode("utf-8", "surrogatepass")
