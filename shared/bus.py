@@ -60,7 +60,14 @@ def encode(obj: Any) -> bytes:
 
 
 def decode(data: bytes, type: type[T]) -> T:
-    return msgspec.json.decode(data, type=type)
+    """``data`` as ``type``, or :class:`msgspec.DecodeError` (``ValidationError`` is one)
+    saying why: every way outside bytes can fail to decode raises that one error."""
+    try:
+        return msgspec.json.decode(data, type=type)
+    except RecursionError:
+        raise msgspec.DecodeError("JSON nested too deeply") from None
+    except UnicodeDecodeError as exc:  # msgspec lets invalid UTF-8 in a string out as this
+        raise msgspec.DecodeError(f"invalid UTF-8 in a string: {exc.reason}") from None
 
 
 def _stream(

@@ -318,6 +318,24 @@ def normalize_bond_mode(mode: str | int) -> str:
     return mode
 
 
+BOND_INT_MAX = 2**31 - 1
+"""The largest number a bond option takes (the kernel's options are 32-bit)."""
+
+
+def _bond_int(key: str, value: Any) -> int:
+    """A numeric bond option's value, or StateError: an intent is outside data, and a value
+    of the wrong type or range must be refused before any kernel write."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise StateError(f"bond option {key}={value!r} is not a whole number")
+    try:
+        number = int(value)
+    except ValueError:
+        raise StateError(f"bond option {key}={str(value)[:40]!r} is not a whole number") from None
+    if not 0 <= number <= BOND_INT_MAX:
+        raise StateError(f"bond option {key}={number} is out of range 0-{BOND_INT_MAX}")
+    return number
+
+
 def normalize_bond_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Bond options by kernel name with enumerations as names; None values dropped."""
     out: dict[str, Any] = {}
@@ -325,11 +343,11 @@ def normalize_bond_options(options: Mapping[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         if key in BOND_INT_OPTIONS:
-            out[key] = int(value)
+            out[key] = _bond_int(key, value)
         elif key in BOND_ENUMS:
             names = BOND_ENUMS[key]
             if isinstance(value, int) or str(value).isdigit():
-                if int(value) not in names:
+                if _bond_int(key, value) not in names:
                     raise StateError(f"bond option {key}={value!r} is not a known value")
                 out[key] = names[int(value)]
             elif value in names.values():

@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from services.auditor import protocol, report
 from services.auditor.service import Auditor, AuditorConfig
 from services.cli.client import CliError, add_nats_option, request
-from shared import bus, config, lifecycle, subjects, tracing
+from shared import bus, config, lifecycle, signing, subjects, tracing
 from shared.model import DriftItem
 
 T = TypeVar("T")
@@ -68,6 +68,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--no-snapshot", action="store_true", help="always replay the streams from the start"
     )
+    p.add_argument(
+        "--trust-key",
+        action="append",
+        default=[],
+        metavar="PUBLIC_KEY",
+        help="the planner's public key (nkeys N...; repeatable): an intent it did not sign is"
+        " reported as drift when it is a node's latest or what a node runs",
+    )
     p.set_defaults(handler=run_auditor)
 
     p = sub.add_parser("audit", help="show drift between intent and nodes (exit 2 on drift)")
@@ -110,6 +118,10 @@ def load_policy(args: argparse.Namespace) -> AuditorConfig:
             raise ValueError(f"--policy {args.policy}: {exc.strerror}") from exc
         except (yaml.YAMLError, msgspec.ValidationError) as exc:
             raise ValueError(f"--policy {args.policy}: {exc}") from exc
+        except RecursionError:
+            raise ValueError(f"--policy {args.policy}: nested too deeply") from None
+        except ValueError as exc:  # not UTF-8, an integer too long to read...
+            raise ValueError(f"--policy {args.policy}: {exc}") from None
         cfg.heal |= set(pf.heal)
         if pf.silence_seconds is not None:
             cfg.policy.silence_s = pf.silence_seconds
@@ -130,6 +142,11 @@ def load_policy(args: argparse.Namespace) -> AuditorConfig:
     for cn in cfg.heal:
         if cn != "*" and not cn.replace("-", "").isalnum():
             raise ValueError(f"--heal {cn!r}: not a cluster network name")
+    for key in getattr(args, "trust_key", None) or []:
+        try:
+            cfg.trusted_keys.add(signing.check_public_key(key))
+        except signing.KeyError_ as exc:
+            raise ValueError(f"--trust-key: {exc}") from exc
     return cfg
 
 
@@ -255,8 +272,8 @@ def _history(args: argparse.Namespace) -> int:
                     return EXIT_ERROR
                 out: dict[str, object] = {
                     "intent": msgspec.to_builtins(answer.intent),
-                    "matchingSince": answer.matching_since,
-                    "lastMatched": answer.last_matched,
+                    "matchingSince": _iso_or_none(answer.matching_since),
+                    "lastMatched": _iso_or_none(answer.last_matched),
                 }
                 print(json.dumps(out, indent=2, sort_keys=True))
                 return EXIT_CLEAN
@@ -267,6 +284,10 @@ def _history(args: argparse.Namespace) -> int:
         return EXIT_CLEAN if reply.ok else EXIT_ERROR
 
     return _run(run, "history")
+
+
+def _iso_or_none(at: float | None) -> str | None:
+    return None if at is None else report.iso(at)
 
 
 def _run(make: Callable[[], Coroutine[Any, Any, int]], command: str) -> int:

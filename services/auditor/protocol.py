@@ -29,6 +29,7 @@ class NodeAudit(msgspec.Struct, kw_only=True, rename="camel"):
     node: str
     desired_generation: int
     applied_generation: int
+    """The generation the node runs: that of its executor's last Applied status."""
     observed_generation: int
     reporting: bool
     verified: bool
@@ -40,6 +41,8 @@ class NodeAudit(msgspec.Struct, kw_only=True, rename="camel"):
     last_matched: float | None = None
     heals: int = 0
     note: str = ""
+    applied_digest: str | None = None
+    """The digest (:func:`shared.intents.digest`) of the intent the node really applied."""
 
 
 class CheckReply(msgspec.Struct, kw_only=True, rename="camel"):
@@ -49,6 +52,8 @@ class CheckReply(msgspec.Struct, kw_only=True, rename="camel"):
     nodes: list[NodeAudit] = msgspec.field(default_factory=list)
     errors: list[str] = msgspec.field(default_factory=list)
     at: float = 0.0
+    notes: list[str] = msgspec.field(default_factory=list)
+    """Not drift, worth knowing: e.g. strays (intents for a node that never registered)."""
 
     @property
     def drift(self) -> bool:

@@ -11,19 +11,20 @@ Every line names the object and field path (``oob-bo.bond.mode``), as nmstate's 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from services.auditor.protocol import CheckReply, HistoryReply, NodeAudit
+from services.auditor.view import iso
 from shared.l2state import ABSENT, PRESENT
 from shared.model import DriftItem
 
+__all__ = ["clock", "diff_lines", "format_audit", "format_history", "format_node", "iso", "where"]
+
 
 def clock(at: float | None) -> str:
-    """A UTC time of day (``21:03:04``), or ``-``."""
-    if not at:
-        return "-"
-    return time.strftime("%H:%M:%S", time.gmtime(at))
+    """A time as ISO 8601 UTC (``2026-12-01T21:03:04Z``), or ``-``: every time the auditor
+    and the CLI print reads the same way."""
+    return iso(at)
 
 
 def where(item: DriftItem) -> str:
@@ -79,11 +80,12 @@ def format_audit(reply: CheckReply) -> str:
     """The whole ``l2net audit`` output."""
     if not reply.ok:
         return "\n".join(f"error: {e}" for e in reply.errors)
-    if not reply.nodes:
-        return "no nodes known to the auditor yet"
     out: list[str] = []
+    if not reply.nodes:
+        out.append("no nodes known to the auditor yet")
     for audit in reply.nodes:
         out += format_node(audit)
+    out += [f"note: {note}" for note in reply.notes]
     return "\n".join(out)
 
 
@@ -106,4 +108,4 @@ def format_history(reply: HistoryReply) -> str:
 
 
 def _stamp(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+    return iso(at)

@@ -24,6 +24,18 @@ Model of operation, in order:
    heal at a time per node; each heal is counted and recorded in ``L2_DRIFT``. Under the
    default policy (report only) the auditor never changes anything.
 
+Trust. Every message is outside data (:mod:`services.auditor.events`): the node is the
+subject's token, a body naming another node is a bad message (reported once, ignored), and a
+message that does not decode is reported once and ignored; nothing a message holds stops the
+replay or the service. Only nodes that registered (``l2.node.<node>``) are judged; anything
+published for another node is a *stray*, reported once (log, and the ``notes`` of a check), not
+drift. A node is judged against the intent it really applied (its status's ``intentDigest``).
+
+Two auditors (for availability) publish each finding once: one report per episode change,
+with a ``Nats-Msg-Id`` made of the episode's identity and its state (open or resolved), so
+JetStream drops the second copy; after the duplicate window each auditor has read the other's
+report in ``L2_DRIFT`` and does not publish it again.
+
 It registers as the NATS micro service ``l2net-auditor``.
 """
 
@@ -51,7 +63,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from opentelemetry import trace
 
-from services.auditor import protocol, snapshot
+from services.auditor import events, protocol, snapshot
 from services.auditor.view import (
     GENERATION,
     HEARTBEAT,
@@ -61,6 +73,7 @@ from services.auditor.view import (
     Policy,
     episode_id,
     is_kernel_key,
+    iso,
 )
 from shared import bus, metrics, subjects, tracing
 from shared.model import DriftItem, DriftReport, Node, NodeIntent, NodeStatus, ObservedState
@@ -97,6 +110,9 @@ class AuditorConfig:
     snapshot: Path | None = None
     """A file to keep a snapshot of the view in (None: always replay from the start)."""
     snapshot_every_s: float = 30.0
+    trusted_keys: set[str] = field(default_factory=set)
+    """The planner's public keys (nkeys ``N...``): an intent they did not sign is reported as
+    ``node/<node> generation`` drift when it is the latest, or what a node runs. Empty: any."""
 
 
 def cluster_network_of(item: DriftItem, intent: NodeIntent | None) -> str | None:
@@ -150,7 +166,8 @@ class Auditor:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.config = config or AuditorConfig()
-        self.view = FleetView(self.config.policy)
+        self.view = FleetView(self.config.policy, self.config.trusted_keys)
+        self.view.live = False  # until the replay is complete
         self.replaying = True
         self.published: dict[tuple[str, Key], dict[float, DriftItem]] = {}
         """(node, (object, path)) -> first seen -> the episode as last published."""
@@ -166,12 +183,17 @@ class Auditor:
         self._reached: dict[str, asyncio.Event] = {}
         self.ready = asyncio.Event()
         self.published_reports = 0
+        self.duplicates_dropped = 0
+        """Reports JetStream dropped as already published (by another auditor)."""
         self.events_applied = 0
         """Stream messages applied to the view (a restart from a snapshot applies fewer)."""
         self.restored_from: float | None = None
         """When the snapshot this auditor started from was taken (None: full replay)."""
         self._marks: dict[str, snapshot.StreamMark] = {}
         self._dirty = False
+        self.bad_messages = 0
+        """Messages reported and ignored: undecodable, or a body that contradicts its subject."""
+        self._strays_reported: set[str] = set()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -209,7 +231,9 @@ class Auditor:
         await asyncio.gather(*(ev.wait() for ev in self._reached.values()))
         self._adopt_published()
         self.replaying = False
+        self.view.live = True
         self.view.tick(time.time())
+        self._report_strays()
         await self.flush()
         self.save_snapshot()
         self._service = await bus.serve(
@@ -275,7 +299,7 @@ class Auditor:
             if name in infos
         }
         self.restored_from = snap.at
-        log.info("starting from the snapshot of %s in %s", time.ctime(snap.at), path)
+        log.info("starting from the snapshot of %s in %s", iso(snap.at), path)
 
     def save_snapshot(self) -> None:
         """Write the view to the snapshot file (if one is configured)."""
@@ -332,8 +356,14 @@ class Auditor:
         async def on_event(msg: Msg) -> None:
             try:
                 changed = self._apply(stream, msg)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                log.warning("ignoring malformed message on %s: %s", msg.subject, exc)
+            except events.BadMessage as exc:
+                # Reported once (each message is read once per replay), then ignored.
+                self.bad_messages += 1
+                log.warning("ignoring a bad message on %s: %s", stream, exc)
+                changed = {}
+            except Exception as exc:  # never fatal: the replay and the service go on
+                self.bad_messages += 1
+                log.error("cannot judge the message on %s: %r", msg.subject[:200], exc)
                 changed = {}
             seq = msg.metadata.sequence.stream
             self._marks[stream].seq = max(self._marks[stream].seq, seq)
@@ -341,33 +371,52 @@ class Auditor:
             self._dirty = True
             if not self._reached[stream].is_set() and seq >= self._targets[stream]:
                 self._reached[stream].set()
-            if not self.replaying and changed:
-                await self.flush(changed)
-                self._schedule_heals()
+            if not self.replaying:
+                self._report_strays()
+                if changed:
+                    await self.flush(changed)
+                    self._schedule_heals()
 
         return on_msg
 
     def _apply(self, stream: str, msg: Msg) -> dict[str, list[DriftItem]]:
         at = msg.metadata.timestamp.timestamp()
-        if stream == subjects.STREAM_INTENTS:
-            return self.view.on_intent(bus.decode(msg.data, NodeIntent), at)
-        if stream == subjects.STREAM_STATUS:
-            status = bus.decode(msg.data, NodeStatus)
+        event = events.decode_event(stream, msg.subject, msg.data)
+        if isinstance(event, NodeIntent):
+            return self.view.on_intent(event, at)
+        if isinstance(event, NodeStatus):
+            status = event
             tracing.annotate(node=status.node, generation=status.observed_generation)
             changed = self.view.on_status(status, at)
             trace.get_current_span().set_attribute(
                 "l2net.drift.open", len(self.view.node(status.node).episodes.open)
             )
             return changed
-        if stream == subjects.STREAM_NODES:
-            return self.view.on_heartbeat(bus.decode(msg.data, Node), at)
-        if stream == subjects.STREAM_OBSERVED:
-            return self.view.on_observed(bus.decode(msg.data, ObservedState), at)
-        if stream == subjects.STREAM_DRIFT:
-            self._record_published(bus.decode(msg.data, DriftReport))
+        if isinstance(event, Node):
+            return self.view.on_heartbeat(event, at)
+        if isinstance(event, ObservedState):
+            return self.view.on_observed(event, at)
+        if isinstance(event, DriftReport):
+            self._record_published(event)
         # L2_SPECS: replayed so that the view starts from the whole history; the intents
         # compiled from the specs are what nodes are judged against.
         return {}
+
+    def _report_strays(self) -> None:
+        """Say once, for each node that never registered, that what was published for it is
+        ignored (an intent for a node that does not exist is a stray, not drift)."""
+        for name in self.view.strays():
+            if name not in self._strays_reported:
+                self._strays_reported.add(name)
+                log.warning("%s", self._stray_note(name))
+
+    def _stray_note(self, name: str) -> str:
+        v = self.view.nodes[name]
+        what = f"intent generation {v.latest_generation}" if v.intents else "statuses"
+        return (
+            f"stray: {what} published for node {name!r}, which never registered"
+            f" (no {subjects.node(name)}): not judged"
+        )
 
     def _record_published(self, report: DriftReport) -> None:
         for item in report.items:
@@ -421,20 +470,31 @@ class Auditor:
             names = sorted(self.view.nodes) if nodes is None else sorted(set(nodes))
             for name in names:
                 v = self.view.node(name)
+                stray = not v.registered
+                if stray:
+                    # Never judged. An episode published open for it (by an older auditor)
+                    # is closed at its own start (it never was drift), so that no reader of
+                    # L2_DRIFT keeps it open for ever; the same time whoever closes it.
+                    for open_key, item in list(v.episodes.open.items()):
+                        if item.first_seen in self.published.get((name, open_key), {}):
+                            v.episodes.resolve(open_key, item.first_seen)
                 items: list[DriftItem] = []
                 for item in v.episodes.all():
                     self._align(name, item)
                     episodes = self.published.get((name, (item.object, item.path)), {})
+                    if stray and item.first_seen not in episodes:
+                        continue
                     if item.first_seen not in episodes or (
                         item.resolved_at is not None
                         and episodes[item.first_seen].resolved_at is None
                     ):
                         items.append(msgspec.structs.replace(item))
-                if items:
-                    await self._publish(v, items)
-                    for item in items:
-                        key = (name, (item.object, item.path))
-                        self.published.setdefault(key, {})[item.first_seen] = item
+                for item in items:
+                    # One report per episode change: its Nats-Msg-Id is then the same
+                    # whichever auditor publishes it (see the module's docstring).
+                    await self._publish(v, [item])
+                    key = (name, (item.object, item.path))
+                    self.published.setdefault(key, {})[item.first_seen] = item
                 metrics.drift_findings_open().set(len(v.episodes.open), {"l2net.node": name})
             reporting = sum(1 for v in self.view.nodes.values() if v.heartbeat_at and not v.silent)
             metrics.nodes_reporting().set(reporting)
@@ -458,7 +518,10 @@ class Auditor:
         with tracing.publish_span(subject, template="l2.drift.{node}") as headers:
             tracing.annotate(node=v.name, generation=v.latest_generation)
             headers["Nats-Msg-Id"] = msg_id
-            await self.js.publish(subject, bus.encode(report), headers=headers)
+            ack = await self.js.publish(subject, bus.encode(report), headers=headers)
+        if ack.duplicate:
+            self.duplicates_dropped += 1
+            return  # another auditor published this very change first
         self.published_reports += 1
         for item in items:
             state = "resolved" if item.resolved_at is not None else "open"
@@ -499,9 +562,11 @@ class Auditor:
                 b"",
                 timeout=self.config.live_timeout_s,
             )
-            observed = bus.decode(reply.data, ObservedState)
-        except (NoRespondersError, NatsTimeout, msgspec.DecodeError) as exc:
-            log.info("%s: no live state (%s)", node, type(exc).__name__)
+            observed = events.decode_event(
+                subjects.STREAM_OBSERVED, subjects.observed(node), reply.data
+            )
+        except (NoRespondersError, NatsTimeout, events.BadMessage) as exc:
+            log.info("%s: no live state (%s: %s)", node, type(exc).__name__, exc)
             self._live_failed.add(node)
             return False
         self._live_failed.discard(node)
@@ -518,12 +583,13 @@ class Auditor:
         ``heal``: whatever the policy, ask each drifting node's executor to re-converge now
         (counted and recorded like a policy heal), then answer from a fresh live check.
         """
-        if node is not None and node not in self.view.nodes:
-            known = ", ".join(sorted(self.view.nodes)) or "none"
-            return protocol.CheckReply(
-                ok=False, errors=[f"unknown node {node!r} (nodes known: {known})"]
-            )
-        names = [node] if node is not None else sorted(self.view.nodes)
+        registered = self.registered()
+        strays = self.view.strays()
+        if node is not None and node not in registered:
+            known = ", ".join(registered) or "none"
+            why = self._stray_note(node) if node in strays else f"unknown node {node!r}"
+            return protocol.CheckReply(ok=False, errors=[f"{why} (nodes known: {known})"])
+        names = [node] if node is not None else registered
         if live or heal:
             await asyncio.gather(*(self.check_live(n) for n in names))
         if heal:
@@ -537,8 +603,15 @@ class Auditor:
         await self.flush(names)
         self._schedule_heals()
         return protocol.CheckReply(
-            ok=True, nodes=[self.node_audit(n, live=live) for n in names], at=time.time()
+            ok=True,
+            nodes=[self.node_audit(n, live=live) for n in names],
+            at=time.time(),
+            notes=[self._stray_note(n) for n in strays] if node is None else [],
         )
+
+    def registered(self) -> list[str]:
+        """The nodes that registered (``l2.node.<node>``): the only ones judged."""
+        return sorted(n for n, v in self.view.nodes.items() if v.registered)
 
     def node_audit(self, name: str, *, live: bool = False) -> protocol.NodeAudit:
         """Where ``name`` stands now, from the view (``live``: a live check was asked for)."""
@@ -553,6 +626,7 @@ class Auditor:
             node=name,
             desired_generation=v.latest_generation,
             applied_generation=v.applied_generation,
+            applied_digest=v.applied_digest,
             observed_generation=v.observed.generation if v.observed else 0,
             reporting=v.heartbeat_at is not None and not v.silent,
             verified=not v.silent and answered and v.observed is not None,
@@ -573,7 +647,7 @@ class Auditor:
     def history(self, node: str) -> protocol.HistoryReply:
         """``node``'s generations, apply results, drift episodes and heals, oldest first."""
         v = self.view.nodes.get(node)
-        if v is None:
+        if v is None or not v.registered:
             return protocol.HistoryReply(ok=False, node=node, errors=[f"unknown node {node!r}"])
         events = [
             protocol.HistoryEvent(at=e.at, what=e.what, generation=e.generation, text=e.text)
@@ -590,7 +664,7 @@ class Auditor:
     def desired(self, node: str, generation: int | None) -> protocol.DesiredReply:
         """``node``'s desired state at ``generation`` (the newest if None), and when it matched."""
         v = self.view.nodes.get(node)
-        if v is None:
+        if v is None or not v.registered:
             return protocol.DesiredReply(ok=False, errors=[f"unknown node {node!r}"])
         gen = generation if generation is not None else v.latest_generation
         intent = v.desired_at(gen)
@@ -626,7 +700,7 @@ class Auditor:
         if not self.config.heal or self.replaying:
             return
         for name, v in self.view.nodes.items():
-            if name in self._healing or v.silent:
+            if name in self._healing or v.silent or not v.registered:
                 continue
             due = [
                 i

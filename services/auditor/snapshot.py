@@ -19,7 +19,7 @@ import msgspec
 from services.auditor.view import Episodes, FleetView, NodeView
 from shared.model import DriftItem, Node, NodeIntent, NodeStatus, ObservedState
 
-VERSION = 1
+VERSION = 2
 
 
 class StreamMark(msgspec.Struct, kw_only=True):
@@ -36,8 +36,11 @@ class NodeSnapshot(msgspec.Struct, kw_only=True):
     intents: list[NodeIntent]
     intent_at: dict[int, float]
     latest_generation: int
+    by_digest: dict[str, NodeIntent]
     statuses: list[tuple[float, NodeStatus]]
     applied_generation: int
+    applied_digest: str | None
+    running_at: float
     failed_at: dict[int, float]
     applied_at: dict[int, float]
     observed: ObservedState | None
@@ -74,8 +77,11 @@ def node_snapshot(v: NodeView) -> NodeSnapshot:
         intents=list(v.intents.values()),
         intent_at=dict(v.intent_at),
         latest_generation=v.latest_generation,
+        by_digest=dict(v.by_digest),
         statuses=list(v.statuses),
         applied_generation=v.applied_generation,
+        applied_digest=v.applied_digest,
+        running_at=v.running_at,
         failed_at=dict(v.failed_at),
         applied_at=dict(v.applied_at),
         observed=v.observed,
@@ -99,8 +105,11 @@ def node_view(s: NodeSnapshot) -> NodeView:
         intents={i.generation: i for i in s.intents},
         intent_at=dict(s.intent_at),
         latest_generation=s.latest_generation,
+        by_digest=dict(s.by_digest),
         statuses=list(s.statuses),
         applied_generation=s.applied_generation,
+        applied_digest=s.applied_digest,
+        running_at=s.running_at,
         failed_at=dict(s.failed_at),
         applied_at=dict(s.applied_at),
         observed=s.observed,

@@ -18,16 +18,29 @@ view, whoever replays them and whenever:
   reporting, a node stuck on an old generation (``node/<node> generation``, from the failed
   apply, or ``grace`` after the intent without an Applied status).
 
+What a node runs is what its executor says it **really applied**: the last Applied status,
+whose ``intentDigest`` names the very intent (:func:`shared.intents.digest`). An observed state
+is judged against that intent, and ``node/<node> generation`` is open whenever the node runs
+anything but the latest generation published for it: an older one (stuck, or a stale intent
+applied after a restart), one never published, or, when the view is given the planner's
+public keys, when the latest generation (or the one it runs) is not signed by the planner.
+
+Only nodes that registered (a message on ``l2.node.<node>``) are judged over time: an intent
+for a node that never registered is a stray, shown by :meth:`FleetView.strays`, not drift.
+
 An observed state whose intent has not been seen yet waits for it, so the order in which
-the streams are replayed does not change the outcome.
+the streams are replayed does not change the outcome; the generation finding is judged only
+when the view is :attr:`FleetView.live` (after the replay), from the times the events carry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import intents, signing
 from shared.l2state import Difference, StateError, desired_state, diff, state_from_observed
 from shared.model import DriftItem, Node, NodeIntent, NodeStatus, ObservedState
 
@@ -69,7 +82,35 @@ def kernel_differences(intent: NodeIntent, observed: ObservedState) -> list[Diff
                 actual=str(exc),
             )
         ]
-    return diff(desired, state_from_observed(observed))
+    try:
+        actual = state_from_observed(observed)
+    except (StateError, ValueError, TypeError, KeyError) as exc:
+        # An observed state that does not read as a node's state: judged as one finding,
+        # never a crash of the auditor (the executor's next report ends it).
+        return [
+            Difference(
+                object="observed",
+                path=f"generation {observed.generation}",
+                desired="a readable observed state",
+                actual=f"{type(exc).__name__}: {exc}"[:300],
+            )
+        ]
+    return diff(desired, actual)
+
+
+def iso(at: float | None) -> str:
+    """``at`` (seconds since the epoch) as ISO 8601 UTC (``2026-12-01T03:04:05Z``, with
+    milliseconds when it has them); ``-`` for none, and the number itself when it is not a
+    time a calendar can show (a hostile value is printed, never a crash)."""
+    if at is None or at == 0:
+        return "-"
+    try:
+        whole = int(at)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        millis = round((at - whole) * 1000)
+    except (OverflowError, OSError, ValueError, TypeError):
+        return repr(at)
+    return f"{stamp}.{millis:03d}Z" if 0 < millis < 1000 else f"{stamp}Z"
 
 
 @dataclass
@@ -137,8 +178,15 @@ class NodeView:
     intents: dict[int, NodeIntent] = field(default_factory=dict)
     intent_at: dict[int, float] = field(default_factory=dict)
     latest_generation: int = 0
+    by_digest: dict[str, NodeIntent] = field(default_factory=dict)
+    """Every intent published for this node, by :func:`shared.intents.digest`."""
     statuses: list[tuple[float, NodeStatus]] = field(default_factory=list)
     applied_generation: int = 0
+    """The generation the node runs: that of its last Applied status (not the highest)."""
+    applied_digest: str | None = None
+    """The digest of the intent the node runs (its last Applied status says), if it said."""
+    running_at: float = 0.0
+    """When the node's last Applied status was made."""
     failed_at: dict[int, float] = field(default_factory=dict)
     applied_at: dict[int, float] = field(default_factory=dict)
     observed: ObservedState | None = None
@@ -151,6 +199,17 @@ class NodeView:
     matching_since: float | None = None
     last_matched: float | None = None
     heals: list[tuple[float, str]] = field(default_factory=list)
+
+    @property
+    def registered(self) -> bool:
+        """True once the node's executor registered (a message on ``l2.node.<node>``)."""
+        return self.heartbeat_at is not None
+
+    def running_intent(self) -> NodeIntent | None:
+        """The intent the node really applied last (by its digest; else by generation)."""
+        if self.applied_digest is not None:
+            return self.by_digest.get(self.applied_digest)
+        return self.intents.get(self.applied_generation)
 
     @property
     def kernel_open(self) -> list[DriftItem]:
@@ -201,11 +260,37 @@ class Policy:
 
 
 class FleetView:
-    """Every node's view; each method returns the episodes it opened or resolved, by node."""
+    """Every node's view; each method returns the episodes it opened or resolved, by node.
 
-    def __init__(self, policy: Policy | None = None) -> None:
+    ``trusted_keys``: the planner's public keys (nkeys ``N...``); when given, an intent they
+    did not sign is never what a node should run (``node/<node> generation`` says so)."""
+
+    def __init__(self, policy: Policy | None = None, trusted_keys: Collection[str] = ()) -> None:
         self.policy = policy or Policy()
         self.nodes: dict[str, NodeView] = {}
+        self.trusted_keys = frozenset(trusted_keys)
+        self.live = True
+        """False while replaying: the generation finding waits for the whole history."""
+        self._unsigned: dict[str, str | None] = {}
+
+    def unsigned(self, intent: NodeIntent) -> str | None:
+        """Why ``intent`` is not the planner's (None: it is, or no keys were given)."""
+        if not self.trusted_keys:
+            return None
+        key = intents.digest(intent) + (intent.signature or "")
+        if key not in self._unsigned:
+            try:
+                signing.verify(intent, self.trusted_keys)
+                self._unsigned[key] = None
+            except signing.SignatureError as exc:
+                self._unsigned[key] = str(exc)
+        return self._unsigned[key]
+
+    def strays(self) -> list[str]:
+        """Nodes something was published for that never registered (not judged)."""
+        return sorted(
+            n for n, v in self.nodes.items() if not v.registered and (v.intents or v.statuses)
+        )
 
     def node(self, name: str) -> NodeView:
         """The view of ``name`` (created empty on first mention)."""
@@ -220,29 +305,33 @@ class FleetView:
         """A new generation; observed states that waited for it are judged now."""
         v = self.node(intent.node)
         v.intents[intent.generation] = intent
+        v.by_digest.setdefault(intents.digest(intent), intent)
         v.intent_at.setdefault(intent.generation, at)
         v.latest_generation = max(v.latest_generation, intent.generation)
         changed: list[DriftItem] = []
         waiting, v.pending = v.pending, []
         for obs_at, obs in waiting:
             changed += self._judge(v, obs, obs_at)
+        changed += self._judge_generation(v, at)
         return {v.name: changed} if changed else {}
 
     def on_status(self, status: NodeStatus, at: float) -> dict[str, list[DriftItem]]:
-        """An apply result; an Applied newest generation ends a stuck episode."""
+        """An apply result: the last Applied status says what the node runs now (an older
+        generation applied after a newer one is a step back, not "still the newer one")."""
         v = self.node(status.node)
         at = status.at or at
         v.statuses.append((at, status))
         gen = status.observed_generation
         if status.phase == "Applied":
-            v.applied_generation = max(v.applied_generation, gen)
+            if at >= v.running_at:
+                v.applied_generation = gen
+                v.applied_digest = status.intent_digest
+                v.running_at = at
             v.applied_at.setdefault(gen, at)
         elif status.phase in ("Failed", "RolledBack") and gen > v.applied_generation:
             v.failed_at.setdefault(gen, at)
-        key = (node_object(v.name), GENERATION)
-        if key in v.episodes.open and v.applied_generation >= v.latest_generation:
-            return {v.name: [v.episodes.resolve(key, at)]}
-        return {}
+        changed = self._judge_generation(v, at)
+        return {v.name: changed} if changed else {}
 
     def on_heartbeat(self, node: Node, at: float) -> dict[str, list[DriftItem]]:
         """A heartbeat: ends a silence (or records one seen in a gap between heartbeats)."""
@@ -264,6 +353,7 @@ class FleetView:
             v.heartbeat_at = at
             v.inventory = node
         v.silent = False
+        changed += self._judge_generation(v, at)
         return {v.name: _dedupe(changed)} if changed else {}
 
     def on_observed(self, observed: ObservedState, at: float) -> dict[str, list[DriftItem]]:
@@ -282,7 +372,11 @@ class FleetView:
         if at < v.observed_at:
             return []
         v.observed, v.observed_at = observed, at
-        intent = v.intents.get(observed.generation)
+        # The intent the node really applied (its status's digest) when it is of this
+        # generation: a second intent with the same generation (forged) is not the desired one.
+        intent = v.running_intent()
+        if intent is None or intent.generation != observed.generation:
+            intent = v.intents.get(observed.generation)
         if intent is None:
             return []  # no intent yet: nothing is desired of this node
         changed = v.episodes.update(kernel_differences(intent, observed), at=at, kernel=True)
@@ -311,23 +405,67 @@ class FleetView:
                 )
                 if item is not None:
                     changed.append(item)
-            gen = v.latest_generation
-            if gen and v.applied_generation < gen:
-                since = v.failed_at.get(gen)
-                due = v.intent_at.get(gen, now) + self.policy.grace_s
-                start = min(since, due) if since is not None else due
-                if now >= start:
-                    item = v.episodes.open_one(
-                        (node_object(v.name), GENERATION),
-                        desired=gen,
-                        actual=v.applied_generation,
-                        at=start,
-                    )
-                    if item is not None:
-                        changed.append(item)
+            changed += self._judge_generation(v, now, ticking=True)
             if changed:
                 out[v.name] = changed
         return out
+
+    def generation_finding(self, v: NodeView) -> tuple[Any, Any, float] | None:
+        """``(desired, actual, since)`` when the node runs anything but its latest intent."""
+        if not v.registered or not v.intents:
+            return None
+        latest = v.latest_generation
+        newest = v.intents[latest]
+        bad = self.unsigned(newest)
+        if bad is not None:
+            return (
+                f"generation {latest} signed by the planner",
+                f"generation {latest}: {bad}",
+                v.intent_at.get(latest, 0.0),
+            )
+        if v.applied_digest is not None:
+            running = v.by_digest.get(v.applied_digest)
+            short = v.applied_digest[:12]
+            if running is None:
+                actual = f"an intent never published (digest {short}...)"
+                return (latest, actual, v.running_at)
+            bad = self.unsigned(running)
+            if bad is not None:
+                return (latest, f"generation {running.generation}: {bad}", v.running_at)
+            if running.generation == latest and intents.digest(newest) != v.applied_digest:
+                # Same number, other content: a second intent of that generation.
+                actual = f"generation {latest} with other content (digest {short}...)"
+                return (latest, actual, v.running_at)
+        if v.applied_generation >= latest:
+            return None
+        since = v.failed_at.get(latest)
+        published = v.intent_at.get(latest, 0.0)
+        start = published + self.policy.grace_s
+        if since is not None:
+            start = min(start, since)
+        if v.running_at > published:
+            # It applied an older generation after the latest was published: a step back.
+            start = min(start, v.running_at)
+        return (latest, v.applied_generation, start)
+
+    def _judge_generation(
+        self, v: NodeView, now: float, *, ticking: bool = False
+    ) -> list[DriftItem]:
+        """Open, update or end the ``node/<node> generation`` finding as of ``now``."""
+        if not (self.live or ticking) or not v.registered:
+            return []  # replaying: judged after; a stray: never judged
+        key = (node_object(v.name), GENERATION)
+        found = self.generation_finding(v)
+        if found is None:
+            return [v.episodes.resolve(key, now)] if key in v.episodes.open else []
+        desired, actual, since = found
+        if key in v.episodes.open:
+            v.episodes.open_one(key, desired=desired, actual=actual, at=since)
+            return []
+        if now < since:
+            return []
+        item = v.episodes.open_one(key, desired=desired, actual=actual, at=since)
+        return [item] if item is not None else []
 
     # -- answers ----------------------------------------------------------------------------
 
@@ -338,7 +476,7 @@ class FleetView:
 
 
 def _silent_text(last: float) -> str:
-    return f"no heartbeat since {last:.3f}"
+    return f"no heartbeat since {iso(last)}"
 
 
 def _dedupe(items: list[DriftItem]) -> list[DriftItem]:

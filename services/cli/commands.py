@@ -320,9 +320,14 @@ async def _switch_config(args: argparse.Namespace) -> int:
 # -- watch ---------------------------------------------------------------------------
 
 
+def iso_now() -> str:
+    """Now, as every l2net time is printed: ISO 8601 UTC (``2026-12-01T03:04:05Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def describe_event(subject: str, data: bytes) -> str:
     """One readable line for a status, node, observed or drift event."""
-    stamp = time.strftime("%H:%M:%S")
+    stamp = iso_now()
     node = subjects.last_token(subject)
     try:
         if subject.startswith("l2.status."):

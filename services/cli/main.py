@@ -7,6 +7,9 @@ a command's handler returns the process exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -47,12 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
+        args = parser.parse_args(argv)  # inside: `l2net --help | head` prints too
+        handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return closed_stdout()
+
+
+def closed_stdout() -> int:
+    """The reader of our output went away (``l2net audit | head``): not an error to report.
+
+    Like a Unix tool killed by SIGPIPE, stop quietly with 141 (128 + SIGPIPE); what is still
+    buffered goes nowhere, so Python's own flush at exit does not print a traceback.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -162,6 +162,8 @@ def _load_yaml(text: str) -> list[tuple[yaml.Node, Any]]:
         raise ManifestError([Problem(message=f"malformed YAML/JSON: {exc}")]) from exc
     except RecursionError as exc:
         raise ManifestError([Problem(message="malformed YAML/JSON: nested too deeply")]) from exc
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ManifestError([Problem(message=f"malformed YAML/JSON: {exc}")]) from exc
     finally:
         if loader is not None:
             loader.dispose()
@@ -246,6 +248,10 @@ def _to_spec(data: Any, node: yaml.Node) -> model.Spec:
     _normalize(kind, fields)
     try:
         return msgspec.convert(fields, type=cls, strict=True)
+    except UnicodeError:  # a lone surrogate ("\ud800"): not text any program can store
+        raise _DocError(
+            "a string is not valid Unicode (a lone surrogate)", kind=kind, name=name_str
+        ) from None
     except msgspec.ValidationError as exc:
         message, path = _split_msgspec_error(str(exc))
         raise _DocError(

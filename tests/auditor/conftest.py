@@ -8,6 +8,7 @@ an intent (the kernel's view, as an executor reports it); ``change`` edits it by
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,6 +36,7 @@ from shared.model import (
     ObservedState,
     VlanRange,
 )
+from tests import keys
 from tests.executor.conftest import executors  # noqa: F401  (a fixture, shared)
 
 Change = Callable[[dict[str, LinkState], dict[str, list[VlanRange]]], object]
@@ -84,12 +86,22 @@ class Bus:
     def __init__(self, nc: Client) -> None:
         self.nc = nc
         self.js = nc.jetstream()
+        self.registered: set[str] = set()
 
     async def setup(self) -> None:
         await bus.ensure_streams(self.js, list(bus.STREAMS))
 
-    async def intent(self, intent: NodeIntent) -> None:
-        await self.js.publish(subjects.intent(intent.node), bus.encode(intent))
+    async def register(self, node: str) -> None:
+        """The node's executor registers (a heartbeat, now): only such nodes are judged."""
+        self.registered.add(node)
+        await self.heartbeat(node, time.time())
+
+    async def intent(self, intent: NodeIntent, *, register: bool = True) -> None:
+        """Publish ``intent`` signed by the tests' planner key; its node registers first
+        unless told not to (a stray)."""
+        if register and intent.node not in self.registered:
+            await self.register(intent.node)
+        await self.js.publish(subjects.intent(intent.node), bus.encode(keys.sign(intent)))
 
     async def status(self, status: NodeStatus) -> None:
         await self.js.publish(subjects.status(status.node), bus.encode(status))

@@ -4,13 +4,15 @@ replays, publishes drift and asks executors; the ``operator`` user (``l2net audi
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from services.auditor import cli as audit_cli
 from services.auditor.service import Auditor
 from shared import bus, subjects
-from tests.auditor.conftest import converged
+from tests import keys
+from tests.auditor.conftest import converged, heartbeat
 from tests.deploy.test_nats import SecuredNats, secured  # noqa: F401  (the fixture)
 from tests.executor.labkit import seed_intent
 
@@ -23,8 +25,11 @@ async def test_the_auditor_works_with_its_least_privilege_user(
     planner = await secured.connect("planner")
     await bus.ensure_streams(planner.jetstream(), list(bus.STREAMS))
     intent = seed_intent("node-1", 1)
-    await planner.jetstream().publish(subjects.intent("node-1"), bus.encode(intent))
+    await planner.jetstream().publish(subjects.intent("node-1"), bus.encode(keys.sign(intent)))
     node = await secured.connect("node-1")
+    # The node registers (only registered nodes are judged), then reports its drifted state.
+    beat = bus.encode(heartbeat("node-1", time.time()))
+    await node.jetstream(timeout=5).publish(subjects.node("node-1"), beat)
 
     def mtu(links: dict, vlans: dict) -> None:  # type: ignore[type-arg]
         links["oob-br"].mtu = 1400
@@ -41,7 +46,7 @@ async def test_the_auditor_works_with_its_least_privilege_user(
         assert reply.ok, reply.errors
         assert [(i.object, i.path) for i in reply.nodes[0].items] == [("oob-br", "mtu")]
         info = await operator.jetstream().stream_info(subjects.STREAM_DRIFT)
-        assert info.state.messages == 1
+        assert info.state.messages == 1  # one report: the finding opened
         await asyncio.sleep(0.5)
         assert secured.errors.get("auditor", []) == []
         assert secured.errors.get("operator", []) == []

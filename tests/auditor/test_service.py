@@ -22,6 +22,7 @@ from services.auditor.service import AuditorConfig
 from services.auditor.view import Policy, episode_id
 from shared import bus, natsserver, subjects
 from shared.model import DriftReport
+from tests import keys
 from tests.auditor.conftest import AuditorFactory, Bus, applied, converged
 from tests.executor.helpers import until
 from tests.executor.labkit import seed_intent
@@ -194,9 +195,9 @@ async def test_point_in_time_answers_from_the_history(
     await events.observed(converged(gen2, at=T0 + 5, change=mtu_1400))
     auditor = await auditors()
     at1 = auditor.desired("node-1", 1)
-    assert at1.ok and at1.intent == gen1
+    assert at1.ok and at1.intent == keys.sign(gen1)
     now = auditor.desired("node-1", None)
-    assert now.intent == gen2
+    assert now.intent == keys.sign(gen2)
     assert now.matching_since is None and now.last_matched == T0 + 5  # matched until then
     bad = auditor.desired("node-1", 7)
     assert not bad.ok and "no generation 7" in bad.errors[0] and "1, 2" in bad.errors[0]
@@ -243,7 +244,7 @@ async def test_l2net_audit_prints_the_diff_and_exits_like_terraform_plan(
     assert unknown.returncode == 1 and "unknown node 'node-9'" in unknown.stdout
     history = await asyncio.to_thread(l2net, "history", "node-1", url=nats_server.url)
     assert history.returncode == 0 and "drift" in history.stdout and "oob-br.mtu" in history.stdout
-    last = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(T0 + 1))
+    last = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + 1))
     assert history.stdout.splitlines()[-1] == (
         f"does not match its desired state; last matched {last}"
     )

@@ -172,7 +172,8 @@ def test_a_silent_node_is_the_same_episode_live_and_in_replay() -> None:
 
 
 def test_a_node_stuck_on_an_old_generation() -> None:
-    view = FleetView(Policy(grace_s=30))
+    view = FleetView(Policy(grace_s=30, silence_s=1000))
+    view.on_heartbeat(heartbeat(NODE, 0.5), 0.5)  # only registered nodes are judged
     view.on_intent(seed_intent(NODE, 1), 1.0)
     view.on_status(applied(NODE, 1, 2.0), 2.0)
     view.on_intent(seed_intent(NODE, 2), 10.0)
