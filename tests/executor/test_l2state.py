@@ -294,9 +294,36 @@ def test_a_host_networks_new_address_replaces_the_old_one() -> None:
     desired, _ = desired_state(
         seed_intent("node-1", 1, host_vlans=[storage(300, "169.254.30.9/24")])
     )
+    # The old address goes first: deleting a primary would take a new secondary with it.
     assert [s.describe() for s in plan(desired, actual)] == [
-        "addr.add oob-br.300 (address=169.254.30.9/24)",
         "addr.del oob-br.300 (address=169.254.30.1/24)",
+        "addr.add oob-br.300 (address=169.254.30.9/24)",
+    ]
+
+
+def test_an_address_kept_in_a_subnet_with_a_deletion_is_added_again() -> None:
+    actual = converged_seed_node()
+    actual.links["oob-br.300"] = LinkState(
+        name="oob-br.300",
+        kind="vlan",
+        alias=owner_alias(hostnet="storage"),
+        vlan_id=300,
+        vlan_link="oob-br",
+        up=True,
+        mtu=1500,
+        addresses=["169.254.30.1/24", "169.254.30.2/24", "169.254.40.1/24"],
+    )
+    actual.vlans["oob-br"] = [DEFAULT_PVID, vr(300)]
+    hv = storage(300, "169.254.30.2/24")
+    hv.addresses = ["169.254.30.2/24", "169.254.30.3/24", "169.254.40.1/24"]
+    desired, _ = desired_state(seed_intent("node-1", 1, host_vlans=[hv]))
+    # .1 may be the primary: .2 would die with it, so it is deleted and added again; the
+    # other subnet is left alone.
+    assert [s.describe() for s in plan(desired, actual)] == [
+        "addr.del oob-br.300 (address=169.254.30.1/24)",
+        "addr.del oob-br.300 (address=169.254.30.2/24)",
+        "addr.add oob-br.300 (address=169.254.30.2/24)",
+        "addr.add oob-br.300 (address=169.254.30.3/24)",
     ]
 
 
