@@ -37,8 +37,8 @@ that repeats forever:
 
 Tests stop the process inside a step: ``L2NET_TEST_CRASH_AT=<step index>:<point>`` (read by
 :class:`NetlinkKernel` at its creation; the index counts the steps this process applied,
-from 0) makes the process SIGKILL itself there: ``before`` a step, or at a named point
-inside one (:data:`CRASH_POINTS`).
+from 0) makes the process SIGKILL itself there: ``before`` or ``after`` a step, or at a named
+point inside one (:data:`CRASH_POINTS`).
 """
 
 from __future__ import annotations
@@ -353,6 +353,7 @@ class NetlinkKernel:
             self._point("before")
             try:
                 await handler(self, step)
+                self._point("after")
             finally:
                 self._steps += 1
 
