@@ -10,9 +10,18 @@ MTU → up → bridge with ``vlan_filtering`` → bond as bridge port → VIDs (
 each) → host VLAN interfaces with the ``self`` VID → VM namespaces and NICs (bridge CNI, then
 exact VIDs). VM NICs to unplug (CNI DEL) and their emptied namespaces come last.
 
-Kernel surprises the order encodes: a bond's mode can only change with no ports and the bond
-down; a port is enslaved while down; a port that sits in a link l2net does not own is never
-taken from it (the kernel would silently move it).
+Kernel surprises the order encodes: a bond's mode (and MAC, which it passes to its ports) can
+only change with no ports and the bond down; a port is enslaved while down; a bridge takes
+its ports' MTU when they change, so its own is set again after; deleting an IPv4 primary
+address deletes its subnet's secondaries, so deletions come first; a port that sits in a link
+l2net does not own is never taken from it (the kernel would silently move it).
+
+Crashes: the plan is made from what the kernel holds, and every step leaves a state the next
+plan continues from, so an executor that died anywhere converges when it starts again. What
+it left half-made reads as l2net's (see :mod:`services.executor.kernel`): an unnamed link it
+created is completed or deleted, a VM namespace it recorded and no VM wants is deleted, a
+NIC's record of what l2net found (:func:`shared.l2state.port_record`) is kept while it is
+held and restored when it is released for good.
 
 No differences → no steps: the executor then writes nothing at all.
 """
