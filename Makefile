@@ -13,7 +13,7 @@ APT_TEST_PACKAGES := systemd openssl docker-compose
 # under .cache/, and run inside lab nodes with private mounts (tests/auditor/oracle.py).
 IFUPDOWN2 := .cache/ifupdown2
 
-.PHONY: demo test lint unit bench deps venv clean
+.PHONY: demo test test-quick lint unit bench deps venv clean
 
 deps: $(VENV)/.installed .apt-installed $(IFUPDOWN2)/.extracted
 
@@ -51,7 +51,14 @@ lint: deps
 	$(VENV)/bin/ruff format --check services shared tests
 	$(VENV)/bin/mypy
 
+# Every test: the default suite, then the longer one (`-m long`: kill -9 and injected failures
+# at every step of the seed topology in a lab node; docs/reliability.md). CI runs both.
 test: deps lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m long
+
+# The default suite only (what a developer runs between changes).
+test-quick: deps lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: deps

@@ -21,6 +21,12 @@ alias starting with ``l2net`` (:func:`owner_alias`), so an executor restarted wi
 still knows which bridges, bonds, VLAN devices and VM ports are its own, and never touches
 anything else. The mgmt bridge, bond and VLAN device are never owned, only their VIDs.
 
+A link l2net was creating when its executor died has no alias yet; the kernel layer marks
+such a link at its creation (:data:`UNFINISHED_ALIAS` when read), so it is owned too, and
+completed or removed. A VM namespace l2net made is recorded (``owned_namespaces``), so that
+one left behind half-made is removed. A NIC l2net enslaves keeps what l2net found (admin
+state, alias) in its alias (:func:`port_record`), restored when l2net releases it for good.
+
 Everything here is pure: no I/O.
 """
 
@@ -46,6 +52,8 @@ from shared.model import (
 MGMT_BRIDGE = f"{MGMT}-br"
 MGMT_BOND = f"{MGMT}-bo"
 ALIAS_PREFIX = "l2net"
+PORT_RECORD_PREFIX = "l2net-port"
+"""A NIC's alias while l2net holds it in a bond: what it found (admin state, alias)."""
 
 VID_MIN = 1
 VID_MAX = 4094
@@ -163,6 +171,10 @@ class NodeL2State(msgspec.Struct, kw_only=True, rename="camel"):
     vm_ports: dict[str, VmPort] = msgspec.field(default_factory=dict)
     protected: list[str] = msgspec.field(default_factory=list)
     mgmt_vlan: int | None = None
+    owned_namespaces: list[str] = msgspec.field(default_factory=list)
+    """VM namespaces this node's executor made (recorded before each was made), mounted or
+    not: one not desired is removed, even when it holds no VM NIC l2net knows of (an
+    executor that died while making it, or while plugging its NIC)."""
     exact: bool = False
     """A snapshot to return to (rollback): every field counts, ``None`` included."""
 
@@ -217,6 +229,30 @@ def parse_alias(alias: str | None) -> dict[str, str] | None:
         if sep:
             out[key] = value
     return out
+
+
+UNFINISHED_ALIAS = owner_alias(unfinished="create")
+"""How a link l2net created but had not yet named as its own reads (see module)."""
+
+
+class PortRecord(msgspec.Struct, frozen=True):
+    """What l2net found on a NIC before enslaving it: its admin state and its alias."""
+
+    up: bool
+    alias: str | None
+
+
+def port_record(*, up: bool, alias: str | None) -> str:
+    """The alias a NIC carries while l2net holds it: ``l2net-port up=1 <its own alias>``."""
+    return f"{PORT_RECORD_PREFIX} up={int(up)}" + (f" {alias}" if alias else "")
+
+
+def parse_port_record(alias: str | None) -> PortRecord | None:
+    """The record :func:`port_record` wrote, or None when ``alias`` is not one."""
+    words = (alias or "").split(" ", 2)
+    if len(words) < 2 or words[0] != PORT_RECORD_PREFIX or words[1] not in ("up=0", "up=1"):
+        return None
+    return PortRecord(up=words[1] == "up=1", alias=words[2] if len(words) > 2 else None)
 
 
 def is_owned(link: LinkState) -> bool:
@@ -665,6 +701,7 @@ def build_actual(
     vlans: Mapping[str, list[VlanRange]],
     namespaces: Iterable[str],
     mgmt_vlan: int | None = None,
+    owned_namespaces: Iterable[str] = (),
 ) -> NodeL2State:
     """An actual state from what the kernel reported; VM ports are found by their alias."""
     by_name = {link.name: link for link in links}
@@ -690,6 +727,7 @@ def build_actual(
         vm_ports=vm_ports,
         protected=protected_links(mgmt_vlan),
         mgmt_vlan=mgmt_vlan,
+        owned_namespaces=sorted(set(owned_namespaces)),
     )
 
 
@@ -903,6 +941,19 @@ def diff(desired: NodeL2State, actual: NodeL2State) -> list[Difference]:
     for ns in desired.namespaces:
         if ns not in actual.namespaces:
             out.append(Difference(object=f"netns/{ns}", path="", desired=PRESENT, actual=ABSENT))
+    for ns in actual.owned_namespaces:
+        if ns not in desired.namespaces:
+            out.append(Difference(object=f"netns/{ns}", path="", desired=ABSENT, actual=PRESENT))
+    if not desired.exact:
+        # A NIC l2net released for good gets back what l2net found (a snapshot compares
+        # aliases anyway).
+        for name, link in sorted(actual.links.items()):
+            record = parse_port_record(link.alias)
+            wanted = desired.links.get(name)
+            if record is not None and (wanted is None or wanted.master is None):
+                out.append(
+                    Difference(object=name, path="alias", desired=record.alias, actual=link.alias)
+                )
     # Several VM NICs on one bridge without VLAN filtering report that bridge once.
     unique: dict[tuple[str, str], Difference] = {}
     for item in out:

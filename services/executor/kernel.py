@@ -16,6 +16,29 @@ Kernel surprises handled here: a link's alias and a bridge's MTU given in the cr
 request are ignored, so they are set right after; ``vlan_filter`` with a range sends
 ``RANGE_BEGIN``/``RANGE_END`` in one request but drops other flags, so flagged VIDs go one
 by one; a bridge's own VIDs need the ``self`` flag.
+
+Crashes at any instant. The executor may die (``kill -9``, power) between any two kernel
+writes; whatever it leaves must read as something the planner fixes, never as an error
+that repeats forever:
+
+* a link is created in its link group :data:`UNFINISHED_GROUP` (the creating request does
+  keep the group), and the request that names it l2net's (alias) puts it back in group 0: a
+  link of that group without an alias reads as :data:`~shared.l2state.UNFINISHED_ALIAS`,
+  owned, so it is completed (desired) or deleted (not);
+* a VM namespace is recorded in ``/run/l2net/netns/<vm>`` (holding the node's name) before
+  it is made, and the record removed last when it is deleted: a namespace file that is not
+  a mounted namespace is never reported as a namespace, one l2net recorded and no VM wants
+  is deleted (a half-plugged NIC inside goes with it), and making a namespace replaces an
+  unmounted file of that name;
+* a CNI ADD that died before the host veth got its alias left the VM's ``eth0`` in the
+  namespace: the next ADD runs the plugin's DEL first (which removes both ends);
+* a NIC's admin state is recorded in its alias in the request that first changes it (see
+  :func:`shared.l2state.port_record`).
+
+Tests stop the process inside a step: ``L2NET_TEST_CRASH_AT=<step index>:<point>`` (read by
+:class:`NetlinkKernel` at its creation; the index counts the steps this process applied,
+from 0) makes the process SIGKILL itself there: ``before`` or ``after`` a step, or at a named
+point inside one (:data:`CRASH_POINTS`).
 """
 
 from __future__ import annotations
@@ -27,13 +50,13 @@ import errno
 import ipaddress
 import os
 import re
+import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from pyroute2 import AsyncIPRoute
-from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
 from tenacity import (
@@ -50,6 +73,7 @@ from shared.l2state import (
     BOND_INT_OPTIONS,
     BOND_MODE_NAMES,
     MGMT_BRIDGE,
+    UNFINISHED_ALIAS,
     LinkState,
     NodeL2State,
     build_actual,
@@ -73,6 +97,25 @@ AF_BRIDGE = socket.AF_BRIDGE
 RTEXT_FILTER_BRVLAN_COMPRESSED = 1 << 2
 """``IFLA_EXT_MASK`` bit (include/uapi/linux/rtnetlink.h): bridge VLANs as ranges."""
 _MODE_NUMBERS = {name: num for num, name in BOND_MODE_NAMES.items()}
+UNFINISHED_GROUP = 0x6C32
+"""The link group of a link l2net created and has not yet named its own (see module)."""
+OWNED_NETNS_DIR = "/run/l2net/netns"
+"""Records of the VM namespaces l2net made: one file per namespace, holding the node name."""
+CRASH_ENV = "L2NET_TEST_CRASH_AT"
+CRASH_POINTS: dict[str, tuple[str, ...]] = {
+    "link.create": ("created",),
+    "vlan.add": ("vlan-request",),
+    "vlan.del": ("vlan-request",),
+    "vlan.exact": ("vlan-request",),
+    "vm.vlans": ("vlan-request",),
+    "netns.add": ("netns-recorded", "netns-file"),
+    "netns.del": ("netns-unmounted",),
+    "cni.add": ("cni-plugged",),
+}
+"""The points inside a step where a test may stop the process (besides ``before``): after a
+link is created and before it is named; after the first of several VLAN requests; after the
+namespace's record, then after its empty file; after the namespace is unmounted and before
+its file is removed; after the CNI plugin's ADD and before the host veth is named."""
 
 
 class KernelError(RuntimeError):
@@ -152,6 +195,9 @@ class NetlinkKernel:
         """One read or step at a time on ``_ipr``: the kernel refuses a second dump on a
         netlink socket while one runs (EBUSY), e.g. a heartbeat's NIC read during a state
         request."""
+        self._steps = 0
+        """Steps applied by this process so far (the index of the next one)."""
+        self._crash_at = _crash_plan(os.environ.get(CRASH_ENV))
 
     @property
     def writes(self) -> int:
@@ -236,8 +282,9 @@ class NetlinkKernel:
             node=self.node,
             links=links,
             vlans=vlans,
-            namespaces=pyroute2_netns.listnetns(),
+            namespaces=mounted_namespaces(),
             mgmt_vlan=self.mgmt_vlan,
+            owned_namespaces=owned_namespaces(self.node),
         )
 
     async def nics(self) -> list[Nic]:
@@ -318,7 +365,17 @@ class NetlinkKernel:
         if handler is None:
             raise KernelError(step, f"unknown step operation {step.op!r}")
         async with self._socket:
-            await handler(self, step)
+            self._point("before")
+            try:
+                await handler(self, step)
+                self._point("after")
+            finally:
+                self._steps += 1
+
+    def _point(self, name: str) -> None:
+        """A point where a test may stop this process dead (``L2NET_TEST_CRASH_AT``)."""
+        if self._crash_at == (self._steps, name):
+            os.kill(os.getpid(), signal.SIGKILL)
 
     async def _link_create(self, step: Step) -> None:
         ipr = await self._ip()
@@ -326,7 +383,8 @@ class NetlinkKernel:
         kind = a["kind"]
         spec: dict[str, Any] = {"ifname": step.target, "kind": kind}
         if kind == "bond":
-            spec.update(await self._bond_spec(step, a.get("bond_mode"), a.get("bond_options")))
+            options = _unrestricted(a.get("bond_options"))
+            spec.update(await self._bond_spec(step, a.get("bond_mode"), options))
         elif kind == "bridge":
             spec["br_vlan_filtering"] = 1 if a.get("vlan_filtering") else 0
         elif kind == "vlan":
@@ -340,7 +398,11 @@ class NetlinkKernel:
             spec["address"] = a["mac"]
         if a.get("txqlen") is not None:
             spec["txqlen"] = a["txqlen"]
+        # Marked unfinished in the creating request itself, which keeps the group (not the
+        # alias): an executor that dies before the next request leaves a link it knows.
+        spec["group"] = UNFINISHED_GROUP
         await self._write(step, lambda: ipr.link("add", **spec))
+        self._point("created")
         # The alias (and a bridge's MTU) given when creating are not kept: set them now.
         after: dict[str, Any] = {}
         if a.get("alias"):
@@ -367,12 +429,17 @@ class NetlinkKernel:
             spec["address"] = a["mac"]
         if "alias" in a:
             spec["ifalias"] = a["alias"] or ""
+            if parse_alias(a["alias"]) is not None:
+                spec["group"] = 0  # named l2net's: no longer unfinished (see module)
         if a.get("vlan_filtering") is not None:
             spec["kind"] = "bridge"
             spec["br_vlan_filtering"] = 1 if a["vlan_filtering"] else 0
         if "bond_mode" in a or "bond_options" in a:
             spec["kind"] = "bond"
-            spec.update(await self._bond_spec(step, a.get("bond_mode"), a.get("bond_options")))
+            options = a.get("bond_options")
+            if "bond_mode" in a:
+                options = _unrestricted(options)
+            spec.update(await self._bond_spec(step, a.get("bond_mode"), options))
         await self._write(step, lambda: ipr.link("set", **spec))
 
     async def _bond_spec(
@@ -395,12 +462,17 @@ class NetlinkKernel:
         index = await self._index(step, step.target)
         iface = ipaddress.ip_interface(step.args["address"])
         command = "add" if step.op == "addr.add" else "del"
-        await self._write(
-            step,
-            lambda: ipr.addr(
-                command, index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
-            ),
-        )
+        try:
+            await self._write(
+                step,
+                lambda: ipr.addr(
+                    command, index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
+                ),
+            )
+        except KernelError as exc:
+            # Gone already: the kernel deletes a subnet's secondaries with its primary.
+            if command != "del" or exc.code != errno.EADDRNOTAVAIL:
+                raise
 
     async def _vlan(self, step: Step) -> None:
         index = await self._index(step, step.target)
@@ -434,6 +506,7 @@ class NetlinkKernel:
                 await ipr.vlan_filter(command, index=index, vlan_info=info, **extra)
 
             await self._write(step, request)
+            self._point("vlan-request")
 
     async def _get_link(
         self, step: Step, name: str | None = None, *, index: int | None = None
@@ -507,9 +580,13 @@ class NetlinkKernel:
         try:
             self._writes += 1
             if step.op == "netns.add":
-                await loop.run_in_executor(None, create_netns, step.target)
+                await loop.run_in_executor(
+                    None, lambda: create_netns(step.target, owner=self.node, point=self._point)
+                )
             else:
-                await loop.run_in_executor(None, pyroute2_netns.remove, step.target)
+                await loop.run_in_executor(
+                    None, lambda: remove_netns(step.target, point=self._point)
+                )
         except OSError as exc:
             raise KernelError(step, f"{exc.strerror or exc}", code=exc.errno) from exc
 
@@ -522,6 +599,8 @@ class NetlinkKernel:
             "type": "bridge",
             "bridge": a.get("bridge") or "",
         }
+        if command == "ADD":
+            await self._unplug_half_plugged(step, config)
         self._writes += 1
         try:
             result = await cni.run_plugin(
@@ -538,6 +617,7 @@ class NetlinkKernel:
         if command == "ADD":
             if result.host_ifname is None:
                 raise KernelError(step, "the CNI plugin reported no host interface")
+            self._point("cni-plugged")
             # The alias is how l2net knows this veth is a VM NIC it plugged.
             alias = owner_alias(vm=a["vm"], net=a.get("network") or "", **{"if": a["ifname"]})
             await self._link_set(
@@ -546,6 +626,30 @@ class NetlinkKernel:
             self._vm_hosts[port_key(a["vm"], a["ifname"])] = result.host_ifname
         else:
             self._vm_hosts.pop(port_key(a["vm"], a["ifname"]), None)
+
+    async def _unplug_half_plugged(self, step: Step, config: dict[str, Any]) -> None:
+        """Before an ADD: a VM interface of that name without a host veth named l2net's is
+        what an ADD cut short left (the plugin would refuse: "already exists"); the
+        plugin's DEL removes it, and its host veth with it."""
+        a = step.args
+        if await self._vm_host_link(step, port_key(a["vm"], a["ifname"])) is not None:
+            return
+        loop = asyncio.get_running_loop()
+        inside = await loop.run_in_executor(None, netns_links, a["vm"])
+        if a["ifname"] not in inside:
+            return
+        self._writes += 1
+        try:
+            await cni.run_plugin(
+                "DEL",
+                vm=a["vm"],
+                ifname=a["ifname"],
+                config=config,
+                cni_path=self.cni_path,
+                netns=self.netns,
+            )
+        except cni.CniError as exc:
+            raise KernelError(step, f"removing a half-plugged {a['ifname']}: {exc}") from exc
 
 
 _Handler = Callable[[NetlinkKernel, Step], Awaitable[None]]
@@ -572,6 +676,7 @@ _CLONE_NEWNET = 0x40000000
 _MS_BIND = 0x1000
 _MS_REC = 0x4000
 _MS_SHARED = 1 << 20
+_MNT_DETACH = 0x2
 _libc: ctypes.CDLL | None = None
 
 
@@ -589,7 +694,70 @@ def _os_error(what: str) -> OSError:
     return OSError(code, f"{what}: {os.strerror(code)}")
 
 
-def create_netns(name: str) -> None:
+def _crash_plan(value: str | None) -> tuple[int, str] | None:
+    """``<step index>:<point>`` from :data:`CRASH_ENV`; None when unset or not that form."""
+    index, sep, point = (value or "").partition(":")
+    if not sep or not index.isdigit() or not point:
+        return None
+    return int(index), point
+
+
+def _is_mounted(path: str) -> bool:
+    """True when ``path`` is a mount point (a bound namespace), not a plain file of its
+    directory: the bind mount gives it the namespace file system's device."""
+    try:
+        return os.stat(path).st_dev != os.stat(os.path.dirname(path)).st_dev
+    except OSError:
+        return False
+
+
+def mounted_namespaces() -> list[str]:
+    """Named network namespaces that are namespaces: a file in ``/run/netns`` that nothing
+    is mounted on (an ``ip netns add`` or an executor that died half-way) is not one."""
+    try:
+        entries = os.listdir(cni.NETNS_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in entries if _is_mounted(os.path.join(cni.NETNS_DIR, n)))
+
+
+def owned_namespaces(node: str) -> list[str]:
+    """The VM namespaces ``node``'s executor recorded as made (see module)."""
+    try:
+        entries = os.listdir(OWNED_NETNS_DIR)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in entries:
+        if name.startswith("."):
+            continue  # a record being written
+        try:
+            with open(os.path.join(OWNED_NETNS_DIR, name)) as f:
+                if f.read() == node:
+                    out.append(name)
+        except OSError:
+            continue
+    return sorted(out)
+
+
+def _check_netns_name(name: str) -> None:
+    if not name or "/" in name or name in (".", "..") or name.startswith("."):
+        raise OSError(errno.EINVAL, f"{name!r} is not a network namespace name")
+
+
+def _record_netns(name: str, owner: str) -> None:
+    """Write the record atomically: a half-written one must not name another node."""
+    os.makedirs(OWNED_NETNS_DIR, mode=0o755, exist_ok=True)
+    path = os.path.join(OWNED_NETNS_DIR, name)
+    temp = os.path.join(OWNED_NETNS_DIR, f".{name}.{os.getpid()}")
+    with open(temp, "w") as f:
+        f.write(owner)
+    os.replace(temp, path)
+
+
+def create_netns(
+    name: str, *, owner: str | None = None, point: Callable[[str], None] | None = None
+) -> None:
     """Create the network namespace ``/run/netns/<name>`` as ``ip netns add`` does, without
     starting a process.
 
@@ -601,11 +769,18 @@ def create_netns(name: str) -> None:
     pooled threads) never leave their namespace.
     pyroute2's ``netns.create`` forks the whole process for the same thing, several times
     slower in a lab node. On failure the file is removed again and ``OSError`` is raised.
+
+    ``owner`` (the node's name) is recorded first (:data:`OWNED_NETNS_DIR`); a file of that
+    name that is not a namespace (left by a process that died half-way) is replaced.
+    ``point`` is called at the points a test may stop the process (:data:`CRASH_POINTS`).
     """
-    if not name or "/" in name or name in (".", ".."):
-        raise OSError(errno.EINVAL, f"{name!r} is not a network namespace name")
+    _check_netns_name(name)
+    at = point or (lambda _: None)
     libc = _c()
     run_dir = cni.NETNS_DIR
+    if owner is not None:
+        _record_netns(name, owner)
+        at("netns-recorded")
     os.makedirs(run_dir, mode=0o755, exist_ok=True)
     made_mount = False
     while libc.mount(b"", run_dir.encode(), b"none", _MS_SHARED | _MS_REC, None) != 0:
@@ -616,10 +791,14 @@ def create_netns(name: str) -> None:
             raise _os_error(f"cannot bind-mount {run_dir} on itself")
         made_mount = True
     path = os.path.join(run_dir, name)
+    if os.path.lexists(path) and not _is_mounted(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # an empty file left half-way: "unknown FS magic" for anyone
     try:
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
     except OSError as exc:
         raise OSError(exc.errno, f"cannot create {path}: {exc.strerror}") from exc
+    at("netns-file")
     failed: list[OSError] = []
 
     def enter_and_bind() -> None:
@@ -648,6 +827,58 @@ def create_netns(name: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise failed[0]
+
+
+def remove_netns(name: str, *, point: Callable[[str], None] | None = None) -> None:
+    """Remove the namespace ``/run/netns/<name>`` (unmount, remove the file) and then
+    l2net's record of it; each part is skipped when already done, so that a removal cut
+    short is finished by the next one."""
+    _check_netns_name(name)
+    path = os.path.join(cni.NETNS_DIR, name)
+    if _is_mounted(path) and _c().umount2(path.encode(), _MNT_DETACH) != 0:
+        raise _os_error(f"cannot unmount {path}")
+    (point or (lambda _: None))("netns-unmounted")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(OWNED_NETNS_DIR, name))
+
+
+def netns_links(name: str) -> list[str]:
+    """Interface names inside the named namespace (empty when it is not a namespace)."""
+    path = os.path.join(cni.NETNS_DIR, name)
+    if not _is_mounted(path):
+        return []
+    found: list[list[str]] = []
+    failed: list[OSError] = []
+    libc = _c()
+
+    def look() -> None:
+        own = f"/proc/self/task/{threading.get_native_id()}/ns/net"
+        try:
+            home = os.open(own, os.O_RDONLY | os.O_CLOEXEC)
+            target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            failed.append(exc)
+            return
+        try:
+            if libc.setns(target, _CLONE_NEWNET) != 0:
+                failed.append(_os_error(f"cannot enter {path}"))
+                return
+            try:
+                found.append([n for _, n in socket.if_nameindex()])
+            finally:
+                libc.setns(home, _CLONE_NEWNET)
+        finally:
+            os.close(target)
+            os.close(home)
+
+    thread = threading.Thread(target=look, name=f"netns-look-{name}", daemon=True)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return found[0] if found else []
 
 
 # -- message parsing (pyroute2 messages to l2net structs) ---------------------------------
@@ -681,11 +912,14 @@ def _link_state(msg: Any, names: dict[int, str], addresses: list[str]) -> LinkSt
     oper = msg.get("operstate")
     if oper == "UNKNOWN":  # drivers that report no operstate (UML vec, tap): from the carrier
         oper = "UP" if flags & IFF_UP and flags & IFF_LOWER_UP else "DOWN"
+    alias = msg.get("ifalias") or None
+    if alias is None and msg.get("group") == UNFINISHED_GROUP:
+        alias = UNFINISHED_ALIAS  # created by l2net, not named yet (see module)
     state = LinkState(
         name=msg.get("ifname"),
         kind=kind,
         index=msg["index"],
-        alias=msg.get("ifalias") or None,
+        alias=alias,
         master=names.get(master) if master else None,
         up=bool(flags & IFF_UP),
         oper=oper,
@@ -734,6 +968,27 @@ def _bond_options(data: dict[str, Any], names: dict[int, str]) -> dict[str, Any]
     if primary:
         out["primary"] = names.get(primary, str(primary))
     return out
+
+
+_MODE_RESTRICTED_DEFAULTS = {
+    "xmit_hash_policy": "layer2",
+    "lacp_rate": "slow",
+    "ad_select": "stable",
+    "arp_validate": "none",
+}
+"""Bond options the kernel refuses in some modes (EACCES, "option not supported in mode"),
+with the value a new bond has; the kernel reports them whatever the mode."""
+
+
+def _unrestricted(options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` without mode-restricted ones at their default: what a new bond (or one
+    changing mode) already has, and what its mode may refuse to be given (a snapshot's
+    bond, read back with every option, is re-created in rollback)."""
+    return {
+        key: value
+        for key, value in (options or {}).items()
+        if _MODE_RESTRICTED_DEFAULTS.get(key) != value
+    }
 
 
 def _bond_spec(mode: str | None, options: dict[str, Any]) -> dict[str, Any]:

@@ -10,15 +10,25 @@ MTU → up → bridge with ``vlan_filtering`` → bond as bridge port → VIDs (
 each) → host VLAN interfaces with the ``self`` VID → VM namespaces and NICs (bridge CNI, then
 exact VIDs). VM NICs to unplug (CNI DEL) and their emptied namespaces come last.
 
-Kernel surprises the order encodes: a bond's mode can only change with no ports and the bond
-down; a port is enslaved while down; a port that sits in a link l2net does not own is never
-taken from it (the kernel would silently move it).
+Kernel surprises the order encodes: a bond's mode (and MAC, which it passes to its ports) can
+only change with no ports and the bond down; a port is enslaved while down; a bridge takes
+its ports' MTU when they change, so its own is set again after; deleting an IPv4 primary
+address deletes its subnet's secondaries, so deletions come first; a port that sits in a link
+l2net does not own is never taken from it (the kernel would silently move it).
+
+Crashes: the plan is made from what the kernel holds, and every step leaves a state the next
+plan continues from, so an executor that died anywhere converges when it starts again. What
+it left half-made reads as l2net's (see :mod:`services.executor.kernel`): an unnamed link it
+created is completed or deleted, a VM namespace it recorded and no VM wants is deleted, a
+NIC's record of what l2net found (:func:`shared.l2state.port_record`) is kept while it is
+held and restored when it is released for good.
 
 No differences → no steps: the executor then writes nothing at all.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
 from typing import Any
 
@@ -33,6 +43,8 @@ from shared.l2state import (
     diff,
     is_owned,
     is_vm_port,
+    parse_port_record,
+    port_record,
     vlan_changes,
 )
 from shared.model import VlanRange
@@ -152,10 +164,21 @@ def plan(desired: NodeL2State, actual: NodeL2State) -> list[Step]:
         for name in sorted(owned):
             if extra(name) and actual.links[name].kind == kind:
                 removal.append(Step(op="link.delete", target=name))
+    # NICs released for good: the admin state and alias l2net found (the release, by a
+    # step or with its bond, left them down). One request: alias and state together.
+    for name, link in sorted(actual.links.items()):
+        found = parse_port_record(link.alias)
+        if found is None or not changed(name, "alias") or desired.exact:
+            continue
+        restore: dict[str, Any] = {"alias": found.alias}
+        if found.up:
+            restore["up"] = True
+        removal.append(Step(op="link.set", target=name, args=restore))
 
     # -- creations and changes, in the safe order ---------------------------------------
     downed: set[str] = set()
     bonds = [n for n, lk in desired.links.items() if lk.kind == "bond"]
+    rebuilt: set[str] = set()  # bonds emptied and downed for a mode or MAC change
     bridges = [n for n, lk in desired.links.items() if lk.kind == "bridge"]
     vlan_links = [n for n, lk in desired.links.items() if lk.kind == "vlan"]
     others = [n for n in desired.links if n not in {*bonds, *bridges, *vlan_links}]
@@ -165,21 +188,23 @@ def plan(desired: NodeL2State, actual: NodeL2State) -> list[Step]:
         if missing(name):
             create.append(Step(op="link.create", target=name, args=_create_args(want)))
             continue
-        if changed(name, "bond.mode"):
-            # The kernel refuses a mode change while the bond has ports or is up.
+        if changed(name, "bond.mode") or changed(name, "mac"):
+            # The kernel refuses a mode change while the bond has ports or is up, and a bond
+            # passes a new MAC on to every port (EBUSY from a port that is up): both are
+            # made with the bond empty and down; its ports are enslaved again below.
+            rebuilt.add(name)
             for port, link in sorted(actual.links.items()):
                 if link.master == name and port not in released:
                     create.append(Step(op="link.set", target=port, args={"master": None}))
                     released.add(port)
             create.append(Step(op="link.set", target=name, args={"up": False}))
             downed.add(name)
-            create.append(
-                Step(
-                    op="link.set",
-                    target=name,
-                    args={"bond_mode": want.bond_mode, "bond_options": want.bond_options or {}},
-                )
-            )
+            rebuild: dict[str, Any] = {}
+            if changed(name, "bond.mode"):
+                rebuild = {"bond_mode": want.bond_mode, "bond_options": want.bond_options or {}}
+            if changed(name, "mac"):
+                rebuild["mac"] = want.mac
+            create.append(Step(op="link.set", target=name, args=rebuild))
         else:
             opts = {
                 d.path.removeprefix("bond.options."): d.desired
@@ -198,16 +223,27 @@ def plan(desired: NodeL2State, actual: NodeL2State) -> list[Step]:
         if want.master in bonds and (name in released or have.master != want.master):
             enslave.append(name)
     for name in enslave:
-        if actual.links[name].up:
-            create.append(Step(op="link.set", target=name, args={"up": False}))
+        have = actual.links[name]
+        # What l2net found goes into the NIC's alias in the same request that first changes
+        # it (an executor may die right after): restored when the NIC is released for good.
+        record: dict[str, Any] = {}
+        free = have.master is None  # not one l2net already holds (a bond mode change)
+        if free and not desired.exact and parse_port_record(have.alias) is None:
+            record = {"alias": port_record(up=bool(have.up), alias=have.alias)}
+        if have.up:
+            create.append(Step(op="link.set", target=name, args={"up": False, **record}))
             downed.add(name)
-        create.append(Step(op="link.set", target=name, args={"master": desired.links[name].master}))
+            record = {}
+        enslaving = {"master": desired.links[name].master, **record}
+        create.append(Step(op="link.set", target=name, args=enslaving))
     for name in [*bonds, *others]:
         if missing(name):
             continue
         fields = _settable_changes(by_obj.get(name, {}))
         if name in enslave:
             fields.pop("mtu", None)  # a bond gives its MTU to every port it enslaves
+        if name in bonds and name in rebuilt:
+            fields.pop("mac", None)  # set with the bond empty, above
         if fields:
             create.append(Step(op="link.set", target=name, args=fields))
     for name in [*others, *bonds]:
@@ -220,6 +256,12 @@ def plan(desired: NodeL2State, actual: NodeL2State) -> list[Step]:
             create.append(Step(op="link.create", target=name, args=_create_args(want)))
         else:
             fields = _settable_changes(by_obj.get(name, {}))
+            ports_mtu = any(
+                desired.links[p].master == name and changed(p, "mtu") for p in [*bonds, *others]
+            )
+            if ports_mtu and want.mtu is not None:
+                # The kernel gives a bridge its ports' MTU when they change: set it again.
+                fields["mtu"] = want.mtu
             if fields:
                 create.append(Step(op="link.set", target=name, args=fields))
     for name in [*bonds, *others]:
@@ -246,10 +288,11 @@ def plan(desired: NodeL2State, actual: NodeL2State) -> list[Step]:
             if fields:
                 create.append(Step(op="link.set", target=name, args=fields))
         have_addrs = [] if (missing(name) or recreate) else actual.links[name].addresses or []
-        for address in sorted(set(want.addresses or []) - set(have_addrs)):
-            create.append(Step(op="addr.add", target=name, args={"address": address}))
-        for address in sorted(set(have_addrs) - set(want.addresses or [])):
+        add_addrs, del_addrs = _address_changes(want.addresses or [], have_addrs)
+        for address in del_addrs:
             create.append(Step(op="addr.del", target=name, args={"address": address}))
+        for address in add_addrs:
+            create.append(Step(op="addr.add", target=name, args={"address": address}))
         if _wants_up(want, None if recreate else actual.links.get(name), False):
             create.append(Step(op="link.set", target=name, args={"up": True}))
 
@@ -284,10 +327,38 @@ def plan(desired: NodeL2State, actual: NodeL2State) -> list[Step]:
             last.append(Step(op="cni.del", target=f"vm/{key}", args=_cni_args(vport)))
             emptied.add(vport.vm)
     remaining = {p.vm for k, p in actual.vm_ports.items() if not extra(f"vm/{k}")}
+    # Namespaces emptied now, and those l2net made that no VM wants (one left half-made by
+    # an executor that died, with a half-plugged NIC inside: deleting it takes that along).
+    emptied |= {vm for vm in actual.owned_namespaces if extra(f"netns/{vm}")}
     for vm in sorted(emptied - remaining - set(desired.namespaces)):
-        if vm in actual.namespaces:
+        if vm in actual.namespaces or vm in actual.owned_namespaces:
             last.append(Step(op="netns.del", target=vm))
     return removal + create + last
+
+
+def _address_changes(want: list[str], have: list[str]) -> tuple[list[str], list[str]]:
+    """(to add, to delete) for a link's addresses, deletions to run first.
+
+    The kernel deletes an IPv4 subnet's secondary addresses with its primary (unless
+    ``promote_secondaries``), so a subnet with a deletion is emptied and its desired
+    addresses added again: a new address in the same subnet then never dies with the old.
+    """
+    add = set(want) - set(have)
+    delete = set(have) - set(want)
+    touched = {_subnet(a) for a in delete} - {None}
+    for address in set(want) & set(have):
+        if _subnet(address) in touched:
+            add.add(address)
+            delete.add(address)
+    return sorted(add), sorted(delete)
+
+
+def _subnet(address: str) -> str | None:
+    try:
+        iface = ipaddress.ip_interface(address)
+    except ValueError:
+        return None
+    return str(iface.network) if iface.version == 4 else None
 
 
 def _refuse_protected(by_obj: dict[str, dict[str, Difference]], protected: set[str]) -> None:

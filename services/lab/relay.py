@@ -105,11 +105,17 @@ def _pump(src: int, dst: int, convert: Callable[[bytes, int], bytes | None], vid
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy one direction until end of stream, then pass the half-close on."""
-    with contextlib.suppress(ConnectionError, OSError):
+    """Copy one direction until end of stream, then pass the half-close on; a connection
+    reset (a process killed with unread data) is passed on as a close, or the other end
+    would keep a dead client (a NATS server: its subscriptions, answering nothing)."""
+    try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
+    except (ConnectionError, OSError):
+        writer.close()
+        return
+    with contextlib.suppress(ConnectionError, OSError):
         if writer.can_write_eof():
             writer.write_eof()
 

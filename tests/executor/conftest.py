@@ -11,6 +11,8 @@ works inside that namespace and never in the root namespace. VMs are namespaces 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from nats.aio.client import Client
 from pyroute2 import AsyncIPRoute
 from pyroute2 import netns as pyroute2_netns
 
-from services.executor.kernel import NetlinkKernel
+from services.executor.kernel import OWNED_NETNS_DIR, NetlinkKernel
 from services.executor.service import Executor, ExecutorConfig
 from services.lab import Lab
 from shared import bus, natsserver
@@ -75,6 +77,9 @@ def host_node() -> Iterator[HostNode]:
         for name in [*node.vms, ns]:
             if name in present:
                 pyroute2_netns.remove(name)
+        for name in node.vms:  # the executor's records of the VM namespaces it made
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(OWNED_NETNS_DIR, name))
 
 
 @pytest.fixture

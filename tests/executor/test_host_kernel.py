@@ -7,12 +7,13 @@ conftest). Packets between VMs are real: ping between VM namespaces over mgmt-br
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 
 import pytest
 
 from services.executor import dump
-from services.executor.kernel import KernelError, NetlinkKernel
+from services.executor.kernel import OWNED_NETNS_DIR, KernelError, NetlinkKernel
 from services.executor.planning import Step
 from services.executor.reconciling import converge
 from shared.l2state import NodeL2State, desired_state
@@ -240,3 +241,45 @@ async def test_a_vm_nic_gets_the_mac_its_vmnic_asks_for(
     desired, _ = desired_state(intent(host_node, 1, [port]))
     assert (await converge(kernel, desired)).phase == "Applied"
     assert "02:00:5e:10:20:30" in run_in(a, "ip", "link", "show", "eth0").stdout
+
+
+async def test_a_vm_nic_whose_plugging_was_cut_short_is_plugged_again(
+    host_node: HostNode, kernel: NetlinkKernel
+) -> None:
+    a = host_node.vm("a")
+    desired, _ = desired_state(intent(host_node, 1, [untagged_port(a)]))
+    assert (await converge(kernel, desired)).phase == "Applied"
+    veth = (await kernel.read()).vm_ports[f"{a}/eth0"].host_ifname or ""
+    # What an executor killed between the plugin's ADD and naming the veth leaves: eth0 in
+    # the VM, a veth on the bridge without l2net's alias (a retried ADD would fail with
+    # "already exists").
+    assert run_in(host_node.ns, "ip", "link", "set", "dev", veth, "alias", "").returncode == 0
+    outcome = await converge(NetlinkKernel(host_node.node, netns=host_node.ns), desired)
+    assert outcome.phase == "Applied", outcome.error
+    state = await kernel.read()
+    assert veth not in state.links  # the half-plugged pair is gone, a new one plugged
+    assert [p.vm for p in state.vm_ports.values()] == [a]
+    on_bridge = [n for n, lk in state.links.items() if n.startswith("veth")]
+    assert on_bridge == [state.vm_ports[f"{a}/eth0"].host_ifname]
+
+
+async def test_a_namespace_left_half_made_is_made_again_or_removed(
+    host_node: HostNode, kernel: NetlinkKernel
+) -> None:
+    a, b = host_node.vm("a"), host_node.vm("b")
+    # An executor killed inside netns.add: l2net's record, an empty file and no namespace
+    # ("unknown FS magic" for anyone using it).
+    for vm in (a, b):
+        os.makedirs(OWNED_NETNS_DIR, exist_ok=True)
+        with open(os.path.join(OWNED_NETNS_DIR, vm), "w") as f:
+            f.write(host_node.node)
+        open(f"/run/netns/{vm}", "w").close()
+    assert a not in (await kernel.read()).namespaces
+    desired, _ = desired_state(intent(host_node, 1, [untagged_port(a)]))
+    outcome = await converge(kernel, desired)
+    assert outcome.phase == "Applied", outcome.error
+    state = await kernel.read()
+    assert a in state.namespaces and f"{a}/eth0" in state.vm_ports
+    # b, no longer wanted, is gone: file and record.
+    assert not os.path.lexists(f"/run/netns/{b}")
+    assert state.owned_namespaces == [a]

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from services.executor.planning import PlanError, plan
 from shared.l2state import (
     DEFAULT_PVID,
+    UNFINISHED_ALIAS,
     Difference,
     LinkState,
     NodeL2State,
@@ -23,6 +24,7 @@ from shared.l2state import (
     normalize_bond_options,
     observed_from,
     owner_alias,
+    port_record,
     state_from_observed,
     vlan_changes,
 )
@@ -294,9 +296,36 @@ def test_a_host_networks_new_address_replaces_the_old_one() -> None:
     desired, _ = desired_state(
         seed_intent("node-1", 1, host_vlans=[storage(300, "169.254.30.9/24")])
     )
+    # The old address goes first: deleting a primary would take a new secondary with it.
     assert [s.describe() for s in plan(desired, actual)] == [
-        "addr.add oob-br.300 (address=169.254.30.9/24)",
         "addr.del oob-br.300 (address=169.254.30.1/24)",
+        "addr.add oob-br.300 (address=169.254.30.9/24)",
+    ]
+
+
+def test_an_address_kept_in_a_subnet_with_a_deletion_is_added_again() -> None:
+    actual = converged_seed_node()
+    actual.links["oob-br.300"] = LinkState(
+        name="oob-br.300",
+        kind="vlan",
+        alias=owner_alias(hostnet="storage"),
+        vlan_id=300,
+        vlan_link="oob-br",
+        up=True,
+        mtu=1500,
+        addresses=["169.254.30.1/24", "169.254.30.2/24", "169.254.40.1/24"],
+    )
+    actual.vlans["oob-br"] = [DEFAULT_PVID, vr(300)]
+    hv = storage(300, "169.254.30.2/24")
+    hv.addresses = ["169.254.30.2/24", "169.254.30.3/24", "169.254.40.1/24"]
+    desired, _ = desired_state(seed_intent("node-1", 1, host_vlans=[hv]))
+    # .1 may be the primary: .2 would die with it, so it is deleted and added again; the
+    # other subnet is left alone.
+    assert [s.describe() for s in plan(desired, actual)] == [
+        "addr.del oob-br.300 (address=169.254.30.1/24)",
+        "addr.del oob-br.300 (address=169.254.30.2/24)",
+        "addr.add oob-br.300 (address=169.254.30.2/24)",
+        "addr.add oob-br.300 (address=169.254.30.3/24)",
     ]
 
 
@@ -331,3 +360,94 @@ def test_a_vm_nic_on_a_bridge_the_node_does_not_have_is_refused() -> None:
     desired, _ = desired_state(it)
     with pytest.raises(PlanError, match="its bridge oob-br does not exist on this node"):
         plan(desired, actual)
+
+
+# -- crash recovery: what a dead executor leaves is planned away ----------------------------
+
+
+def bare_node() -> NodeL2State:
+    """The seed node before l2net: eth1 and eth2 free and up, no oob, no VM."""
+    actual = converged_seed_node()
+    for name in ("oob-bo", "oob-br", "veth1", "veth2", "veth3"):
+        actual.links.pop(name, None)
+        actual.vlans.pop(name, None)
+    for nic in ("eth1", "eth2"):
+        actual.links[nic].master = None
+    actual.vm_ports.clear()
+    actual.namespaces = []
+    return actual
+
+
+def test_a_nic_enslaved_records_what_l2net_found_in_the_request_that_first_changes_it() -> None:
+    actual = bare_node()
+    actual.links["eth2"].up = False
+    actual.links["eth2"].alias = "uplink to switch 7"
+    desired, _ = desired_state(seed_intent("node-1", 1))
+    steps = [s.describe() for s in plan(desired, actual)]
+    assert "link.set eth1 (up=False, alias=l2net-port up=1)" in steps
+    assert "link.set eth2 (master=oob-bo, alias=l2net-port up=0 uplink to switch 7)" in steps
+
+
+def test_a_nic_released_for_good_gets_back_its_state_and_alias() -> None:
+    actual = converged_seed_node()
+    actual.links["eth1"].alias = port_record(up=True, alias=None)
+    actual.links["eth2"].alias = port_record(up=False, alias="spare")
+    intent = seed_intent("node-1", 1)
+    intent.cluster_networks = intent.cluster_networks[:1]
+    intent.vm_ports = [p for p in intent.vm_ports if p.cluster_network == "mgmt"]
+    steps = [s.describe() for s in plan(desired_state(intent)[0], actual)]
+    release = steps.index("link.set eth1 (master=None)")
+    delete = steps.index("link.delete oob-bo")
+    assert release < delete < steps.index("link.set eth1 (alias=None, up=True)")
+    assert "link.set eth2 (alias=spare)" in steps
+    # An executor that died after the release: the record alone says what to restore.
+    actual.links.pop("oob-bo")
+    actual.links["eth1"].master = None
+    left = plan(desired_state(intent)[0], actual)
+    assert "link.set eth1 (alias=None, up=True)" in [s.describe() for s in left]
+
+
+def test_a_link_created_but_not_yet_named_is_completed_or_deleted() -> None:
+    actual = converged_seed_node()
+    actual.links["oob-br"].alias = UNFINISHED_ALIAS
+    desired, _ = desired_state(seed_intent("node-1", 1))
+    assert [s.describe() for s in plan(desired, actual)] == ["link.set oob-br (alias=l2net cn=oob)"]
+    actual.links["oob-br.300"] = LinkState(
+        name="oob-br.300", kind="vlan", alias=UNFINISHED_ALIAS, vlan_id=300, vlan_link="oob-br"
+    )
+    assert "link.delete oob-br.300" in [s.describe() for s in plan(desired, actual)]
+
+
+def test_a_namespace_l2net_made_that_no_vm_wants_is_removed() -> None:
+    actual = converged_seed_node()
+    # An executor died while making vmx's namespace (recorded; maybe not even mounted) or
+    # plugging its NIC (no VM NIC named l2net's): no VM wants it any more.
+    actual.owned_namespaces = ["vm100", "vm200", "vmu", "vmx"]
+    desired, _ = desired_state(seed_intent("node-1", 1))
+    assert [s.describe() for s in plan(desired, actual)] == ["netns.del vmx"]
+
+
+def test_a_bond_mac_change_is_made_with_the_bond_empty_and_down() -> None:
+    actual = converged_seed_node()
+    intent = seed_intent("node-1", 1)
+    bond = intent.cluster_networks[1].bond
+    assert bond is not None
+    bond.hwaddr = "02:00:00:00:01:01"
+    steps = [s.describe() for s in plan(desired_state(intent)[0], actual)]
+    assert steps[:4] == [
+        "link.set eth1 (master=None)",
+        "link.set eth2 (master=None)",
+        "link.set oob-bo (up=False)",
+        "link.set oob-bo (mac=02:00:00:00:01:01)",
+    ]
+    assert steps.index("link.set eth1 (master=oob-bo)") < steps.index("link.set oob-bo (up=True)")
+
+
+def test_a_bridge_keeps_its_mtu_when_its_bond_changes_its_own() -> None:
+    actual = converged_seed_node()
+    intent = seed_intent("node-1", 1)
+    bond = intent.cluster_networks[1].bond
+    assert bond is not None
+    bond.mtu = 1450
+    steps = [s.describe() for s in plan(desired_state(intent)[0], actual)]
+    assert steps.index("link.set oob-bo (mtu=1450)") < steps.index("link.set oob-br (mtu=1500)")
