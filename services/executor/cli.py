@@ -7,6 +7,7 @@ import asyncio
 
 from services.cli.client import add_nats_option
 from services.executor.kernel import NetlinkKernel
+from services.executor.nodestore import default_state_dir
 from services.executor.service import Executor, ExecutorConfig
 from shared import bus, config, lifecycle, names, subjects, tracing
 from shared.model import MAX_IFNAME, NodeStatus
@@ -43,6 +44,12 @@ def add_executor_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
     p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the executor keeps the generation it handled and the last intent it "
+        "applied, across restarts (default /var/lib/l2net/<node>)",
+    )
+    p.add_argument(
         "--no-create-streams",
         dest="create_streams",
         action="store_false",
@@ -72,7 +79,8 @@ def check_node_name(name: str, what: str = "--node") -> None:
 
 
 def run_executor(args: argparse.Namespace) -> int:
-    """Run until SIGINT/SIGTERM; exit 2 on bad arguments, 1 when NATS is unreachable."""
+    """Run until SIGINT/SIGTERM; exit 2 on bad arguments, 1 when NATS refuses this node for
+    good (its user may not read its stream). An unreachable NATS is waited for, for ever."""
     try:
         check_node_name(args.node)
         labels = parse_labels(args.label)
@@ -91,14 +99,24 @@ def run_executor(args: argparse.Namespace) -> int:
         labels=labels,
         heartbeat_s=args.heartbeat,
         create_streams=args.create_streams,
+        state_dir=args.state_dir or default_state_dir(args.node),
     )
     kernel = NetlinkKernel(args.node, netns=args.netns, mgmt_vlan=args.mgmt_vlan)
 
     async def serve() -> None:
         executor = Executor(cfg, kernel)
         try:
-            await executor.start()
-            await lifecycle.wait_for_stop()
+            # Returns once the node converged to the intent kept on disk: NATS may be away
+            # (a node rebooted during an outage); the executor connects when it answers.
+            await executor.start(wait_connected=False)
+            stop = asyncio.create_task(lifecycle.wait_for_stop())
+            session = asyncio.create_task(executor.wait_ready())
+            done, _ = await asyncio.wait({stop, session}, return_when=asyncio.FIRST_COMPLETED)
+            if session in done:
+                session.result()  # raises when NATS refused this node for good
+                await stop
+            else:
+                session.cancel()
         finally:
             await executor.stop()
 

@@ -7,11 +7,11 @@
    writes: the result is ``Applied`` with ``netlink_writes == 0``;
 3. apply the steps in order, logging each applied one;
 4. verify by reading back: the diff against desired must now be empty;
-5. on any failure (a refused step, a failed verification) roll back to the snapshot by
-   planning from the current state to the snapshot taken as an exact desired state (the
-   same planner, so a half-done step is undone too), remove VM namespaces the attempt
-   created, and verify that the dump equals the snapshot again: ``RolledBack`` when it
-   does, ``Failed`` (with what is left) when it does not.
+5. on any failure (a refused step, a failed verification, any other exception) roll back
+   to the snapshot by planning from the current state to the snapshot taken as an exact
+   desired state (the same planner, so a half-done step is undone too), remove VM
+   namespaces the attempt created, and verify that the dump equals the snapshot again:
+   ``RolledBack`` when it does, ``Failed`` (with what is left) when it does not.
 
 The kernel's own error text travels to the status unchanged.
 """
@@ -89,9 +89,9 @@ async def converge(
         snapshot = await kernel.read()
         try:
             steps = plan(desired, snapshot)
-        except (PlanError, StateError) as exc:
+        except Exception as exc:  # PlanError, StateError, or a bug: nothing written yet
             span.set_attribute("l2net.plan_error", str(exc))
-            return done("Failed", error=str(exc))
+            return done("Failed", error=_text(exc))
         span.set_attribute("l2net.steps", len(steps))
     if not steps:
         return done("Applied")
@@ -113,7 +113,9 @@ async def converge(
             span.set_attribute("l2net.differences", len(left))
         if left:
             raise VerifyError(left)
-    except (KernelError, VerifyError) as exc:
+    except Exception as exc:
+        # Any exception, not only the kernel's refusals: a value pyroute2 cannot pack, a CNI
+        # plugin that cannot start, a bug. Whatever it is, what was written is undone.
         failed = exc.step if isinstance(exc, KernelError) else None
         if failed is not None:
             results.append(
@@ -127,11 +129,11 @@ async def converge(
             detail = "; ".join([*rollback_errors, *(str(i) for i in rollback_left[:5])])
             return done(
                 "Failed",
-                error=f"{exc}; rollback incomplete: {detail}",
+                error=f"{_text(exc)}; rollback incomplete: {detail}",
                 remaining=rollback_left,
                 steps=applied,
             )
-        return done("RolledBack", error=str(exc), steps=applied)
+        return done("RolledBack", error=_text(exc), steps=applied)
     return done("Applied", steps=applied)
 
 
@@ -150,25 +152,32 @@ async def rollback(
         current = await kernel.read()
         try:
             steps = plan(target, current)
-        except (PlanError, StateError) as exc:
-            errors.append(str(exc))
+        except Exception as exc:
+            errors.append(_text(exc))
             break
         if not steps:
             break
         for step in steps:
             try:
                 await kernel.apply(step)
-            except KernelError as exc:
-                errors.append(str(exc))
+            except Exception as exc:  # keep undoing the rest whatever one step raised
+                errors.append(_text(exc))
     current = await kernel.read()
     created = {s.target for s in applied if s.op == "netns.add"}
     for vm in sorted(created - set(snapshot.namespaces)):
         if vm in current.namespaces:
             try:
                 await kernel.apply(Step(op="netns.del", target=vm))
-            except KernelError as exc:
+            except Exception as exc:
                 errors.append(str(exc))
     return diff(target, await kernel.read()), errors
+
+
+def _text(exc: BaseException) -> str:
+    """An error for a status: l2net's own errors as they read, others with their type."""
+    if isinstance(exc, (KernelError, VerifyError, PlanError, StateError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _refused_object(reason: str) -> str:
