@@ -427,6 +427,8 @@ def _bond_option_error(key: str, value: Any) -> str | None:
             return f"{value!r} must be a list of at most {MAX_ARP_TARGETS} IPv4 addresses"
         for target in targets:
             try:
+                if not isinstance(target, str):  # IPv4Address(1) would be 0.0.0.1
+                    raise TypeError(target)
                 ipaddress.IPv4Address(target)
             except (ValueError, TypeError):
                 return f"{target!r} is not an IPv4 address"
@@ -518,6 +520,8 @@ def check_intent(intent: NodeIntent) -> None:
         mtu(f"{at}.mtu", hv.mtu)
         for k, address in enumerate(hv.addresses):
             try:
+                if not isinstance(address, str):
+                    raise TypeError(address)
                 ipaddress.ip_interface(address)
             except (ValueError, TypeError):
                 raise bad(f"{at}.addresses[{k}]", f"{address!r} is not an address/prefix") from None

@@ -517,28 +517,31 @@ class Executor:
         return "ack"
 
     async def _follow(self) -> None:
+        assert self.nc is not None
+        reconnects = self.nc.stats["reconnects"]
         idle = 0
         failures = 0
         while not self._stopped.is_set():
             assert self._intent_sub is not None
+            if self.nc.stats["reconnects"] != reconnects and self.nc.is_connected:
+                # Back after an outage: the server may be a new one, with an empty store.
+                reconnects = self.nc.stats["reconnects"]
+                log.info("reconnected to NATS")
+                await self._recover()
             try:
                 msgs = await self._intent_sub.fetch(1, timeout=5)
                 failures = 0
             except TimeoutError:
                 idle += 1
                 if idle % 12 == 0:  # a quiet minute: make sure the consumer still exists
-                    with contextlib.suppress(Exception):
-                        await self._ensure_consumer()
+                    await self._recover()
                 continue
             except Exception as exc:  # connection trouble: the client reconnects by itself
                 failures += 1
                 delay = backoff(failures)
                 log.warning("fetching intents: %s; again in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
-                try:  # NATS may have lost the consumer (a server with a new store)
-                    await self._ensure_consumer()
-                except Exception as again:
-                    log.warning("re-creating consumer %s: %s", consumer_name(self.node), again)
+                await self._recover()
                 continue
             for msg in msgs:
                 try:
@@ -556,6 +559,17 @@ class Executor:
                     )
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=delay)
+
+    async def _recover(self) -> None:
+        """Make sure the streams and this node's consumer exist (NATS may have lost them:
+        a server started again with a new store), and store what waits to be published."""
+        try:
+            await self._streams()
+            await self._ensure_consumer()
+            await self._flush_pending()
+            await self._publish_node()
+        except Exception as exc:  # tried again at the next trouble or quiet minute
+            log.warning("recovering on NATS: %s: %s", type(exc).__name__, exc)
 
     async def _on_intent_msg(self, msg: Msg) -> None:
         """Take one intent message; ack (or term) after its status is stored (see module)."""
