@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 
 from services.cli.client import add_nats_option
 from services.executor.kernel import NetlinkKernel
@@ -109,7 +111,7 @@ def run_executor(args: argparse.Namespace) -> int:
             # Returns once the node converged to the intent kept on disk: NATS may be away
             # (a node rebooted during an outage); the executor connects when it answers.
             await executor.start(wait_connected=False)
-            stop = asyncio.create_task(lifecycle.wait_for_stop())
+            stop = asyncio.create_task(wait_for_stop_signal())
             session = asyncio.create_task(executor.wait_ready())
             done, _ = await asyncio.wait({stop, session}, return_when=asyncio.FIRST_COMPLETED)
             if session in done:
@@ -128,6 +130,33 @@ def run_executor(args: argparse.Namespace) -> int:
     finally:
         tracing.shutdown()
     return 0
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on SIGINT or SIGTERM sent to this process.
+
+    Not asyncio's ``add_signal_handler``: that routes signals through a wake-up descriptor
+    that every process pyroute2 forks (one per network namespace socket) inherits, so a
+    helper that pyroute2 stops with SIGTERM would stop the executor too. A plain handler
+    runs in the process the signal was sent to; in a forked helper it does the default.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    me = os.getpid()
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != me:  # a forked helper: die as the default action would
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        loop.call_soon_threadsafe(stop.set)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        await stop.wait()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 async def request_reconcile(servers: list[str], node: str, *, timeout: float) -> NodeStatus:
