@@ -166,6 +166,23 @@ def _ip(*args: str, stdin: str | None = None, check: bool = True) -> str:
     return proc.stdout
 
 
+def _holds_tun(leader: state.ProcRef) -> bool:
+    """Some process of ``leader``'s session (a zombie's threads included) still has
+    ``/dev/net/tun`` open."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) != leader.pid:
+                continue
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd) == "/dev/net/tun":
+                    return True
+        except (OSError, ValueError, IndexError):
+            continue
+    return False
+
+
 def _netns_exists(name: str) -> bool:
     return Path("/run/netns", name).exists()
 
@@ -794,7 +811,15 @@ class Lab:
         its taps, directory and executor state stay for :meth:`start_node`."""
         n = self.node(name)
         if n.proc is not None:
-            state.kill(n.proc, session=True)
+            old = n.proc
+            state.kill(old, session=True)
+            # Gone for good before anything boots on its taps: a tap still held by a dying
+            # UML process cannot be opened again ("uml_tap: failed to create tun interface").
+            deadline = time.monotonic() + 30
+            while state.alive(old) or state.session_members(old) or _holds_tun(old):
+                if time.monotonic() > deadline:
+                    raise LabError(f"{name} (pid {old.pid}) did not stop within 30 s")
+                time.sleep(0.1)
         for leftover in (Path.home() / ".uml" / n.umid, Path(self.state.dir) / "uml" / n.umid):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
