@@ -77,7 +77,13 @@ from services.executor.nodestore import Loaded, NodeStore
 from services.executor.planning import Step
 from services.executor.reconciling import Outcome, converge
 from shared import bus, intents, metrics, names, subjects, tracing
-from shared.l2state import StateError, check_intent, desired_state, observed_from
+from shared.l2state import (
+    MAX_GENERATION,
+    StateError,
+    check_intent,
+    desired_state,
+    observed_from,
+)
 from shared.model import Node, NodeIntent, NodeStatus, ObjectResult, ObservedState
 
 log = logging.getLogger("l2net.executor")
@@ -273,10 +279,12 @@ class Executor:
             try:
                 await self._setup()
                 break
-            except bus.BusError:
+            except bus.BusError as exc:
                 if self.nc.is_connected:
                     raise  # connected, and still refused: a permission, not an outage
-                log.warning("NATS went away during set-up; trying again")
+                delay = backoff(attempt)
+                log.warning("NATS went away during set-up (%s); again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
             except Exception as exc:
                 delay = backoff(attempt)
                 log.warning(
@@ -591,7 +599,10 @@ class Executor:
             NodeStatus(
                 node=self.node,
                 phase="Failed",
-                observed_generation=exc.intent.generation if exc.intent else 0,
+                # A generation out of range is named in the error, not repeated here.
+                observed_generation=exc.intent.generation
+                if exc.intent and 0 <= exc.intent.generation <= MAX_GENERATION
+                else 0,
                 error=f"{'intent refused' if exc.intent else 'malformed intent'}, not applied: "
                 f"{exc}",
                 at=time.time(),
