@@ -33,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from shared.model import MGMT, NodeIntent, ObservedState, VlanRange
+from shared.model import MGMT, NodeIntent, ObservedState, VlanRange, VmPortIntent
 
 MGMT_BRIDGE = f"{MGMT}-br"
 MGMT_BOND = f"{MGMT}-bo"
@@ -552,6 +552,98 @@ def protected_links(mgmt_vlan: int | None) -> list[str]:
     return out
 
 
+CNI_KEYS = frozenset(
+    {"cniVersion", "name", "type", "bridge", "promiscMode", "vlan", "vlanTrunk", "ipam", "mtu"}
+)
+"""The keys of the bridge CNI config the planner generates (services/planner/compiling.py's
+``nad_config``); a VM NIC's config with any other key is refused."""
+
+_CNI_VERSION = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")
+
+
+def _vid(value: object, where: str) -> int:
+    # bool is an int to Python, never a VID to l2net.
+    if isinstance(value, bool) or not isinstance(value, int) or not VID_MIN <= value <= VID_MAX:
+        raise StateError(f"{where} is {value!r}, not a VLAN id {VID_MIN}-{VID_MAX}")
+    return value
+
+
+def _trunk_vids(value: object, where: str) -> set[int]:
+    """The VIDs of a ``vlanTrunk`` list as the planner writes it (``{id}``, ``{minID, maxID}``)."""
+    if not isinstance(value, list) or not value:
+        raise StateError(f"{where} is {value!r}, not a non-empty list of VLAN ranges")
+    vids: set[int] = set()
+    for i, item in enumerate(value):
+        at = f"{where}[{i}]"
+        if isinstance(item, dict) and set(item) == {"id"}:
+            vids.add(_vid(item["id"], f"{at}.id"))
+        elif isinstance(item, dict) and set(item) == {"minID", "maxID"}:
+            lo, hi = _vid(item["minID"], f"{at}.minID"), _vid(item["maxID"], f"{at}.maxID")
+            if lo > hi:
+                raise StateError(f"{at}: minID {lo} is above maxID {hi}")
+            vids.update(range(lo, hi + 1))
+        else:
+            raise StateError(f"{at} is {item!r}: expected {{id}} or {{minID, maxID}}")
+    return vids
+
+
+def check_cni_config(port: VmPortIntent) -> None:
+    """Refuse (:class:`StateError`) a VM NIC whose CNI config is not one l2net generates.
+
+    The executor runs the plugin an intent names, with the options it gives, as root: a
+    ``host-device`` config would move any NIC (mgmt's too) into a VM. So only what the
+    planner's ``nad_config`` produces is run: the ``bridge`` plugin on the bridge of the
+    port's own cluster network, the port's network as its name, the VLAN or trunk that the
+    port's VIDs say, an empty ``ipam``, and no other key.
+    """
+    where = f"VM NIC {port.vm}/{port.ifname} (network {port.network}): cniConfig"
+    cfg: Any = port.cni_config
+    if not isinstance(cfg, dict):
+        raise StateError(f"{where} is not an object")
+    unknown = sorted(str(k) for k in cfg if k not in CNI_KEYS)
+    if unknown:
+        raise StateError(f"{where} has keys l2net never generates: {', '.join(unknown)}")
+    if cfg.get("type") != "bridge":
+        raise StateError(
+            f"{where}.type is {cfg.get('type')!r}: only the bridge plugin l2net generates is run"
+        )
+    own_bridge = f"{port.cluster_network}-br"
+    if port.bridge != own_bridge or cfg.get("bridge") != own_bridge:
+        raise StateError(
+            f"{where}.bridge is {cfg.get('bridge')!r} (port bridge {port.bridge!r}): the bridge"
+            f" of cluster network {port.cluster_network!r} is {own_bridge!r}"
+        )
+    version = cfg.get("cniVersion")
+    if not isinstance(version, str) or not _CNI_VERSION.fullmatch(version):
+        raise StateError(f"{where}.cniVersion is {version!r}, not a version like '0.3.1'")
+    if cfg.get("name") != port.network:
+        raise StateError(f"{where}.name is {cfg.get('name')!r}, not the network {port.network!r}")
+    if not isinstance(cfg.get("promiscMode", True), bool):
+        raise StateError(f"{where}.promiscMode is {cfg['promiscMode']!r}, not true or false")
+    if cfg.get("ipam", {}) != {}:
+        raise StateError(f"{where}.ipam is {cfg['ipam']!r}: l2net gives VM NICs no addresses")
+    mtu = cfg.get("mtu", 1500)
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535:
+        raise StateError(f"{where}.mtu is {mtu!r}, not an MTU 68-65535")
+    ports = expand_vlans(port.vlans)
+    if "vlan" in cfg and "vlanTrunk" in cfg:
+        raise StateError(f"{where} has both vlan and vlanTrunk")
+    if "vlan" in cfg:
+        vid = _vid(cfg["vlan"], f"{where}.vlan")
+        expected = {vid: (True, True)}
+    elif "vlanTrunk" in cfg:
+        expected = dict.fromkeys(
+            _trunk_vids(cfg["vlanTrunk"], f"{where}.vlanTrunk"), (False, False)
+        )
+    else:
+        expected = {1: (True, True)}  # an untagged network rides the PVID, VID 1
+    if ports != expected:
+        raise StateError(
+            f"{where} gives VLANs {format_vlans(compress_vlans(expected))}, the port's VLANs"
+            f" are {format_vlans(port.vlans)}"
+        )
+
+
 def desired_state(
     intent: NodeIntent, *, mgmt_vlan: int | None = None
 ) -> tuple[NodeL2State, list[str]]:
@@ -632,6 +724,7 @@ def desired_state(
 
     vm_ports: dict[str, VmPort] = {}
     for vp in intent.vm_ports:
+        check_cni_config(vp)  # before any write: only the plugin and options l2net generates
         port = VmPort(
             vm=vp.vm,
             ifname=vp.ifname,

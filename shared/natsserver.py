@@ -55,26 +55,56 @@ def wait_for_port(host: str, port: int, *, timeout: float) -> bool:
 
 @dataclass
 class EmbeddedNats:
-    """A running nats-server with JetStream; ``stop()`` ends exactly the process it started."""
+    """A running nats-server with JetStream; ``stop()`` ends exactly the process it started.
+
+    ``stop()`` then ``start_again()`` is a NATS outage: the same server comes back on the same
+    port with the same JetStream store (what it had stored is kept), as after a restart of
+    the service or of its host.
+    """
 
     process: subprocess.Popen[bytes]
     host: str
     port: int
     store_dir: Path
     log_file: Path
+    state_dir: Path | None = None
+    max_payload: int = 1024 * 1024
+    detach: bool = False
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def stop(self) -> None:
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, *, kill: bool = False) -> None:
+        """End the server: SIGTERM (it shuts down cleanly), or SIGKILL (a crash) if ``kill``."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def start_again(self) -> None:
+        """Start the stopped server again on the same port and JetStream store."""
+        if self.running:
+            raise NatsServerError(f"nats-server (pid {self.process.pid}) is still running")
+        if self.state_dir is None:
+            raise NatsServerError("this server was not started by natsserver.start()")
+        if self.log_file.exists():  # start() begins a fresh log: keep the one of the last run
+            self.log_file.replace(self.log_file.with_suffix(".log.1"))
+        again = start(
+            self.state_dir,
+            host=self.host,
+            port=self.port,
+            max_payload=self.max_payload,
+            detach=self.detach,
+        )
+        self.process = again.process
 
 
 _LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)")
@@ -112,7 +142,16 @@ def start(
         stderr=subprocess.DEVNULL,
         start_new_session=detach,
     )
-    server = EmbeddedNats(process=proc, host=host, port=port, store_dir=store, log_file=log_file)
+    server = EmbeddedNats(
+        process=proc,
+        host=host,
+        port=port,
+        store_dir=store,
+        log_file=log_file,
+        state_dir=state_dir,
+        max_payload=max_payload,
+        detach=detach,
+    )
     deadline = time.monotonic() + 15
     while True:
         text = log_file.read_text(errors="replace") if log_file.exists() else ""

@@ -110,3 +110,26 @@ def verify(intent: NodeIntent, trusted: Collection[str]) -> str:
             f"intent signature does not match its content (key {key[:12]}...)"
         ) from None
     return key
+
+
+def ensure_seed(path: str | Path) -> str:
+    """The seed in ``path``, made first (a new seed, mode 0600) when the file does not exist.
+
+    For dev setups (the lab, the demo, ``l2net planner --generate-signing-key``). Two
+    processes making it at once agree: the file appears whole, once, by a hard link.
+    """
+    target = Path(path)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(new_seed() + "\n")
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            pass  # made meanwhile by another process: that one is the key
+        finally:
+            tmp.unlink(missing_ok=True)
+    return load_seed(target)

@@ -9,6 +9,8 @@ API_GET = "l2.api.get"
 API_NAD = "l2.api.nad"
 API_SWITCH = "l2.api.switch"
 API_RECONCILE = "l2.api.reconcile"
+API_HEALTH = "l2.api.health"
+"""Request/reply into the planner: its connection health (see :func:`health`)."""
 
 AUDITOR_CHECK = "l2.auditor.check"
 """Request/reply into the auditor: check nodes (live first) and answer their findings."""
@@ -58,6 +60,16 @@ def drift(node: str) -> str:
 def executor_control(node: str, verb: str) -> str:
     """Request/reply into one node's executor (``reconcile``, ``state``)."""
     return f"l2.executor.{node}.{verb}"
+
+
+def health(service: str, *, node: str | None = None) -> str:
+    """Request/reply into a running service: its :class:`~shared.bus.Health`. Each subject
+    lies within what that service's NATS user may already subscribe to (deploy/nats):
+    ``l2.api.health`` (the planner), ``l2.auditor.health``, ``l2.executor.<node>.health``."""
+    if node is not None:
+        return executor_control(node, "health")
+    short = service.removeprefix("l2net-")
+    return API_HEALTH if short == "planner" else f"l2.{short}.health"
 
 
 def last_token(subject: str) -> str:

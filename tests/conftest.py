@@ -1,7 +1,9 @@
-"""Fixtures every test area shares: a real nats-server with JetStream on a free port."""
+"""Fixtures every test area shares: a real nats-server with JetStream on a free port, and the
+tests' intent signing key in the environment of every l2net process a test starts."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,6 +11,29 @@ import pytest
 from nats.aio.client import Client
 
 from shared import bus, natsserver
+from tests import keys
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Planners started as processes sign with the tests' key (``$L2NET_SIGNING_KEY_FILE``);
+    executors started as processes, and every lab's, also trust it (``$L2NET_TRUST_KEYS``),
+    so intents published by hand with :func:`tests.keys.sign` are accepted. In-process
+    planners and executors are given the key by their fixtures."""
+    seed = tmp_path_factory.mktemp("keys") / "signing.seed"
+    seed.write_text(keys.SEED + "\n")
+    seed.chmod(0o600)
+    saved = {k: os.environ.get(k) for k in ("L2NET_SIGNING_KEY_FILE", "L2NET_TRUST_KEYS")}
+    os.environ["L2NET_SIGNING_KEY_FILE"] = str(seed)
+    os.environ["L2NET_TRUST_KEYS"] = keys.PUBLIC
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture

@@ -12,22 +12,35 @@ environment variable (``L2NET_NATS_PASSWORD_<USER>``, upper case, ``-`` as ``_``
 ``L2NET_NATS_PASSWORD_NODE_1``). The variable may hold the plain password or a bcrypt hash
 (``$2a$...``); nats-server refuses to start when one is missing.
 
-Users (all in account ``L2NET`` with JetStream; ``SYS`` is the system account):
+Users (all in account ``L2NET`` with JetStream; ``SYS`` is the system account). Each gets
+only the JetStream API subjects it needs; no one but the planner may create or change a
+stream, and no one at all may delete or purge a stream, delete a message or delete a
+consumer (retention is the streams' own limits):
 
-- ``planner``: serves ``l2.api.>``, publishes specs and intents, manages the streams.
-- ``auditor``: reads every ``l2.>`` subject and stream, publishes ``l2.drift.>``, asks
-  executors for live state or a reconcile (``l2.executor.<node>.state|reconcile``).
+- ``planner``: serves ``l2.api.>``, publishes specs and intents (the only user that may),
+  creates and updates the streams, reads them (its own ephemeral consumers).
+- ``auditor``: reads every ``l2.>`` subject and stream (ephemeral ordered consumers, direct
+  and message gets), publishes ``l2.drift.>``, asks executors for live state or a reconcile
+  (``l2.executor.<node>.state|reconcile``). It cannot create or change a stream (the
+  planner creates ``L2_DRIFT`` with the others), nor delete, pull from or ack on another
+  consumer.
 - ``operator``: people and the ``l2net`` CLI: submits over ``l2.api.>``, asks the auditor
-  (``l2.auditor.>``: ``l2net audit``, ``l2net history``), asks executors for
-  state or a reconcile, reads everything, administers JetStream; cannot publish intents,
-  status or drift itself.
+  (``l2.auditor.>``: ``l2net audit``, ``l2net history``), asks executors for state or a
+  reconcile, and reads JetStream without creating anything: stream and consumer info and
+  lists, messages by sequence or last per subject (``STREAM.MSG.GET``, ``DIRECT.GET``).
+  It may not create consumers either: a push consumer delivers to any subject named in its
+  request body, which would be a publish in disguise. It cannot publish intents, status or
+  drift.
 - ``<node>``: the executor of that node. Publishes only ``l2.status.<node>``,
   ``l2.observed.<node>``, ``l2.node.<node>``; reads intents only through its durable consumer
   ``executor-<node>`` on ``L2_INTENTS`` filtered to ``l2.intent.<node>`` (created with the
   filtered create subject, so the server checks the filter); answers requests on
   ``l2.executor.<node>.>`` and ``$SRV``; receives replies only on ``_INBOX.<node>.>`` (the
   executor connects with ``inbox_prefix="_INBOX.<node>"``). It cannot create or change
-  streams: create them first with the planner or operator user.
+  streams: create them first with the planner user.
+
+Permissions are the second line: executors also refuse any intent not signed by the
+planner's key (docs/deploy.md, "Intent signing keys"), whoever managed to publish it.
 """
 
 from __future__ import annotations
@@ -103,9 +116,32 @@ def render(nodes: list[str]) -> str:
     if errors:
         raise ValueError("; ".join(errors))
 
+    # Reading streams: info, lists, one message by sequence or last per subject.
+    read_streams = [
+        "$JS.API.INFO",
+        "$JS.API.STREAM.NAMES",
+        "$JS.API.STREAM.LIST",
+        "$JS.API.STREAM.INFO.*",
+        "$JS.API.STREAM.MSG.GET.*",
+        "$JS.API.DIRECT.GET.>",
+        "$JS.API.CONSUMER.NAMES.*",
+        "$JS.API.CONSUMER.LIST.*",
+        "$JS.API.CONSUMER.INFO.*.*",
+    ]
     planner = _user(
         "planner",
-        ["l2.spec.>", "l2.intent.>", "$JS.API.>", "$JS.ACK.>", "$SRV.>"],
+        [
+            "l2.spec.>",
+            "l2.intent.>",
+            *read_streams,
+            "$JS.API.STREAM.CREATE.*",
+            "$JS.API.STREAM.UPDATE.*",
+            # Its own consumers (ephemeral, ordered or pulled once at start).
+            "$JS.API.CONSUMER.CREATE.>",
+            "$JS.API.CONSUMER.MSG.NEXT.*.*",
+            "$JS.FC.>",
+            "$SRV.>",
+        ],
         ["l2.api.>", "l2.spec.>", "l2.intent.>", "l2.node.>", "_INBOX.>", "$SRV.>"],
     )
     auditor = _user(
@@ -114,20 +150,9 @@ def render(nodes: list[str]) -> str:
             "l2.drift.>",
             "l2.executor.*.state",
             "l2.executor.*.reconcile",
-            "$JS.API.INFO",
-            "$JS.API.STREAM.NAMES",
-            "$JS.API.STREAM.LIST",
-            "$JS.API.STREAM.INFO.*",
-            "$JS.API.STREAM.MSG.GET.*",
-            "$JS.API.DIRECT.GET.>",
-            "$JS.API.STREAM.CREATE.L2_DRIFT",
-            "$JS.API.STREAM.UPDATE.L2_DRIFT",
-            "$JS.API.CONSUMER.CREATE.>",
-            "$JS.API.CONSUMER.DURABLE.CREATE.>",
-            "$JS.API.CONSUMER.INFO.>",
-            "$JS.API.CONSUMER.DELETE.>",
-            "$JS.API.CONSUMER.MSG.NEXT.>",
-            "$JS.ACK.>",
+            *read_streams,
+            # Ephemeral ordered consumers only: the create subject without a consumer name.
+            "$JS.API.CONSUMER.CREATE.*",
             "$JS.FC.>",
             "$SRV.>",
         ],
@@ -140,9 +165,7 @@ def render(nodes: list[str]) -> str:
             "l2.auditor.>",
             "l2.executor.*.state",
             "l2.executor.*.reconcile",
-            "$JS.API.>",
-            "$JS.ACK.>",
-            "$JS.FC.>",
+            *read_streams,
             "$SRV.>",
         ],
         ["l2.>", "_INBOX.>", "$SRV.>"],

@@ -177,7 +177,10 @@ class Auditor:
 
     async def start(self) -> None:
         """Replay every stream, publish what is new, then follow live and serve requests."""
-        await bus.ensure_streams(self.js, [subjects.STREAM_DRIFT])  # the one it writes
+        # The one it writes: created when missing and allowed, else waited for. Never
+        # updated: under deploy/nats only the planner may change a stream (an update can add
+        # a republish into l2.intent.*), and it brings all six to l2net's configuration.
+        await self._stream_info(subjects.STREAM_DRIFT)
         infos = {stream: await self._stream_info(stream) for stream, _ in READ_STREAMS}
         for stream, info in infos.items():
             created = info.created.isoformat() if info.created else ""

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import msgspec
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
+from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from shared import bus, config, tracing
@@ -57,8 +57,10 @@ async def request(
     """Ask an l2net service (``planner``, ``auditor``) and decode its answer.
 
     When the answer takes more than a second, progress is shown on a terminal's stderr.
-    Raises :class:`CliError` naming the service when nobody answers or the answer is bad.
+    Raises :class:`CliError` naming the service when nobody answers or the answer is bad,
+    and before sending a body over the server's limit.
     """
+    check_size(nc, len(body), what=f"the request on {subject}")
     with tracing.publish_span(subject) as headers:
         task = asyncio.ensure_future(nc.request(subject, body, timeout=timeout, headers=headers))
         waited = 0.0
@@ -75,6 +77,11 @@ async def request(
             print(file=sys.stderr)
         try:
             msg = task.result()
+        except MaxPayloadError as exc:  # the body fits, but not with its headers
+            raise CliError(
+                f"the request on {subject} is {len(body)} bytes with its headers over the "
+                f"NATS server's limit of {nc.max_payload} bytes (max_payload)"
+            ) from exc
         except NoRespondersError as exc:
             raise CliError(
                 f"no {service} answers on {subject}: is `l2net {service}` running?"
@@ -83,7 +90,28 @@ async def request(
             raise CliError(
                 f"the {service} did not answer on {subject} within {timeout:g}s"
             ) from exc
+    failed = (msg.headers or {}).get(SERVICE_ERROR)
+    if failed:
+        code = (msg.headers or {}).get(SERVICE_ERROR_CODE, "?")
+        raise CliError(f"the {service} failed on {subject} (error {code}): {failed}")
     try:
         return bus.decode(msg.data, reply_type)
     except msgspec.DecodeError as exc:
-        raise CliError(f"unexpected reply on {subject}: {exc}") from exc
+        raise CliError(
+            f"the {service} answered on {subject} with {len(msg.data)} bytes that are not "
+            f"its reply ({exc})"
+        ) from exc
+
+
+SERVICE_ERROR = "Nats-Service-Error"
+SERVICE_ERROR_CODE = "Nats-Service-Error-Code"
+"""Headers of a NATS micro service's error reply (its handler failed; the body is empty)."""
+
+
+def check_size(nc: Client, size: int, *, what: str) -> None:
+    """Refuse, in one line, a message over the connected server's max_payload."""
+    if size > nc.max_payload:
+        raise CliError(
+            f"{what} is {size} bytes, over the NATS server's limit of {nc.max_payload} bytes "
+            "per message (max_payload): split it into several"
+        )

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from services.cli.client import CliError, add_nats_option, connected, request
+from services.cli.client import CliError, add_nats_option, check_size, connected, request
 from shared import api, bus, config, lifecycle, model, natsserver, subjects, tracing
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -133,7 +133,13 @@ def refused(command: str, errors: list[api.Problem]) -> int:
 
 def print_apply_reply(reply: api.ApplyReply, *, source: str) -> int:
     if not reply.ok:
-        print(f"{source}: rejected, nothing was applied:", file=sys.stderr)
+        # Changes listed with a failure: stored, but not (yet) published to every node.
+        what = (
+            "stored, but not yet on every node"
+            if reply.changes
+            else "rejected, nothing was applied"
+        )
+        print(f"{source}: {what}:", file=sys.stderr)
         for problem in reply.errors:
             print(f"  - {problem}", file=sys.stderr)
         return 1
@@ -148,9 +154,11 @@ def print_apply_reply(reply: api.ApplyReply, *, source: str) -> int:
 
 async def _apply(args: argparse.Namespace) -> int:
     body = _read_manifest(args.file)
+    source = "stdin" if args.file == "-" else args.file
     async with connected(args.nats) as nc:
+        check_size(nc, len(body), what=source)
         reply = await request(nc, subjects.API_APPLY, body, api.ApplyReply)
-    return print_apply_reply(reply, source="stdin" if args.file == "-" else args.file)
+    return print_apply_reply(reply, source=source)
 
 
 async def _delete(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from services.auditor.service import Auditor
 from services.cli.commands import format_table, print_apply_reply
 from services.lab import Lab
 from services.planner.service import Planner
-from shared import api, bus, model, natsserver, subjects
+from shared import api, bus, model, natsserver, signing, subjects
 
 SEED = Path(__file__).resolve().parents[2] / "docs" / "examples" / "seed.yaml"
 NODES = ("node-1", "node-2", "node-3")
@@ -221,7 +221,8 @@ async def connectivity(lab: Lab, vms: list[Vm]) -> bool:
 
 async def _main(server: natsserver.EmbeddedNats, lab: Lab) -> int:
     nc = await bus.connect([server.url], name="l2net-demo")
-    planner = Planner(nc)
+    # The lab made its own key and gave its public key to its executors: sign with it.
+    planner = Planner(nc, signing_seed=signing.load_seed(lab.signing_seed_file))
     auditor = Auditor(nc)
     try:
         await planner.start()

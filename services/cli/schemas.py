@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from services.auditor import protocol
-from shared import api, model
+from shared import api, bus, model
 
 MESSAGES: dict[str, tuple[type[Any], str]] = {
     "node-intent": (model.NodeIntent, "l2.intent.<node> (stream L2_INTENTS), planner → executor"),
@@ -41,6 +41,11 @@ MESSAGES: dict[str, tuple[type[Any], str]] = {
     "auditor-history-reply": (protocol.HistoryReply, "reply of l2.auditor.history"),
     "auditor-desired-request": (protocol.DesiredRequest, "request body of l2.auditor.desired"),
     "auditor-desired-reply": (protocol.DesiredReply, "reply of l2.auditor.desired"),
+    "health": (
+        bus.Health,
+        "reply of l2.api.health, l2.auditor.health and l2.executor.<node>.health: a service's"
+        " connection to NATS",
+    ),
     "cluster-network": (model.ClusterNetwork, "manifest kind ClusterNetwork"),
     "vlan-config": (model.VlanConfig, "manifest kind VlanConfig"),
     "network": (model.Network, "manifest kind Network"),

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
+from collections.abc import Mapping
+from pathlib import Path
 
 from services.cli.client import add_nats_option
 from services.executor.kernel import NetlinkKernel
 from services.executor.nodestore import default_state_dir
 from services.executor.service import Executor, ExecutorConfig
-from shared import bus, config, lifecycle, names, subjects, tracing
+from shared import bus, config, lifecycle, names, signing, subjects, tracing
 from shared.model import MAX_IFNAME, NodeStatus
+
+log = logging.getLogger("l2net.executor")
+
+TRUST_KEYS_ENV = "L2NET_TRUST_KEYS"
+"""Trusted public keys from the environment (spaces or commas between them)."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,6 +66,27 @@ def add_executor_arguments(p: argparse.ArgumentParser) -> None:
         help="never try to create JetStream streams; wait for the planner to create them "
         "(for a least-privilege NATS node user, as in deploy/)",
     )
+    p.add_argument(
+        "--trust-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a public key (nkeys, N...) whose intent signatures this node accepts "
+        f"(repeatable; also ${TRUST_KEYS_ENV}, separated by spaces or commas)",
+    )
+    p.add_argument(
+        "--trust-keys-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a file of trusted public keys, one a line (# comments); repeatable",
+    )
+    p.add_argument(
+        "--insecure-accept-unsigned",
+        action="store_true",
+        help="INSECURE, dev only: with no trusted key, apply intents without checking "
+        "signatures (anyone who may publish on l2.intent.<node> then controls the node)",
+    )
     p.add_argument("--netns", help=argparse.SUPPRESS)  # tests: work inside a named namespace
 
 
@@ -70,6 +99,35 @@ def parse_labels(items: list[str]) -> dict[str, str]:
             raise ValueError(f"--label {item!r}: expected KEY=VALUE")
         labels[key.strip()] = value.strip()
     return labels
+
+
+def trusted_keys(keys: list[str], files: list[str], environ: Mapping[str, str]) -> list[str]:
+    """The public keys to trust, from ``--trust-key``, ``--trust-keys-file`` and
+    ``$L2NET_TRUST_KEYS``, each checked; ValueError naming the one that is not a key."""
+    found: list[tuple[str, str]] = [(k, "--trust-key") for k in keys]
+    found += [
+        (k, f"${TRUST_KEYS_ENV}") for k in environ.get(TRUST_KEYS_ENV, "").replace(",", " ").split()
+    ]
+    for path in files:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"--trust-keys-file {path}: {exc.strerror}") from None
+        for number, line in enumerate(lines, 1):
+            key = line.split("#", 1)[0].strip()
+            if key:
+                found.append((key, f"{path}:{number}"))
+    out: list[str] = []
+    for key, where in found:
+        if key.startswith("S"):  # never echoed: it is a secret in the wrong place
+            raise ValueError(f"{where}: a seed (a secret), not a public key (N...)")
+        try:
+            checked = signing.check_public_key(key)
+        except signing.KeyError_ as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if checked not in out:
+            out.append(checked)
+    return out
 
 
 def check_node_name(name: str, what: str = "--node") -> None:
@@ -90,6 +148,13 @@ def run_executor(args: argparse.Namespace) -> int:
             raise ValueError(f"--mgmt-vlan {args.mgmt_vlan}: a VLAN id is 1-4094")
         if args.mgmt_vlan is not None and len(f"mgmt-br.{args.mgmt_vlan}") > MAX_IFNAME:
             raise ValueError(f"--mgmt-vlan {args.mgmt_vlan}: interface name too long")
+        keys = trusted_keys(args.trust_key, args.trust_keys_file, os.environ)
+        if not keys and not args.insecure_accept_unsigned:
+            raise ValueError(
+                "no trusted signing key: give the planner's public key with --trust-key KEY"
+                f" (or --trust-keys-file, or ${TRUST_KEYS_ENV}); an executor that trusts no"
+                " key would apply intents anyone can publish"
+            )
     except ValueError as exc:
         print(f"l2net executor: {exc}")
         return 2
@@ -101,8 +166,14 @@ def run_executor(args: argparse.Namespace) -> int:
         labels=labels,
         heartbeat_s=args.heartbeat,
         create_streams=args.create_streams,
+        trusted_keys=keys,
+        accept_unsigned=args.insecure_accept_unsigned,
         state_dir=args.state_dir or default_state_dir(args.node),
     )
+    if keys:
+        log.info("accepting intents signed by %s", ", ".join(keys))
+    else:
+        log.warning("INSECURE: no trusted signing key; applying unsigned intents")
     kernel = NetlinkKernel(args.node, netns=args.netns, mgmt_vlan=args.mgmt_vlan)
 
     async def serve() -> None:

@@ -76,7 +76,7 @@ from services.executor.kernel import Kernel
 from services.executor.nodestore import Loaded, NodeStore
 from services.executor.planning import Step
 from services.executor.reconciling import Outcome, converge
-from shared import bus, intents, metrics, names, subjects, tracing
+from shared import bus, intents, metrics, names, signing, subjects, tracing
 from shared.l2state import (
     MAX_GENERATION,
     StateError,
@@ -145,6 +145,11 @@ class ExecutorConfig:
     create_streams: bool = True
     """Create missing streams (an unrestricted NATS user). False for a least-privilege node
     user (``--no-create-streams``, as in deploy/): wait for the planner to create them."""
+    trusted_keys: list[str] = field(default_factory=list)
+    """Public keys (nkeys ``N...``) whose signatures make an intent acceptable."""
+    accept_unsigned: bool = False
+    """Insecure, for a dev setup only: with no trusted key, apply intents unchecked. Without
+    it an executor that trusts no key refuses every intent."""
     state_dir: Path | str | None = None
     """Where the generation handled and the last applied intent are kept across restarts
     (:mod:`services.executor.nodestore`); None keeps nothing (an executor embedded for a
@@ -472,15 +477,27 @@ class Executor:
 
     def _accept(self, data: bytes, subject: str) -> NodeIntent:
         """The intent in ``data`` if it can be taken at all, else :class:`IntentRefused`
-        saying why (the one place every intent passes, from the bus or from the disk)."""
+        saying why (the one place every intent passes, from the bus or from the disk): it
+        decodes, is this node's (subject and body), is signed by a trusted key (whoever
+        published it), and every value is of its type and in range."""
         try:
             intent = bus.decode(data, NodeIntent)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise IntentRefused(f"{subject}: {exc}") from exc
-        if intent.node != self.node:
+        if subject != subjects.intent(self.node) or intent.node != self.node:
             raise IntentRefused(
                 f"{subject}: intent for node {intent.node!r}, this is {self.node!r}", intent
             )
+        if not self.config.trusted_keys:
+            if not self.config.accept_unsigned:
+                raise IntentRefused(
+                    f"{subject}: this executor trusts no signing key (--trust-key)", intent
+                )
+        else:  # with no key trusted and --insecure-accept-unsigned: a dev setup, unchecked
+            try:
+                signing.verify(intent, self.config.trusted_keys)
+            except signing.SignatureError as exc:
+                raise IntentRefused(f"{subject}: {exc}", intent) from None
         try:
             check_intent(intent)
         except StateError as exc:
@@ -552,21 +569,43 @@ class Executor:
                 await self._recover()
                 continue
             for msg in msgs:
-                try:
-                    await self._on_intent_msg(msg)
-                except Exception as exc:
-                    # Temporary (its status could not be stored): JetStream redelivers it
-                    # after a growing delay; taking it again is idempotent.
-                    delay = backoff(_deliveries(msg), first=2.0)
-                    log.error(
-                        "intent (stream sequence %s) not done, again in %.0f s: %s: %s",
+                await self._handle_msg(msg)
+
+    async def _handle_msg(self, msg: Msg) -> None:
+        """One delivered intent message, to its end (acked, terminated or nak'd)."""
+        wait = 1.0
+        while True:
+            try:
+                await self._on_intent_msg(msg)
+                return
+            except Exception as exc:
+                if bus.is_outage(exc) and not self._stopped.is_set():
+                    # NATS went away while handling it (its status not stored): a nak would
+                    # not get through either, and JetStream would redeliver it only after
+                    # ack_wait. Take it again once NATS is back (idempotent), so that its
+                    # status is stored and it is acked.
+                    log.warning(
+                        "intent (stream sequence %s): %s; again in %g s",
                         _seq(msg),
-                        delay,
-                        type(exc).__name__,
-                        exc,
+                        exc or type(exc).__name__,
+                        wait,
                     )
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=delay)
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, 10.0)
+                    continue
+                # Temporary otherwise too (its status could not be stored): JetStream
+                # redelivers it after a growing delay; taking it again is idempotent.
+                delay = backoff(_deliveries(msg), first=2.0)
+                log.error(
+                    "intent (stream sequence %s) not done, again in %.0f s: %s: %s",
+                    _seq(msg),
+                    delay,
+                    type(exc).__name__,
+                    exc,
+                )
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=delay)
+                return
 
     async def _recover(self) -> None:
         """Make sure the streams and this node's consumer exist (NATS may have lost them:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from services.lab import state
-from services.lab.fleet import Lab, LabError, default_dir, down
+from services.lab.fleet import Lab, LabError, NodeStatus, default_dir, down
 
 EXEC_FAILED = 255
 
@@ -80,7 +80,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the lab and each node's state; 0 when every node runs and answers."""
+    """Print the lab and each node's state; 0 when every node runs and answers, and each
+    executor the lab started runs and is connected to NATS (answers its health request)."""
     try:
         lab = Lab.load(_dir(args))
     except LabError as exc:
@@ -95,7 +96,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"relay: {relay}; NATS server: {nats if st.nats_owned else 'external (--nats)'}")
     print(
         f"{'NODE':<10} {'ADDRESS':<15} {'PID':>8} {'UML':<7} {'HELPER':<7} "
-        f"{'EXECUTOR':<8} {'BOOT':>6} {'HOST MEM':>9}"
+        f"{'EXECUTOR':<8} {'NATS':<22} {'BOOT':>6} {'HOST MEM':>9}"
     )
     ok = st.phase == "up"
     for n in lab.status():
@@ -104,9 +105,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"{n.name:<10} {n.address:<15} {n.pid or '-':>8} "
             f"{'running' if n.running else 'stopped':<7} {'ok' if n.helper else 'silent':<7} "
-            f"{n.executor or '-':<8} {boot:>6} {mem:>9}"
+            f"{n.executor or '-':<8} {_nats_column(n):<22} {boot:>6} {mem:>9}"
         )
         ok = ok and n.running and n.helper and n.executor in ("", "running")
+        ok = ok and n.connected is not False
     return 0 if ok else 1
 
 
@@ -120,6 +122,19 @@ def cmd_restart(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.node} restarted: network up in {seconds:.1f} s", file=sys.stderr)
     return 0
+
+
+def _nats_column(n: NodeStatus) -> str:
+    """Whether the node's executor is connected to NATS: it answered its health request
+    (``connected``, with the age of its last heartbeat) or not (``DISCONNECTED``)."""
+    if n.connected is None:
+        return "-"
+    heartbeat = f"hb {_age(n.heartbeat_age)}" if n.heartbeat_age is not None else "no hb"
+    return f"{'connected' if n.connected else 'DISCONNECTED'} ({heartbeat})"
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -53,7 +53,7 @@ from services.lab.bootscript import INIT_SCRIPT
 from services.lab.naming import LabConfigError, LabId
 from services.lab.protocol import MAX_STDIN, ExecReply, ExecRequest, PingReply
 from services.lab.relay import Listener, RelayConfig, VlanBridge
-from shared import bus, config, natsserver, subjects
+from shared import bus, config, natsserver, signing, subjects
 
 T = TypeVar("T")
 
@@ -86,6 +86,13 @@ class NodeStatus(NamedTuple):
     boot_seconds: float | None
     host_mem_kb: int
     executor: str  # "" (not started by the lab), "running", "exited", or "?" (no answer)
+    connected: bool | None = None
+    """The executor answers on NATS (its ``health`` request): None when the lab started none."""
+    heartbeat_age: float | None = None
+    """Seconds since the executor's last heartbeat stored in ``L2_NODES`` (by the server's
+    clock), None when there is none."""
+    connected_since: float | None = None
+    """When the executor's current NATS connection was made (epoch seconds), if it answered."""
 
 
 def default_dir() -> Path:
@@ -112,6 +119,7 @@ def executor_command(
     node: str,
     nats_url: str,
     mgmt_vlan: int | None = None,
+    trust_keys: Sequence[str] = (),
     state_dir: str | None = None,
     python: str = sys.executable,
 ) -> list[str]:
@@ -119,15 +127,42 @@ def executor_command(
     environment also has ``NATS_URL``, ``L2NET_NODE``, ``L2NET_STATE_DIR`` = the node's
     private directory, and the relayed ``OTEL_*`` variables). Its output goes to
     ``<node dir>/executor.log``; ``lab up`` waits for its first message on ``l2.node.<node>``.
+    ``trust_keys``: the public keys whose intent signatures it accepts (the lab's own first).
     ``state_dir``: the executor's own state (``<node dir>/executor-state``): a guest's root
     is the host's file system, so the default ``/var/lib/l2net/<node>`` would be the host's.
     """
     argv = [python, "-m", "services.executor", "--node", node, "--nats", nats_url]
     if mgmt_vlan is not None:
         argv += ["--mgmt-vlan", str(mgmt_vlan)]
+    for key in trust_keys:
+        argv += ["--trust-key", key]
     if state_dir is not None:
         argv += ["--state-dir", state_dir]
     return argv
+
+
+SIGNING_SEED_FILE = "signing.seed"
+TRUST_KEYS_ENV = "L2NET_TRUST_KEYS"
+
+
+def signing_seed_file(directory: Path | str | None = None) -> Path:
+    """The lab's intent signing seed, ``<lab dir>/signing.seed``: made by ``lab up`` (or
+    first by ``l2net planner --generate-signing-key``) and removed by ``lab down``. The lab's
+    executors trust its public key; a planner for the lab signs with it."""
+    return (Path(directory) if directory is not None else default_dir()) / SIGNING_SEED_FILE
+
+
+def _lab_trust_keys(d: Path, environ: dict[str, str]) -> list[str]:
+    """The lab's own key (made now if missing), then those of ``$L2NET_TRUST_KEYS``."""
+    keys = [signing.public_key(signing.ensure_seed(signing_seed_file(d)))]
+    for key in environ.get(TRUST_KEYS_ENV, "").replace(",", " ").split():
+        try:
+            checked = signing.check_public_key(key)
+        except signing.KeyError_ as exc:
+            raise LabError(f"${TRUST_KEYS_ENV}: {exc}") from None
+        if checked not in keys:
+            keys.append(checked)
+    return keys
 
 
 # ---------------------------------------------------------------------------
@@ -234,6 +269,23 @@ async def connect_nats(url: str, *, name: str, timeout: float = 3.0) -> Client:
         raise LabError(f"cannot reach NATS at {url}: {exc!r}") from exc
 
 
+async def _executor_health(nc: Client, node: str) -> tuple[bus.Health | None, float | None]:
+    """The node's executor's answer to its health request (None: no answer, so not connected
+    to NATS whatever its process does) and the age of its last heartbeat in ``L2_NODES``."""
+    health: bus.Health | None = None
+    age: float | None = None
+    try:
+        msg = await nc.request(subjects.health("l2net-executor", node=node), b"", timeout=2.0)
+        health = msgspec.json.decode(msg.data, type=bus.Health)
+    except Exception:  # no responders, no answer, not l2net's answer: not connected
+        health = None
+    with contextlib.suppress(Exception):  # no stream, no heartbeat yet
+        raw = await nc.jetstream().get_last_msg(subjects.STREAM_NODES, subjects.node(node))
+        if raw.time is not None:
+            age = max(0.0, time.time() - raw.time.timestamp())
+    return health, age
+
+
 async def _probe_nats(url: str) -> None:
     nc = await connect_nats(url, name="l2lab-probe")
     await nc.close()
@@ -303,6 +355,12 @@ class Lab:
     def nats_url_inside(self) -> str:
         """The URL the nodes use (the relay on the gateway address)."""
         return self.state.nats_url_inside
+
+    @property
+    def signing_seed_file(self) -> Path:
+        """The lab's intent signing seed (a secret): what a planner for this lab signs with;
+        the lab's executors trust its public key (and those of ``$L2NET_TRUST_KEYS``)."""
+        return signing_seed_file(self.dir)
 
     def node(self, name: str) -> state.NodeState:
         """A node's record; LabError naming the known nodes if there is no such node."""
@@ -408,6 +466,9 @@ class Lab:
         async def one(n: state.NodeState) -> NodeStatus:
             helper = False
             executor = "?" if self.state.executor else ""
+            connected: bool | None = False if self.state.executor else None
+            since: float | None = None
+            age: float | None = None
             if nc is not None:
                 try:
                     reply = await self.aping(n.name, timeout=2.0, nc=nc)
@@ -415,6 +476,10 @@ class Lab:
                     executor = reply.executor
                 except LabError:
                     pass
+                if self.state.executor:
+                    health, age = await _executor_health(nc, n.name)
+                    connected = health is not None and health.connected
+                    since = health.connected_since if health is not None else None
             return NodeStatus(
                 name=n.name,
                 address=n.address,
@@ -424,6 +489,9 @@ class Lab:
                 boot_seconds=n.boot_seconds,
                 host_mem_kb=_host_mem_kb(n.proc),
                 executor=executor,
+                connected=connected,
+                heartbeat_age=age,
+                connected_since=since,
             )
 
         try:
@@ -500,6 +568,7 @@ class Lab:
             teardown(old)  # leftovers of a crashed or killed lab
             d.mkdir(parents=True, exist_ok=True)
         start_executor = executor_available() if executor is None else executor
+        trust_keys = _lab_trust_keys(d, env) if start_executor else []
         lab_id = naming.new_lab_id()
         while _netns_exists(naming.netns_name(lab_id)):  # never adopt another lab's names
             lab_id = naming.new_lab_id()
@@ -513,6 +582,7 @@ class Lab:
             data_nics=data_nics,
             mem_mb=mem_mb,
             executor=start_executor,
+            trust_keys=trust_keys,
         )
         state.save(st)
         lab = cls(st)
@@ -769,6 +839,7 @@ class Lab:
                     node=n.name,
                     nats_url=st.nats_url_inside,
                     mgmt_vlan=st.mgmt_vlan,
+                    trust_keys=st.trust_keys,
                     state_dir=str(nd / "executor-state"),
                 )
             )
@@ -909,7 +980,8 @@ def teardown(st: state.LabState, *, remove_files: bool = True) -> list[str]:
         for sub in ("nodes", "uml", "nats"):
             if (d / sub).is_dir():
                 shutil.rmtree(d / sub, ignore_errors=True)
-        for name in ("init.sh", "relay.json", "relay.log", "relay.ready", state.STATE_FILE):
+        files = ("init.sh", "relay.json", "relay.log", "relay.ready", SIGNING_SEED_FILE)
+        for name in (*files, state.STATE_FILE):
             (d / name).unlink(missing_ok=True)
         (d / (state.STATE_FILE.removesuffix(".json") + ".tmp")).unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # not empty: files that are not the lab's stay

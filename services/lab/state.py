@@ -57,6 +57,7 @@ class LabState(msgspec.Struct, kw_only=True):
     data_nics: int = 2
     mem_mb: int = 256
     executor: bool = False
+    trust_keys: list[str] = msgspec.field(default_factory=list)  # the executors' --trust-key
     extra_taps: list[str] = msgspec.field(default_factory=list)
     nodes: list[NodeState] = msgspec.field(default_factory=list)
     otel_env: dict[str, str] = msgspec.field(default_factory=dict)

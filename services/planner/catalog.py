@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TypeVar
 
 from shared import model
@@ -29,6 +30,53 @@ class Catalog:
     entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
     nodes: dict[str, model.Node] = field(default_factory=dict)
 
+    @cached_property
+    def _by_kind(self) -> dict[str, list[Entry]]:
+        """Each kind's entries sorted by name, computed once per catalog (it is a value)."""
+        out: dict[str, list[Entry]] = {}
+        for (kind, _), entry in sorted(self.entries.items()):
+            out.setdefault(kind, []).append(entry)
+        return out
+
+    @cached_property
+    def _uplinks(
+        self,
+    ) -> dict[str, tuple[dict[str, list[model.VlanConfig]], list[model.VlanConfig]]]:
+        """Per cluster network, its VlanConfigs in name order: those that select one host by
+        ``kubernetes.io/hostname`` alone, by that host, and the others; so that finding a
+        node's uplink does not look at every VlanConfig of every node."""
+        out: dict[str, tuple[dict[str, list[model.VlanConfig]], list[model.VlanConfig]]] = {}
+        for vc in self.all(model.VlanConfig):
+            by_host, general = out.setdefault(vc.cluster_network, ({}, []))
+            host = vc.node_selector.get(HOSTNAME_LABEL)
+            if host is not None and len(vc.node_selector) == 1:
+                by_host.setdefault(host, []).append(vc)
+            else:
+                general.append(vc)
+        return out
+
+    @cached_property
+    def _first_uplink(self) -> dict[str, model.VlanConfig]:
+        """The first VlanConfig (by name) of each cluster network."""
+        out: dict[str, model.VlanConfig] = {}
+        for vc in self.all(model.VlanConfig):
+            out.setdefault(vc.cluster_network, vc)
+        return out
+
+    def first_vlan_config(self, cluster_network: str) -> model.VlanConfig | None:
+        """The first VlanConfig (by name) of a cluster network: whose MTU it has."""
+        return self._first_uplink.get(cluster_network)
+
+    def entries_of(self, kind: str) -> list[Entry]:
+        """The entries of one kind, sorted by name."""
+        return self._by_kind.get(kind, [])
+
+    def vlan_configs_of(self, cluster_network: str, host: str) -> list[model.VlanConfig]:
+        """The VlanConfigs of a cluster network that may select a node whose
+        ``kubernetes.io/hostname`` label is ``host``, in name order."""
+        by_host, general = self._uplinks.get(cluster_network, ({}, []))
+        return sorted(by_host.get(host, []) + general, key=lambda vc: vc.name)
+
     def get(self, kind: type[S], name: str) -> S | None:
         entry = self.entries.get((kind.kind, name))
         if entry is None:
@@ -38,10 +86,9 @@ class Catalog:
 
     def all(self, kind: type[S]) -> list[S]:
         out: list[S] = []
-        for (k, _), entry in sorted(self.entries.items()):
-            if k == kind.kind:
-                assert isinstance(entry.spec, kind)
-                out.append(entry.spec)
+        for entry in self.entries_of(kind.kind):
+            assert isinstance(entry.spec, kind)
+            out.append(entry.spec)
         return out
 
     def items(self) -> Iterator[tuple[tuple[str, str], Entry]]:
@@ -99,8 +146,8 @@ def vlan_config_for(catalog: Catalog, cluster_network: str, node: str) -> model.
     if node not in catalog.nodes:
         return None
     labels = node_labels(catalog.nodes[node])
-    for vc in catalog.all(model.VlanConfig):
-        if vc.cluster_network == cluster_network and selects(vc.node_selector, labels):
+    for vc in catalog.vlan_configs_of(cluster_network, labels[HOSTNAME_LABEL]):
+        if selects(vc.node_selector, labels):
             return vc
     return None
 

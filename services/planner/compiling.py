@@ -92,10 +92,8 @@ def port_vlans(net: model.Network) -> list[VlanRange]:
 
 
 def cluster_network_mtu(catalog: Catalog, cluster_network: str) -> int:
-    for vc in catalog.all(model.VlanConfig):
-        if vc.cluster_network == cluster_network:
-            return vc.uplink.link_attributes.mtu or DEFAULT_MTU
-    return DEFAULT_MTU
+    vc = catalog.first_vlan_config(cluster_network)
+    return (vc.uplink.link_attributes.mtu or DEFAULT_MTU) if vc is not None else DEFAULT_MTU
 
 
 def nad_config(catalog: Catalog, net: model.Network) -> dict[str, Any]:
@@ -231,10 +229,8 @@ def compile_node(catalog: Catalog, node: str, *, generation: int = 0) -> model.N
     vm_ports: list[model.VmPortIntent] = []
     nics = [
         (entry.created, entry.spec)
-        for (kind, _), entry in catalog.items()
-        if kind == model.VmNic.kind
-        and isinstance(entry.spec, model.VmNic)
-        and entry.spec.node == node
+        for entry in catalog.entries_of(model.VmNic.kind)
+        if isinstance(entry.spec, model.VmNic) and entry.spec.node == node
     ]
     per_vm: dict[str, int] = {}
     for _, nic in sorted(nics, key=lambda item: (item[1].vm, item[0], item[1].name)):

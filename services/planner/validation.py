@@ -11,8 +11,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 
-from services.planner.catalog import Catalog, node_labels, selects, vlan_config_for
+from services.planner.catalog import HOSTNAME_LABEL, Catalog, node_labels, selects
 from shared import model, names
 from shared.api import Problem
 
@@ -301,70 +302,89 @@ def _check_vm_nic(c: _Collector, nic: model.VmNic) -> None:
         c.add("mac", f"{nic.mac!r} is not a MAC address (like 52:54:00:12:34:56)")
 
 
-def check_catalog(catalog: Catalog) -> list[Problem]:
-    """Rules across objects and nodes; the catalog is the state a submission would produce."""
+def _names(names: list[str], limit: int = 3) -> str:
+    """At most ``limit`` names, then how many more: a message stays short however many."""
+    shown = ", ".join(names[:limit])
+    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
+
+
+def check_catalog(
+    catalog: Catalog, located: Mapping[tuple[str, str], tuple[int, int]] | None = None
+) -> list[Problem]:
+    """Rules across objects and nodes; the catalog is the state a submission would produce.
+
+    ``located`` gives the document and line of each submitted object, so that a problem
+    between two objects names where both come from. Linear in the objects and nodes: a
+    problem message names a bounded number of other objects.
+    """
     problems: list[Problem] = []
 
     def add(spec: model.Spec, field: str, message: str) -> None:
         problems.append(Problem(kind=spec.kind, name=spec.name, field=field, message=message))
 
+    def where(spec: model.Spec) -> str:
+        found = (located or {}).get((spec.kind, spec.name))
+        return f" (document {found[0]}, line {found[1]})" if found else ""
+
     vcs = catalog.all(model.VlanConfig)
+    by_network: dict[str, list[model.VlanConfig]] = defaultdict(list)
     for vc in vcs:
+        by_network[vc.cluster_network].append(vc)
         if vc.cluster_network != model.MGMT and not catalog.cluster_network_exists(
             vc.cluster_network
         ):
             add(vc, "clusterNetwork", f"cluster network {vc.cluster_network!r} does not exist")
 
     # MTU: one value per cluster network (VMs and uplinks must agree).
-    mtus: dict[str, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for vc in vcs:
-        mtus[vc.cluster_network][vc.uplink.link_attributes.mtu or 1500].append(vc.name)
-    for cn, by_mtu in mtus.items():
+    for cn, members in by_network.items():
+        by_mtu: dict[int, list[str]] = defaultdict(list)
+        for vc in members:
+            by_mtu[vc.uplink.link_attributes.mtu or 1500].append(vc.name)
         if len(by_mtu) > 1:
-            detail = "; ".join(f"{m} in {', '.join(names)}" for m, names in sorted(by_mtu.items()))
-            for vc in vcs:
-                if vc.cluster_network == cn:
-                    add(
-                        vc,
-                        "uplink.linkAttributes.mtu",
-                        f"all VlanConfigs of cluster network {cn} must use one MTU ({detail})",
-                    )
+            detail = "; ".join(f"{m} in {_names(names)}" for m, names in sorted(by_mtu.items()))
+            for vc in members:
+                add(
+                    vc,
+                    "uplink.linkAttributes.mtu",
+                    f"all VlanConfigs of cluster network {cn} must use one MTU ({detail})",
+                )
 
     # Per node: one VlanConfig per cluster network; one cluster network per NIC; NICs exist.
+    uplinks: dict[tuple[str, str], model.VlanConfig] = {}
     for node_name, node in sorted(catalog.nodes.items()):
         labels = node_labels(node)
-        nic_owner: dict[str, str] = {
-            nic.name: model.MGMT for nic in node.nics if nic.master == f"{model.MGMT}-bo"
+        # Who holds each NIC: the built-in mgmt bond, or the first VlanConfig that took it.
+        nic_owner: dict[str, tuple[str, model.VlanConfig | None]] = {
+            nic.name: (model.MGMT, None) for nic in node.nics if nic.master == f"{model.MGMT}-bo"
         }
         known_nics = {nic.name for nic in node.nics}
         by_cn: dict[str, list[model.VlanConfig]] = defaultdict(list)
-        for vc in vcs:
-            if selects(vc.node_selector, labels):
-                by_cn[vc.cluster_network].append(vc)
+        for cn in by_network:  # only the VlanConfigs that may select this node: linear
+            for vc in catalog.vlan_configs_of(cn, labels[HOSTNAME_LABEL]):
+                if selects(vc.node_selector, labels):
+                    by_cn[cn].append(vc)
         for cn, matched in sorted(by_cn.items()):
+            uplinks.setdefault((node_name, cn), matched[0])
             if len(matched) > 1:
-                names = ", ".join(v.name for v in matched)
                 for vc in matched:
+                    others = [v.name for v in matched[:4] if v is not vc][:3]
+                    more = len(matched) - 1 - len(others)
+                    also = ", ".join(others) + (f" and {more} more" if more else "")
                     add(
                         vc,
                         "nodeSelector",
-                        f"node {node_name} is selected by several VlanConfigs of cluster network "
-                        f"{cn} ({names}); a node may have one uplink per cluster network",
+                        f"node {node_name} is also selected by VlanConfig {also} of cluster "
+                        f"network {cn}; a node may have one uplink per cluster network",
                     )
             for vc in matched:
                 for i, nic in enumerate(vc.uplink.nics):
                     if node.nics and nic not in known_nics:
                         add(vc, f"uplink.nics[{i}]", f"node {node_name} has no NIC {nic!r}")
                     owner = nic_owner.get(nic)
-                    if owner is not None and owner != cn:
-                        add(
-                            vc,
-                            f"uplink.nics[{i}]",
-                            f"NIC {nic} of node {node_name} already belongs to cluster network "
-                            f"{owner}; a NIC can be in one cluster network only",
-                        )
-                    elif owner is None:
-                        nic_owner[nic] = cn
+                    if owner is None:
+                        nic_owner[nic] = (cn, vc)
+                    elif owner[0] != cn:
+                        problems.append(_nic_conflict(node_name, nic, owner, (cn, vc), where))
 
     for net in catalog.all(model.Network):
         if not catalog.cluster_network_exists(net.cluster_network):
@@ -409,7 +429,7 @@ def check_catalog(catalog: Catalog) -> list[Problem]:
         elif (
             vm_net is not None
             and vm_net.cluster_network != model.MGMT
-            and vlan_config_for(catalog, vm_net.cluster_network, vm_nic.node) is None
+            and (vm_nic.node, vm_net.cluster_network) not in uplinks
         ):
             add(
                 vm_nic,
@@ -425,6 +445,33 @@ def check_catalog(catalog: Catalog) -> list[Problem]:
                 f"VM {vm_nic.vm} already has a NIC on node {other}; a VM runs on one node",
             )
     return problems
+
+
+def _nic_conflict(
+    node: str,
+    nic: str,
+    first: tuple[str, model.VlanConfig | None],
+    second: tuple[str, model.VlanConfig],
+    where: Callable[[model.Spec], str],
+) -> Problem:
+    """One NIC in the uplinks of two cluster networks: name both holders, with the document
+    and line of each that comes from the submission, and blame a submitted one if any."""
+    (cn1, vc1), (cn2, vc2) = first, second
+    if vc1 is None:
+        holder = f"the management cluster network {cn1} ({cn1}-bo)"
+    else:
+        holder = f"VlanConfig {vc1.name}{where(vc1)} of cluster network {cn1}"
+    blamed, index_of = vc2, vc2.uplink.nics.index(nic)
+    other = f"VlanConfig {vc2.name}{where(vc2)} of cluster network {cn2}"
+    if vc1 is not None and where(vc1) and not where(vc2):
+        blamed, index_of = vc1, vc1.uplink.nics.index(nic)
+    return Problem(
+        kind=blamed.kind,
+        name=blamed.name,
+        field=f"uplink.nics[{index_of}]",
+        message=f"NIC {nic} of node {node} is in the uplink of {holder} and of {other}; "
+        "a NIC can be in one cluster network only",
+    )
 
 
 def check_delete(catalog: Catalog, kind: str, name: str) -> list[Problem]:

@@ -317,6 +317,7 @@ async def test_the_auditor_is_a_nats_micro_service(nc: Client, auditors: Auditor
         subjects.AUDITOR_CHECK,
         subjects.AUDITOR_HISTORY,
         subjects.AUDITOR_DESIRED,
+        subjects.health("l2net-auditor"),
     }
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from tests import keys
 
 
 @dataclass
@@ -54,8 +57,14 @@ def rss_kb(pid: int) -> int:
 def service_memory(name: str, service: str, url: str, *, settle: float) -> Result:
     """Resident memory of ``l2net <service> --nats URL`` against a plain nats-py client
     process connected to the same server, both read after ``settle`` seconds."""
+    argv = [sys.executable, "-m", "services.cli.main", service, "--nats", url]
+    if service == "planner":  # it signs intents: the tests' key, in a private file
+        seed = Path(tempfile.mkdtemp(prefix="l2net-bench-")) / "signing.seed"
+        seed.write_text(keys.SEED + "\n")
+        seed.chmod(0o600)
+        argv += ["--signing-key", str(seed)]
     l2 = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", service, "--nats", url],
+        argv,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

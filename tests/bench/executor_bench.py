@@ -39,6 +39,7 @@ from services.lab import Lab
 from services.lab.fleet import executor_command
 from shared import bus, subjects
 from shared.model import NodeStatus
+from tests import keys
 from tests.bench import auditcheck, ifupdown2kit, topology
 from tests.bench.common import Result
 from tests.bench.guest import GuestConfig, GuestReport, ToolRun
@@ -145,7 +146,7 @@ async def _service_phase(
     await nc.subscribe(subjects.node(NODE), cb=on_node)
     await bus.settle(nc)
     exe_log, plain_log = work / "executor.log", work / "plain-client.log"
-    argv = executor_command(node=NODE, nats_url=lab.nats_url_inside)
+    argv = executor_command(node=NODE, nats_url=lab.nats_url_inside, trust_keys=[keys.PUBLIC])
     start = (
         f"cd {shlex.quote(str(REPO))} && "
         f"{{ {shlex.join(argv)} >{shlex.quote(str(exe_log))} 2>&1 </dev/null & echo $!; }} && "
@@ -168,7 +169,7 @@ async def _service_phase(
         async def apply(generation: int) -> float:
             intent = topology.intent(topology.UPLINK_VMS, node=NODE, generation=generation)
             started = time.perf_counter()
-            await js.publish(subjects.intent(NODE), bus.encode(intent))
+            await js.publish(subjects.intent(NODE), bus.encode(keys.sign(intent)))
             deadline = started + 120
             while True:
                 left = deadline - time.perf_counter()

@@ -16,6 +16,7 @@ from pathlib import Path
 from services.cli.demo import demo_node
 from services.planner.service import Planner
 from shared import api, bus, natsserver, subjects
+from tests import keys
 from tests.bench.common import Result, median_seconds, service_memory
 
 SEED = Path(__file__).resolve().parents[2] / "docs" / "examples" / "seed.yaml"
@@ -25,7 +26,7 @@ NODES = [f"node-{i}" for i in range(1, 21)]
 async def _latency(url: str) -> list[Result]:
     nc = await bus.connect([url], name="bench")
     js = nc.jetstream()
-    planner = Planner(nc)
+    planner = Planner(nc, signing_seed=keys.SEED)
     await planner.start()
     await bus.ensure_streams(js, [subjects.STREAM_NODES])
     for n in NODES:

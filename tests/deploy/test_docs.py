@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from services.cli import demo
-from shared import bus, natsserver, subjects
+from shared import bus, natsserver, signing, subjects
 from tests.shared import otlp_receiver
 from tests.shared.otlp_receiver import OtlpReceiver, ReceivedSpan
 
@@ -224,6 +224,10 @@ def test_deploy_guide_commands_run_as_written(tmp_path: Path) -> None:
         re.fullmatch(r"L2NET_NATS_PASSWORD_[A-Z0-9_]+=[0-9a-f]{48}", ln) for ln in env_lines
     )
     assert oct((tmp_path / "nats.env").stat().st_mode & 0o777) == "0o600"
+    # The planner's signing seed (a secret) and the public key the executors trust.
+    seed = (tmp_path / "signing.seed").read_text().strip()
+    assert oct((tmp_path / "signing.seed").stat().st_mode & 0o777) == "0o600"
+    assert (tmp_path / "trusted-keys").read_text().split() == [signing.public_key(seed)]
     executor_env = (tmp_path / "executor-node-1.env").read_text()
     assert re.match(r"NATS_URL=tls://node-1:[0-9a-f]{48}@nats\.example\.com:4222\n", executor_env)
     san = subprocess.run(

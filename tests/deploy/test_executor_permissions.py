@@ -29,6 +29,7 @@ from services.executor.service import ExecutorConfig
 from services.planner.service import Planner
 from shared import api, bus, subjects
 from shared.model import Node
+from tests import keys
 from tests.deploy.test_nats import SecuredNats, secured  # noqa: F401  (the fixture)
 from tests.executor.conftest import HostNode, _build_node, intent, untagged_port
 from tests.executor.helpers import final_status, statuses, until
@@ -117,7 +118,7 @@ async def test_the_executor_works_as_its_node_user_and_reads_only_its_own_intent
         # The planner (as the planner user) creates all six streams; the executor goes on and
         # registers its node.
         planner_nc = await secured.connect("planner")
-        planner = Planner(planner_nc)
+        planner = Planner(planner_nc, signing_seed=keys.SEED)
         await planner.start()
         operator = await secured.connect("operator")
         ojs = operator.jetstream()
@@ -224,7 +225,7 @@ async def test_without_the_flag_a_refused_stream_creation_turns_into_waiting(
     monkeypatch.setenv("SSL_CERT_FILE", str(secured.ca))
     url = f"tls://node-1:{secured.passwords['node-1']}@127.0.0.1:{secured.port}"
     executor = ExecutorService(
-        ExecutorConfig(node="node-1", servers=[url], heartbeat_s=1.0),
+        ExecutorConfig(node="node-1", servers=[url], heartbeat_s=1.0, trusted_keys=[keys.PUBLIC]),
         NetlinkKernel("node-1", netns=node1.ns),
     )
     caplog.set_level("WARNING", logger="l2net.executor")

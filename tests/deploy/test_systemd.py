@@ -125,7 +125,11 @@ def test_planner_and_auditor_run_the_installed_l2net_as_a_dynamic_user(unit: str
 def test_executor_instance_is_the_node_with_net_admin_and_sys_admin_only() -> None:
     d = directives("l2net-executor@.service")
     # Waits for the planner to create the streams: its NATS node user may not.
-    assert d["ExecStart"] == [f"{INSTALLED} executor --node %i --no-create-streams"]
+    # Applies only intents signed by a key of /etc/l2net/trusted-keys (the planner's).
+    assert d["ExecStart"] == [
+        f"{INSTALLED} executor --node %i --no-create-streams"
+        " --trust-keys-file /etc/l2net/trusted-keys"
+    ]
     assert d["CapabilityBoundingSet"] == ["CAP_NET_ADMIN CAP_SYS_ADMIN"]
     assert d["AmbientCapabilities"] == ["CAP_NET_ADMIN CAP_SYS_ADMIN"]
     assert d["NoNewPrivileges"] == ["yes"]

@@ -180,7 +180,7 @@ def test_the_executor_module_takes_the_options_the_docs_show() -> None:
         if ln.startswith("python -m services.executor ")
     )
     shown = flags(line.split("#")[0].split()[3:])
-    assert shown == ["--node", "--nats"]
+    assert shown == ["--node", "--nats", "--trust-key"]
     result = subprocess.run(
         [sys.executable, "-m", "services.executor", "--help"],
         capture_output=True,

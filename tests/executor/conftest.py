@@ -27,6 +27,7 @@ from services.executor.service import Executor, ExecutorConfig
 from services.lab import Lab
 from shared import bus, natsserver
 from shared.model import ClusterNetworkIntent, NodeIntent, VlanRange, VmPortIntent
+from tests import keys
 
 
 @dataclass
@@ -108,6 +109,7 @@ async def executors(
                 servers=[nats_server.url],
                 labels=labels or {},
                 heartbeat_s=0.3,
+                trusted_keys=[keys.PUBLIC],
                 state_dir=tmp_path / "executor-state" / node.node,
             ),
             NetlinkKernel(node.node, netns=node.ns),

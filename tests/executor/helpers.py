@@ -11,6 +11,7 @@ from nats.js.errors import NotFoundError
 
 from shared import bus, subjects
 from shared.model import NodeIntent, NodeStatus
+from tests import keys
 
 
 async def until(check: Callable[[], object], *, timeout: float = 30.0) -> None:
@@ -53,6 +54,7 @@ async def final_status(nc: Client, node: str, generation: int) -> NodeStatus | N
 
 
 async def publish_intent(nc: Client, it: NodeIntent) -> None:
+    """``it``, signed with the tests' key, on its node's subject (as a planner publishes)."""
     js = nc.jetstream()
     await bus.ensure_streams(js, [subjects.STREAM_INTENTS])
-    await js.publish(subjects.intent(it.node), bus.encode(it))
+    await js.publish(subjects.intent(it.node), bus.encode(keys.sign(it)))

@@ -56,6 +56,7 @@ class Bench:
                 node=self.node.node,
                 servers=[self.url],
                 heartbeat_s=0.3,
+                trusted_keys=[keys.PUBLIC],
                 state_dir=self.state_dir,
             ),
             NetlinkKernel(self.node.node, netns=self.node.ns),

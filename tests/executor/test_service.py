@@ -240,4 +240,5 @@ async def test_executor_is_listed_as_a_nats_micro_service(
     assert {e["subject"] for e in info["endpoints"]} == {
         subjects.executor_control(host_node.node, "state"),
         subjects.executor_control(host_node.node, "reconcile"),
+        subjects.health("l2net-executor", node=host_node.node),
     }

@@ -18,6 +18,7 @@ import pytest
 from nats.aio.client import Client
 
 from shared import bus, natsserver, subjects
+from tests import keys
 from tests.executor.conftest import HostNode, intent, untagged_port
 from tests.executor.helpers import final_status, until
 from tests.shared.otlp_receiver import OtlpReceiver, running
@@ -72,7 +73,7 @@ async def test_an_apply_is_one_trace_from_the_planners_publish_to_each_kernel_st
             it = intent(host_node, 1, [untagged_port(host_node.vm("a"))])
             await js.publish(
                 subjects.intent(host_node.node),
-                bus.encode(it),
+                bus.encode(keys.sign(it)),
                 headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
             )
             await until(lambda: final_status(nc, host_node.node, 1))

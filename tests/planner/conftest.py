@@ -12,6 +12,7 @@ from nats.aio.client import Client
 from services.planner.catalog import Catalog
 from services.planner.service import Planner
 from shared import bus, model, subjects
+from tests import keys
 
 SEED = Path(__file__).resolve().parents[2] / "docs" / "examples" / "seed.yaml"
 
@@ -57,7 +58,7 @@ async def wait_until(predicate: object, *, timeout: float = 20.0) -> None:
 
 @pytest.fixture
 async def planner(nc: Client) -> AsyncIterator[Planner]:
-    p = Planner(nc)
+    p = Planner(nc, signing_seed=keys.SEED)
     await p.start()
     try:
         yield p

@@ -214,19 +214,20 @@ def test_seed_is_consistent(seed_text: str) -> None:
         (
             "kind: VlanConfig\nname: oob-n1\nclusterNetwork: oob\n"
             "nodeSelector: {kubernetes.io/hostname: node-1}\nuplink: {nics: [eth1]}\n",
-            "node node-1 is selected by several VlanConfigs of cluster network oob",
+            "node node-1 is also selected by VlanConfig oob-n1 of cluster network oob",
         ),
         # one NIC claimed by two cluster networks on one node
         (
             "kind: ClusterNetwork\nname: data\n---\nkind: VlanConfig\nname: data-all\n"
             "clusterNetwork: data\nuplink: {nics: [eth2]}\n",
-            "NIC eth2 of node node-1 already belongs to cluster network",
+            "NIC eth2 of node node-1 is in the uplink of VlanConfig data-all of cluster "
+            "network data and of VlanConfig oob-all of cluster network oob",
         ),
         # mgmt's NIC claimed by another cluster network
         (
             "kind: ClusterNetwork\nname: data\n---\nkind: VlanConfig\nname: data-all\n"
             "clusterNetwork: data\nuplink: {nics: [eth0]}\n",
-            "already belongs to cluster network mgmt",
+            "is in the uplink of the management cluster network mgmt (mgmt-bo)",
         ),
         (
             "kind: ClusterNetwork\nname: data\n---\nkind: VlanConfig\nname: data-all\n"

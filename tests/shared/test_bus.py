@@ -1,14 +1,22 @@
-"""shared.bus on a real nats-server: a service answers once ``serve`` returns."""
+"""shared.bus on a real nats-server: a service answers once ``serve`` returns; services wait
+for NATS and come back after an outage by themselves, and say so; one-shot commands fail
+clearly."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import tomllib
 from pathlib import Path
 
+import msgspec
+import pytest
 from nats.aio.client import Client
 from nats.micro.request import Request
 
-from shared import bus, natsserver
+from shared import bus, natsserver, subjects
+from tests.executor.helpers import until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,4 +52,91 @@ async def test_a_service_answers_another_connection_as_soon_as_serve_returns(
             assert reply.data == b"%d" % i
             await service.stop()
     finally:
+        await server.close()
+
+
+def test_reconnection_waits_double_up_to_a_cap_with_jitter() -> None:
+    first, cap = bus.BACKOFF_S
+    for tries in range(40):
+        ceiling = min(cap, first * 2**tries)
+        waits = [bus.reconnect_wait(tries) for _ in range(50)]
+        assert all(ceiling / 2 <= w <= ceiling for w in waits), (tries, waits)
+        assert len(set(waits)) > 1  # jitter: a fleet does not reconnect in step
+    assert max(bus.reconnect_wait(t) for t in range(100)) <= cap
+
+
+async def test_a_one_shot_command_fails_with_a_clear_error_when_nats_is_down(
+    nats_server: natsserver.EmbeddedNats,
+) -> None:
+    nats_server.stop()
+    with pytest.raises(bus.BusError) as err:
+        await bus.connect([nats_server.url], name="l2net-cli")
+    assert f"cannot reach NATS at {nats_server.url}: ConnectionRefusedError" in str(err.value)
+
+
+async def test_a_service_waits_for_nats_at_its_first_connection_saying_so(
+    nats_server: natsserver.EmbeddedNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Started before NATS: it tries again (a log line per try) until NATS is there."""
+    nats_server.stop()
+    caplog.set_level(logging.WARNING, logger="l2net.bus")
+    task = asyncio.create_task(bus.connect([nats_server.url], name="l2net-planner", attempts=-1))
+
+    def tries() -> int:
+        return sum("l2net-planner: cannot reach NATS" in r.getMessage() for r in caplog.records)
+
+    await until(lambda: tries() >= 2)
+    assert not task.done()
+    nats_server.start_again()
+    server = await asyncio.wait_for(task, 60)
+    try:
+        health = bus.health(server, service="l2net-planner")
+        assert health.connected and health.outages == 0
+        assert any("connected to NATS" in r.getMessage() for r in caplog.records)
+    finally:
+        await server.close()
+
+
+async def test_a_service_comes_back_after_an_outage_and_its_health_says_so(
+    nats_server: natsserver.EmbeddedNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reconnected by itself, its endpoints answer again, the outage is logged once when it
+    begins and once when it ends, and its health (own subject and $SRV.STATS) counts it."""
+    caplog.set_level(logging.DEBUG, logger="l2net.bus")
+    server = await bus.connect([nats_server.url], name="l2net-auditor", attempts=-1)
+
+    async def echo(req: Request) -> None:
+        await req.respond(req.data)
+
+    await bus.serve(
+        server,
+        name="l2net-auditor",
+        description="test",
+        queue_group="l2net-auditor",
+        endpoints=[("echo", "test.echo", echo)],
+    )
+    nats_server.stop()
+    await asyncio.sleep(2.0)  # the outage: several reconnection tries
+    nats_server.start_again()
+    await until(lambda: server.is_connected, timeout=60)
+    client = await bus.connect([nats_server.url], name="l2net-test")
+    try:
+        assert (await client.request("test.echo", b"hi", timeout=5)).data == b"hi"
+        reply = await client.request(subjects.health("l2net-auditor"), b"", timeout=5)
+        health = msgspec.json.decode(reply.data, type=bus.Health)
+        assert health.service == "l2net-auditor" and health.connected
+        assert health.outages == 1
+        assert health.last_outage_seconds is not None and health.last_outage_seconds >= 2.0
+        stats = json.loads((await client.request("$SRV.STATS.l2net-auditor", b"", timeout=5)).data)
+        assert {e["data"]["outages"] for e in stats["endpoints"]} == {1}
+        warnings = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.WARNING and r.getMessage().startswith("l2net-auditor:")
+        ]
+        assert [m for m in warnings if "lost the connection" in m] == [warnings[0]]
+        assert len(warnings) == 2 and "reconnected to NATS" in warnings[1], warnings
+        assert "after an outage of" in warnings[1]
+    finally:
+        await client.close()
         await server.close()

@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from services.planner.service import Planner
 from shared import tracing
+from tests import keys
 from tests.trace.conftest import in_memory_spans
 
 
@@ -31,7 +32,7 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
 async def test_a_rejected_submission_is_marked_on_its_validate_span(
     nc: Client, spans: InMemorySpanExporter, manifest: str, why: str
 ) -> None:
-    reply = await Planner(nc).apply(manifest)
+    reply = await Planner(nc, signing_seed=keys.SEED).apply(manifest)
     assert not reply.ok and why in str(reply.errors)
     tracing.force_flush()
     (validate,) = [s for s in spans.get_finished_spans() if s.name == "l2net.planner.validate"]
