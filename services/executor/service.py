@@ -799,7 +799,7 @@ class Executor:
     async def _flush_pending(self) -> None:
         """Store the statuses kept while NATS did not answer, oldest first."""
         while self._pending:
-            await self._publish(subjects.status(self.node), "l2.status.{node}", self._pending[0])
+            await self._publish_status(self._pending[0], keep=False)
             self._pending.pop(0)
 
     async def _publish_node(self) -> None:
