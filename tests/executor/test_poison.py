@@ -354,12 +354,13 @@ async def test_poison_intents_are_refused_once_terminated_and_change_nothing(
         assert ok == len(at_start), failures[:10]
 
         # None of it moved the generation: the next real one applies.
+        # (A generation no poison above carried, so that its status is this intent's.)
         nxt = intent(
-            host_node, 2, [untagged_port(host_node.vm("a")), untagged_port(host_node.vm("b"))]
+            host_node, 10_000, [untagged_port(host_node.vm("a")), untagged_port(host_node.vm("b"))]
         )
         await publish_raw(nc, host_node.node, bus.encode(keys.sign(nxt)))
-        await until(lambda: final_status(nc, host_node.node, 2))
-        status = await final_status(nc, host_node.node, 2)
+        await until(lambda: final_status(nc, host_node.node, 10_000))
+        status = await final_status(nc, host_node.node, 10_000)
         assert status is not None and status.phase == "Applied", status
     finally:
         await ex.stop()
