@@ -32,6 +32,7 @@ Everything here is pure: no I/O.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -57,6 +58,7 @@ PORT_RECORD_PREFIX = "l2net-port"
 
 VID_MIN = 1
 VID_MAX = 4094
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 DEFAULT_PVID = VlanRange(vid=1, pvid=True, untagged=True)
 """What a port gets when it joins a VLAN-filtering bridge: VID 1, PVID, egress untagged."""
@@ -410,6 +412,196 @@ def normalize_bond_options(options: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------
+# Checking an intent's values (outside data: every value may be hostile)
+# ---------------------------------------------------------------------------
+
+INT32_MAX = 2**31 - 1
+UINT32_MAX = 2**32 - 1
+MTU_MIN, MTU_MAX = 68, 65535  # ETH_MIN_MTU; the largest MTU a bridge or bond accepts
+MAX_ARP_TARGETS = 16  # BOND_MAX_ARP_TARGETS
+MAX_GENERATION = 2**63 - 1  # JetStream and JSON consumers keep 64-bit integers
+MAX_NETNS_NAME = 64
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def ifname_error(name: object) -> str | None:
+    """What is wrong with ``name`` as a Linux interface name (``dev_valid_name``), or None."""
+    if not isinstance(name, str) or not name:
+        return f"{name!r} is not an interface name"
+    if len(name) > 15 or name in (".", "..") or any(c in name for c in "/:\x00"):
+        return f"{name!r} is not a valid interface name (1-15 characters, no '/', ':')"
+    if any(c.isspace() or not c.isprintable() for c in name):
+        return f"{name!r} is not a valid interface name (no spaces or control characters)"
+    return None
+
+
+def _token_error(value: object) -> str | None:
+    """A name that travels in an interface alias (``l2net k=v``) or a namespace path."""
+    if not isinstance(value, str) or not value:
+        return f"{value!r} must be a non-empty string"
+    if len(value) > MAX_NETNS_NAME or value in (".", ".."):
+        return f"{value!r} is not a valid name (at most {MAX_NETNS_NAME} characters)"
+    if any(c in "/=\x00" or c.isspace() or not c.isprintable() for c in value):
+        return f"{value!r} is not a valid name (no '/', '=', spaces or control characters)"
+    return None
+
+
+def _mac_error(value: object) -> str | None:
+    if not isinstance(value, str) or not _MAC_RE.fullmatch(value):
+        return f"{value!r} is not a MAC address (xx:xx:xx:xx:xx:xx)"
+    first = int(value[:2], 16)
+    if first & 1:
+        return f"{value!r} is a multicast MAC address"
+    if value.replace(":", "").strip("0") == "":
+        return f"{value!r} is the all-zero MAC address"
+    return None
+
+
+def _vlans_error(ranges: object) -> str | None:
+    try:
+        expand_vlans(ranges)  # type: ignore[arg-type]
+    except StateError as exc:
+        return str(exc)
+    except (TypeError, AttributeError):
+        return f"{ranges!r} is not a list of VLAN ranges"
+    return None
+
+
+def _bond_option_error(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if key in BOND_INT_OPTIONS:
+        if not _is_int(value) or not 0 <= value <= INT32_MAX:
+            return f"{value!r} must be an integer 0-{INT32_MAX}"
+    elif key in BOND_ENUMS:
+        known = BOND_ENUMS[key]
+        if _is_int(value):
+            if value not in known:
+                return f"{value!r} is not one of {sorted(known)}"
+        elif not isinstance(value, str) or value not in known.values():
+            return f"{value!r} is not one of {sorted(known.values())}"
+    elif key == "arp_ip_target":
+        targets = value if isinstance(value, list) else None
+        if targets is None or len(targets) > MAX_ARP_TARGETS:
+            return f"{value!r} must be a list of at most {MAX_ARP_TARGETS} IPv4 addresses"
+        for target in targets:
+            try:
+                if not isinstance(target, str):  # IPv4Address(1) would be 0.0.0.1
+                    raise TypeError(target)
+                ipaddress.IPv4Address(target)
+            except (ValueError, TypeError):
+                return f"{target!r} is not an IPv4 address"
+    elif key == "primary":
+        return ifname_error(value)
+    else:
+        return f"{key!r} is not a supported bond option (known: {', '.join(BOND_OPTIONS)})"
+    return None
+
+
+def check_intent(intent: NodeIntent) -> None:
+    """StateError naming the first field of ``intent`` whose value is of the wrong type, out
+    of range or not a valid name or address; nothing else (no I/O, no policy).
+
+    An intent comes from outside (the bus, a file): its types are checked by the decoder,
+    but not its ranges, and ``options`` and ``cni_config`` are free-form. Checked here, a bad
+    value is refused before any netlink write, with a message naming the field, rather than
+    failing half-way through an apply (pyroute2 cannot pack ``miimon: 99999999999``).
+    """
+
+    def bad(path: str, problem: str) -> StateError:
+        return StateError(
+            f"intent for {intent.node!r} generation {intent.generation}: {path}: {problem}"
+        )
+
+    if not _is_int(intent.generation) or not 0 <= intent.generation <= MAX_GENERATION:
+        raise bad("generation", f"{intent.generation!r} must be 0-{MAX_GENERATION}")
+
+    def mtu(path: str, value: object) -> None:
+        if not _is_int(value) or not MTU_MIN <= value <= MTU_MAX:  # type: ignore[operator]
+            raise bad(path, f"{value!r} must be an integer {MTU_MIN}-{MTU_MAX}")
+
+    def ifname(path: str, value: object) -> None:
+        error = ifname_error(value)
+        if error:
+            raise bad(path, error)
+
+    def token(path: str, value: object) -> None:
+        error = _token_error(value)
+        if error:
+            raise bad(path, error)
+
+    def vlans(path: str, value: object) -> None:
+        error = _vlans_error(value)
+        if error:
+            raise bad(path, error)
+
+    for i, cn in enumerate(intent.cluster_networks):
+        at = f"clusterNetworks[{i}]"
+        token(f"{at}.name", cn.name)
+        ifname(f"{at}.bridge", cn.bridge)
+        ifname(f"{at}.bondName", cn.bond_name)
+        mtu(f"{at}.mtu", cn.mtu)
+        vlans(f"{at}.uplinkVlans", cn.uplink_vlans)
+        if cn.bond is None:
+            continue
+        bond = cn.bond
+        ifname(f"{at}.bond.name", bond.name)
+        if not bond.ports:
+            raise bad(f"{at}.bond.ports", "at least one port is required")
+        for k, port in enumerate(bond.ports):
+            ifname(f"{at}.bond.ports[{k}]", port)
+        if len(set(bond.ports)) != len(bond.ports):
+            raise bad(f"{at}.bond.ports", f"{bond.ports!r} names a port twice")
+        try:
+            normalize_bond_mode(bond.mode)
+        except StateError as exc:
+            raise bad(f"{at}.bond.mode", str(exc)) from None
+        for key, value in bond.options.items():
+            error = _bond_option_error(key, value)
+            if error:
+                raise bad(f"{at}.bond.options.{key}", error)
+        mtu(f"{at}.bond.mtu", bond.mtu)
+        if bond.txqlen is not None and not 0 <= bond.txqlen <= UINT32_MAX:
+            raise bad(f"{at}.bond.txqlen", f"{bond.txqlen!r} must be 0-{UINT32_MAX}")
+        if bond.hwaddr is not None:
+            error = _mac_error(bond.hwaddr)
+            if error:
+                raise bad(f"{at}.bond.hwaddr", error)
+
+    for i, hv in enumerate(intent.host_vlans):
+        at = f"hostVlans[{i}]"
+        ifname(f"{at}.name", hv.name)
+        token(f"{at}.hostNetwork", hv.host_network)
+        token(f"{at}.clusterNetwork", hv.cluster_network)
+        ifname(f"{at}.bridge", hv.bridge)
+        if not VID_MIN <= hv.vlan <= VID_MAX:
+            raise bad(f"{at}.vlan", f"{hv.vlan!r} must be {VID_MIN}-{VID_MAX}")
+        mtu(f"{at}.mtu", hv.mtu)
+        for k, address in enumerate(hv.addresses):
+            try:
+                if not isinstance(address, str):
+                    raise TypeError(address)
+                ipaddress.ip_interface(address)
+            except (ValueError, TypeError):
+                raise bad(f"{at}.addresses[{k}]", f"{address!r} is not an address/prefix") from None
+
+    for i, vp in enumerate(intent.vm_ports):
+        at = f"vmPorts[{i}]"
+        token(f"{at}.vm", vp.vm)
+        ifname(f"{at}.ifname", vp.ifname)
+        token(f"{at}.network", vp.network)
+        ifname(f"{at}.bridge", vp.bridge)
+        vlans(f"{at}.vlans", vp.vlans)
+        if vp.mac is not None:
+            error = _mac_error(vp.mac)
+            if error:
+                raise bad(f"{at}.mac", error)
+
+
 def mgmt_vlan_interface(mgmt_vlan: int | None) -> str | None:
     return f"{MGMT_BRIDGE}.{mgmt_vlan}" if mgmt_vlan else None
 
@@ -537,6 +729,7 @@ def desired_state(
     links): a test-only switch, to prove that a change which cuts the node off is rolled
     back by the executor's confirm (``--test-only-allow-mgmt-cuts``).
     """
+    check_intent(intent)
     protected = protected_links(mgmt_vlan)
     refused: list[str] = []
     if not guard_mgmt:

@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 
 from services.cli.client import add_nats_option
 from services.executor import mgmt
 from services.executor.kernel import NetlinkKernel
+from services.executor.nodestore import default_state_dir
 from services.executor.service import Executor, ExecutorConfig
 from shared import bus, config, lifecycle, names, signing, subjects, tracing
 from shared.model import MAX_IFNAME, NodeStatus
@@ -52,6 +54,12 @@ def add_executor_arguments(p: argparse.ArgumentParser) -> None:
         help="the mgmt VLAN (default: found from an existing mgmt-br.<vid> interface)",
     )
     p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the executor keeps the generation it handled and the last intent it "
+        "applied, across restarts (default /var/lib/l2net/<node>)",
+    )
     p.add_argument(
         "--no-create-streams",
         dest="create_streams",
@@ -150,7 +158,8 @@ def check_node_name(name: str, what: str = "--node") -> None:
 
 
 def run_executor(args: argparse.Namespace) -> int:
-    """Run until SIGINT/SIGTERM; exit 2 on bad arguments, 1 when NATS is unreachable."""
+    """Run until SIGINT/SIGTERM; exit 2 on bad arguments, 1 when NATS refuses this node for
+    good (its user may not read its stream). An unreachable NATS is waited for, for ever."""
     try:
         check_node_name(args.node)
         labels = parse_labels(args.label)
@@ -185,6 +194,7 @@ def run_executor(args: argparse.Namespace) -> int:
         confirm_s=args.confirm_timeout,
         probes=list(args.probe),
         test_only_allow_mgmt_cuts=args.test_only_allow_mgmt_cuts,
+        state_dir=args.state_dir or default_state_dir(args.node),
     )
     if keys:
         log.info("accepting intents signed by %s", ", ".join(keys))
@@ -195,8 +205,17 @@ def run_executor(args: argparse.Namespace) -> int:
     async def serve() -> None:
         executor = Executor(cfg, kernel)
         try:
-            await executor.start()
-            await lifecycle.wait_for_stop()
+            # Returns once the node converged to the intent kept on disk: NATS may be away
+            # (a node rebooted during an outage); the executor connects when it answers.
+            await executor.start(wait_connected=False)
+            stop = asyncio.create_task(wait_for_stop_signal())
+            session = asyncio.create_task(executor.wait_ready())
+            done, _ = await asyncio.wait({stop, session}, return_when=asyncio.FIRST_COMPLETED)
+            if session in done:
+                session.result()  # raises when NATS refused this node for good
+                await stop
+            else:
+                session.cancel()
         finally:
             await executor.stop()
 
@@ -208,6 +227,33 @@ def run_executor(args: argparse.Namespace) -> int:
     finally:
         tracing.shutdown()
     return 0
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on SIGINT or SIGTERM sent to this process.
+
+    Not asyncio's ``add_signal_handler``: that routes signals through a wake-up descriptor
+    that every process pyroute2 forks (one per network namespace socket) inherits, so a
+    helper that pyroute2 stops with SIGTERM would stop the executor too. A plain handler
+    runs in the process the signal was sent to; in a forked helper it does the default.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    me = os.getpid()
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != me:  # a forked helper: die as the default action would
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        loop.call_soon_threadsafe(stop.set)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        await stop.wait()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 async def request_reconcile(servers: list[str], node: str, *, timeout: float) -> NodeStatus:

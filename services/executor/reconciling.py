@@ -9,11 +9,11 @@
 4. verify by reading back: the diff against desired must now be empty;
 5. confirm (when given a ``confirm`` callback): the node still reaches the control plane
    (:class:`services.executor.mgmt.Confirmer`); a change that cut it off is a failure too;
-6. on any failure (a refused step, a failed verification, a failed confirm) roll back to
-   the snapshot by planning from the current state to the snapshot taken as an exact
-   desired state (the same planner, so a half-done step is undone too), remove VM
-   namespaces the attempt created, and verify that the dump equals the snapshot again:
-   ``RolledBack`` when it does, ``Failed`` (with what is left) when it does not.
+6. on any failure (a refused step, a failed verification, a failed confirm, any other
+   exception) roll back to the snapshot by planning from the current state to the snapshot
+   taken as an exact desired state (the same planner, so a half-done step is undone too),
+   remove VM namespaces the attempt created, and verify that the dump equals the snapshot
+   again: ``RolledBack`` when it does, ``Failed`` (with what is left) when it does not.
 
 The kernel's own error text travels to the status unchanged.
 """
@@ -100,9 +100,9 @@ async def converge(
         snapshot = await kernel.read()
         try:
             steps = plan(desired, snapshot)
-        except (PlanError, StateError) as exc:
+        except Exception as exc:  # PlanError, StateError, or a bug: nothing written yet
             span.set_attribute("l2net.plan_error", str(exc))
-            return done("Failed", error=str(exc))
+            return done("Failed", error=_text(exc))
         span.set_attribute("l2net.steps", len(steps))
     if not steps:
         return done("Applied")
@@ -130,7 +130,9 @@ async def converge(
                 span.set_attribute("l2net.confirmed", lost is None)
             if lost is not None:
                 raise ConfirmError(lost)
-    except (KernelError, VerifyError, ConfirmError) as exc:
+    except Exception as exc:
+        # Any exception, not only the kernel's refusals: a value pyroute2 cannot pack, a CNI
+        # plugin that cannot start, a bug. Whatever it is, what was written is undone.
         failed = exc.step if isinstance(exc, KernelError) else None
         if failed is not None:
             results.append(
@@ -144,12 +146,12 @@ async def converge(
             detail = "; ".join([*rollback_errors, *(str(i) for i in rollback_left[:5])])
             return done(
                 "Failed",
-                error=f"{exc}; rollback incomplete: {detail}",
+                error=f"{_text(exc)}; rollback incomplete: {detail}",
                 remaining=rollback_left,
                 steps=applied,
             )
         error = f"{exc}; restored the previous state" if isinstance(exc, ConfirmError) else None
-        return done("RolledBack", error=error or str(exc), steps=applied)
+        return done("RolledBack", error=error or _text(exc), steps=applied)
     return done("Applied", steps=applied)
 
 
@@ -168,25 +170,32 @@ async def rollback(
         current = await kernel.read()
         try:
             steps = plan(target, current)
-        except (PlanError, StateError) as exc:
-            errors.append(str(exc))
+        except Exception as exc:
+            errors.append(_text(exc))
             break
         if not steps:
             break
         for step in steps:
             try:
                 await kernel.apply(step)
-            except KernelError as exc:
-                errors.append(str(exc))
+            except Exception as exc:  # keep undoing the rest whatever one step raised
+                errors.append(_text(exc))
     current = await kernel.read()
     created = {s.target for s in applied if s.op == "netns.add"}
     for vm in sorted(created - set(snapshot.namespaces)):
         if vm in current.namespaces:
             try:
                 await kernel.apply(Step(op="netns.del", target=vm))
-            except KernelError as exc:
+            except Exception as exc:
                 errors.append(str(exc))
     return diff(target, await kernel.read()), errors
+
+
+def _text(exc: BaseException) -> str:
+    """An error for a status: l2net's own errors as they read, others with their type."""
+    if isinstance(exc, (KernelError, VerifyError, PlanError, StateError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _refused_object(reason: str) -> str:

@@ -12,6 +12,8 @@ install:
   (vlan_filtering 1), the node address on ``mgmt-br``, or with a management VLAN on
   ``mgmt-br.<vid>`` with the VID on ``mgmt-bo`` and on ``mgmt-br`` itself (``self``);
 * starts the executor when the lab was told to (``L2LAB_EXECUTOR_CMD``), logs in the node dir;
+* gives VMs the addresses listed in ``$L2LAB_NODE_DIR/vm-addresses`` whenever they lack
+  them (standing in for the VMs' own operating systems, which a reboot restarts too);
 * runs the resident lab helper (``python -m services.lab.agent``), restarted if it dies.
 
 Everything the node needs comes from ``$L2LAB_NODE_DIR/node.env`` (written by ``lab up``).
@@ -70,6 +72,22 @@ if [ -n "$L2LAB_EXECUTOR_CMD" ]; then
     echo $! > "$L2LAB_NODE_DIR/executor.pid"
     echo "l2lab-init: executor started (pid $!)"
 fi
+# The VMs' own guests: each "VM CIDR" line of $L2LAB_NODE_DIR/vm-addresses is given to that
+# VM's eth0 whenever it exists without it (what a VM's OS does when it boots), so VMs answer
+# again after their node restarts with no command sent to the node (NATS may be away).
+(
+    while :; do
+        if [ -r "$L2LAB_NODE_DIR/vm-addresses" ]; then
+            while read -r vm cidr; do
+                [ -n "$cidr" ] && [ -e "/run/netns/$vm" ] || continue
+                ip -n "$vm" -br addr show dev eth0 2>/dev/null | grep -q " ${cidr%%/*}/" \
+                    && continue
+                ip -n "$vm" addr replace "$cidr" dev eth0 && ip -n "$vm" link set eth0 up
+            done < "$L2LAB_NODE_DIR/vm-addresses"
+        fi
+        sleep 2
+    done
+) > /dev/null 2>&1 < /dev/null &
 (
     cd "$L2LAB_REPO" || exit 1
     while :; do

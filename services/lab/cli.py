@@ -1,8 +1,8 @@
-"""``l2net lab up|exec|status|down``: the lab from the command line.
+"""``l2net lab up|exec|status|restart|down``: the lab from the command line.
 
-Exit codes: ``up``/``down``/``status`` return 0 on success and 1 when the lab is not (all)
-there or failed; ``exec`` returns the command's own exit code, or 255 when the command could
-not be run in the node (like ssh); bad arguments are 2 (argparse).
+Exit codes: ``up``/``down``/``status``/``restart`` return 0 on success and 1 when the lab
+is not (all) there or failed; ``exec`` returns the command's own exit code, or 255 when the
+command could not be run in the node (like ssh); bad arguments are 2 (argparse).
 """
 
 from __future__ import annotations
@@ -112,6 +112,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_restart(args: argparse.Namespace) -> int:
+    """Stop one node as a power cut would, and boot it again (NATS not needed)."""
+    try:
+        lab = Lab.load(_dir(args))
+        seconds = lab.restart_node(args.node, timeout=args.timeout)
+    except LabError as exc:
+        _err(str(exc))
+        return 1
+    print(f"{args.node} restarted: network up in {seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
 def _nats_column(n: NodeStatus) -> str:
     """Whether the node's executor is connected to NATS: it answered its health request
     (``connected``, with the age of its last heartbeat) or not (``DISCONNECTED``)."""
@@ -147,7 +159,8 @@ def _positive(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``lab`` with ``up``, ``exec``, ``status`` and ``down`` to the l2net CLI."""
+    """Add ``lab`` with ``up``, ``exec``, ``status``, ``restart`` and ``down`` to the l2net
+    CLI."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--state-dir",
@@ -191,6 +204,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     status = lsub.add_parser("status", parents=[common], help="show the lab and its nodes")
     status.set_defaults(handler=cmd_status)
+
+    rs = lsub.add_parser(
+        "restart", parents=[common], help="power-cycle one node (kill it, boot it again)"
+    )
+    rs.add_argument("node", help="node-1 ... node-N")
+    rs.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for its boot")
+    rs.set_defaults(handler=cmd_restart)
 
     dn = lsub.add_parser("down", parents=[common], help="stop the lab and remove what it made")
     dn.set_defaults(handler=cmd_down)

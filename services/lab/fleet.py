@@ -119,6 +119,7 @@ def executor_command(
     node: str,
     nats_url: str,
     mgmt_vlan: int | None = None,
+    state_dir: str,
     trust_keys: Sequence[str] = (),
     python: str = sys.executable,
 ) -> list[str]:
@@ -127,13 +128,16 @@ def executor_command(
     private directory, and the relayed ``OTEL_*`` variables). Its output goes to
     ``<node dir>/executor.log``; ``lab up`` waits for its first message on ``l2.node.<node>``.
     ``trust_keys``: the public keys whose intent signatures it accepts (the lab's own first).
+    ``state_dir``: the executor's own state (``<node dir>/executor-state``), required: a
+    guest's root is the host's file system, so the executor's default ``/var/lib/l2net/<node>``
+    would be the host's, shared by every lab.
     """
     argv = [python, "-m", "services.executor", "--node", node, "--nats", nats_url]
     if mgmt_vlan is not None:
         argv += ["--mgmt-vlan", str(mgmt_vlan)]
     for key in trust_keys:
         argv += ["--trust-key", key]
-    return argv
+    return [*argv, "--state-dir", state_dir]
 
 
 SIGNING_SEED_FILE = "signing.seed"
@@ -194,6 +198,23 @@ def _ip(*args: str, stdin: str | None = None, check: bool = True) -> str:
         cmd = " ".join(["ip", *args])
         raise LabError(f"`{cmd}` failed: {proc.stderr.strip()}\n{stdin or ''}".rstrip())
     return proc.stdout
+
+
+def _holds_tun(leader: state.ProcRef) -> bool:
+    """Some process of ``leader``'s session (a zombie's threads included) still has
+    ``/dev/net/tun`` open."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) != leader.pid:
+                continue
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd) == "/dev/net/tun":
+                    return True
+        except (OSError, ValueError, IndexError):
+            continue
+    return False
 
 
 def _netns_exists(name: str) -> bool:
@@ -818,6 +839,7 @@ class Lab:
                     nats_url=st.nats_url_inside,
                     mgmt_vlan=st.mgmt_vlan,
                     trust_keys=st.trust_keys,
+                    state_dir=str(nd / "executor-state"),
                 )
             )
         (nd / "node.env").write_text(naming.env_file(env))
@@ -851,6 +873,75 @@ class Lab:
                 return ref
             time.sleep(0.01)
         raise LabError(self._failure(n, "linux.uml did not start"))
+
+    # -- one node, and the NATS server, stopped and started again ------------------------
+
+    def stop_node(self, name: str) -> None:
+        """Stop one node at once, like pulling its power cord (its UML session is killed);
+        its taps, directory and executor state stay for :meth:`start_node`."""
+        n = self.node(name)
+        if n.proc is not None:
+            old = n.proc
+            state.kill(old, session=True)
+            # Gone for good before anything boots on its taps: a tap still held by a dying
+            # UML process cannot be opened again ("uml_tap: failed to create tun interface").
+            deadline = time.monotonic() + 30
+            while state.alive(old) or state.session_members(old) or _holds_tun(old):
+                if time.monotonic() > deadline:
+                    raise LabError(f"{name} (pid {old.pid}) did not stop within 30 s")
+                time.sleep(0.1)
+        for leftover in (Path.home() / ".uml" / n.umid, Path(self.state.dir) / "uml" / n.umid):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+        n.proc = None
+        state.save(self.state)
+
+    def start_node(self, name: str, *, timeout: float = 180.0) -> float:
+        """Boot a stopped node again (same taps, directory and executor state); return the
+        seconds until its network was up. Needs no NATS: it waits for the boot's own line
+        on the node's console, not for an answer over NATS (see :meth:`aping`)."""
+        n = self.node(name)
+        if state.alive(n.proc):
+            raise LabError(f"{name} is running: stop it first (or use restart_node)")
+        console = Path(n.dir) / "console.log"
+        marker = "l2lab-init: network up"
+        seen = _tail(console, 10**7).count(marker) if console.exists() else 0
+        self._write_node_env(n)
+        t0 = time.monotonic()
+        n.proc = self._start_node(n, init=Path(self.state.dir) / "init.sh")
+        state.save(self.state)
+        deadline = t0 + timeout
+        while _tail(console, 10**7).count(marker) <= seen:
+            if not state.alive(n.proc):
+                raise LabError(self._failure(n, "the node stopped during boot"))
+            if time.monotonic() > deadline:
+                raise LabError(self._failure(n, f"no network within {timeout:g} s"))
+            time.sleep(0.2)
+        n.boot_seconds = round(time.monotonic() - t0, 2)
+        state.save(self.state)
+        return n.boot_seconds
+
+    def restart_node(self, name: str, *, timeout: float = 180.0) -> float:
+        """``l2net lab restart NODE``: :meth:`stop_node` then :meth:`start_node`."""
+        self.stop_node(name)
+        return self.start_node(name, timeout=timeout)
+
+    def stop_nats(self) -> None:
+        """Stop the lab's own NATS server (an outage); its store stays for :meth:`start_nats`."""
+        if not self.state.nats_owned:
+            raise LabError("this lab uses an external NATS server (--nats): stop that one")
+        state.kill(self.state.nats, grace=5.0)
+
+    def start_nats(self) -> None:
+        """Start the lab's own NATS server again, on the same port with the same store."""
+        if not self.state.nats_owned:
+            raise LabError("this lab uses an external NATS server (--nats): start that one")
+        if state.alive(self.state.nats):
+            return
+        _, port = naming.host_port(self.state.nats_url, default_port=4222)
+        srv = natsserver.start(Path(self.state.dir) / "nats", port=port, detach=True)
+        self.state.nats = state.ref(srv.process.pid)
+        state.save(self.state)
 
     def down(self) -> list[str]:
         """Stop and remove everything this lab made; returns what was removed."""

@@ -146,7 +146,12 @@ async def _service_phase(
     await nc.subscribe(subjects.node(NODE), cb=on_node)
     await bus.settle(nc)
     exe_log, plain_log = work / "executor.log", work / "plain-client.log"
-    argv = executor_command(node=NODE, nats_url=lab.nats_url_inside, trust_keys=[keys.PUBLIC])
+    argv = executor_command(
+        node=NODE,
+        nats_url=lab.nats_url_inside,
+        trust_keys=[keys.PUBLIC],
+        state_dir=str(lab.node_dir(NODE) / "executor-state"),
+    )
     start = (
         f"cd {shlex.quote(str(REPO))} && "
         f"{{ {shlex.join(argv)} >{shlex.quote(str(exe_log))} 2>&1 </dev/null & echo $!; }} && "

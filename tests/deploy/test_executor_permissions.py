@@ -68,7 +68,8 @@ class Executor:
         # service: CAP_NET_ADMIN CAP_SYS_ADMIN) and NoNewPrivileges, as the unit runs it.
         argv = ["setpriv", "--bounding-set=-all,+net_admin,+sys_admin", "--no-new-privs",
                 sys.executable, "-m", "services.executor", "--node", node, "--netns", ns,
-                "--no-create-streams", "--heartbeat", "1"]  # fmt: skip
+                "--no-create-streams", "--heartbeat", "1",
+                "--state-dir", str(log.parent / f"state-{user}-{node}")]  # fmt: skip
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,

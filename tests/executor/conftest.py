@@ -16,6 +16,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import pytest
@@ -98,9 +99,12 @@ class ExecutorFactory(Protocol):
 
 
 @pytest.fixture
-async def executors(nats_server: natsserver.EmbeddedNats) -> AsyncIterator[ExecutorFactory]:
+async def executors(
+    nats_server: natsserver.EmbeddedNats, tmp_path: Path
+) -> AsyncIterator[ExecutorFactory]:
     """Starts real executors on the test's bus, each working in its namespace node (fast
-    heartbeats); those still running are stopped at the end."""
+    heartbeats) with its own state directory (the same one when a node's executor is
+    started again, as after a restart); those still running are stopped at the end."""
     started: list[Executor] = []
 
     async def start(node: HostNode, *, labels: dict[str, str] | None = None) -> Executor:
@@ -111,6 +115,7 @@ async def executors(nats_server: natsserver.EmbeddedNats) -> AsyncIterator[Execu
                 labels=labels or {},
                 heartbeat_s=0.3,
                 trusted_keys=[keys.PUBLIC],
+                state_dir=tmp_path / "executor-state" / node.node,
             ),
             NetlinkKernel(node.node, netns=node.ns),
         )

@@ -83,6 +83,7 @@ def _child(run: int, env: dict[str, str], directory: Path) -> None:
         node=os.environ["L2NET_NODE"],
         nats_url=os.environ["NATS_URL"],
         mgmt_vlan=int(os.environ["L2LAB_MGMT_VLAN"]) if os.environ.get("L2LAB_MGMT_VLAN") else None,
+        state_dir=os.path.join(os.environ["L2NET_STATE_DIR"], "executor-state"),
     )
     code = 1
     try:

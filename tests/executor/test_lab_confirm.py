@@ -44,7 +44,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 async def start_unguarded_executor(lab: Lab, nc: Client) -> None:
     """The lab's own executor command line, plus the test-only switch and a short confirm."""
-    argv = executor_command(node=NODE, nats_url=lab.nats_url_inside, trust_keys=[keys.PUBLIC])
+    argv = executor_command(
+        node=NODE,
+        nats_url=lab.nats_url_inside,
+        trust_keys=[keys.PUBLIC],
+        state_dir=str(lab.node_dir(NODE) / "executor-state"),
+    )
     argv += ["--confirm-timeout", str(CONFIRM_S), "--test-only-allow-mgmt-cuts"]
     log = lab.node_dir(NODE) / "executor.log"
     started = time.time()

@@ -97,7 +97,7 @@ async def test_on_start_converges_to_the_last_intent_then_follows(
     assert set((await ex.kernel.read()).vm_ports) == {f"{a}/eth0"}
 
 
-async def test_a_stale_generation_is_ignored(
+async def test_a_stale_generation_is_refused_and_reported(
     host_node: HostNode, nc: Client, start_executor: Callable[[], asyncio.Future[Executor]]
 ) -> None:
     ex = await start_executor()
@@ -112,7 +112,9 @@ async def test_a_stale_generation_is_ignored(
         return info.num_pending == 0 and info.num_ack_pending == 0
 
     await until(consumed)
-    assert await final_status(nc, host_node.node, 4) is None
+    refused = await final_status(nc, host_node.node, 4)
+    assert refused is not None and refused.phase == "Failed", refused
+    assert "stale intent refused" in (refused.error or "") and refused.netlink_writes == 0
     assert set((await ex.kernel.read()).vm_ports) == {f"{a}/eth0"}
 
 

@@ -51,6 +51,8 @@ async def test_an_apply_is_one_trace_from_the_planners_publish_to_each_kernel_st
                 nats_server.url,
                 "--netns",
                 host_node.ns,
+                "--state-dir",
+                str(tmp_path / "executor-state"),
             ],
             cwd=REPO,
             env=env,

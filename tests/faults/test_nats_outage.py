@@ -164,10 +164,10 @@ Published = dict[tuple[str, int, str], int]
 def record_statuses(ex: Executor, published: Published) -> None:
     """Count each status ``ex`` publishes from now on, where it publishes it (its own method,
     wrapped: the publish itself is real)."""
-    original: Callable[[NodeStatus], Awaitable[None]] = ex._publish_status
+    original: Callable[..., Awaitable[None]] = ex._publish_status
 
-    async def publish(status: NodeStatus) -> None:
-        await original(status)  # raises when not stored: then it is not counted as published
+    async def publish(status: NodeStatus, **options: Any) -> None:
+        await original(status, **options)  # raises when not stored: then it is not counted
         key = (status.node, status.observed_generation, status.phase)
         published[key] = published.get(key, 0) + 1
 

@@ -26,5 +26,7 @@ def test_a_lab_makes_its_own_key_and_also_trusts_the_environments(tmp_path: Path
 
 
 def test_the_executors_are_told_which_keys_to_trust() -> None:
-    argv = executor_command(node="node-1", nats_url="nats://x:4222", trust_keys=["NA", "NB"])
-    assert argv[-4:] == ["--trust-key", "NA", "--trust-key", "NB"]
+    argv = executor_command(
+        node="node-1", nats_url="nats://x:4222", trust_keys=["NA", "NB"], state_dir="/s"
+    )
+    assert argv[-6:-2] == ["--trust-key", "NA", "--trust-key", "NB"]

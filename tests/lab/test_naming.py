@@ -116,10 +116,12 @@ def test_vlan_translator_tags_and_untags_only_its_vid() -> None:
 
 
 def test_executor_hook_builds_the_command_every_node_runs() -> None:
-    argv = executor_command(node="node-3", nats_url="nats://169.254.0.1:4222", mgmt_vlan=42)
+    argv = executor_command(
+        node="node-3", nats_url="nats://169.254.0.1:4222", mgmt_vlan=42, state_dir="/s"
+    )
     assert argv == [
         sys.executable, "-m", "services.executor", "--node", "node-3",
-        "--nats", "nats://169.254.0.1:4222", "--mgmt-vlan", "42",
+        "--nats", "nats://169.254.0.1:4222", "--mgmt-vlan", "42", "--state-dir", "/s",
     ]  # fmt: skip
     assert shlex.split(shlex.join(argv)) == argv
 
