@@ -12,10 +12,12 @@ so that a node rebooted during a NATS outage gets its bonds, bridges, VLANs and 
 the status of that convergence is kept and published once NATS answers. Then the
 **session** task connects, for ever, with backoff (a server must answer the NATS handshake
 before the client is started), and sets up: streams, the micro service, the node's
-registration, the statuses kept, on a first start (no state on disk) the last intent of
-``l2.intent.<node>`` (a direct get, ``$JS.API.DIRECT.GET.L2_INTENTS.l2.intent.<node>``),
-and the durable consumer ``executor-<node>``, created by name with its filter
-(``$JS.API.CONSUMER.CREATE.L2_INTENTS.executor-<node>.l2.intent.<node>``) and bound to.
+registration, the statuses kept, the last intent of ``l2.intent.<node>`` (a direct get,
+``$JS.API.DIRECT.GET.L2_INTENTS.l2.intent.<node>``; on a restart only when it is above the
+generation handled: the intent an executor was killed applying converges at once, not after
+the consumer's ack wait), and the durable consumer ``executor-<node>``, created by name with
+its filter (``$JS.API.CONSUMER.CREATE.L2_INTENTS.executor-<node>.l2.intent.<node>``) and
+bound to.
 A set-up step that fails is tried again with backoff; only a refusal while connected (the
 node's NATS user may not read its stream) stops the executor. Once set up, these tasks run:
 
@@ -358,10 +360,15 @@ class Executor:
         # the executor at once.
         await self._publish_node()
         await self._flush_pending()
+        # A first start takes the last intent whatever it is. A restart takes it only when it
+        # is newer than the generation handled: an executor killed in the middle of an apply
+        # (whose message is then unacknowledged, redelivered only after ack_wait) converges
+        # at once; anything else is the durable consumer's to deliver, and report, once.
+        await self._take_last_intent(
+            direct=bool(streams[subjects.STREAM_INTENTS].config.allow_direct),
+            only_newer=not self._fresh,
+        )
         if self._fresh:
-            await self._take_last_intent(
-                direct=bool(streams[subjects.STREAM_INTENTS].config.allow_direct)
-            )
             self._fresh = False
             self._save_state()
         await self._ensure_consumer()
@@ -458,10 +465,11 @@ class Executor:
         )
         self._pending.append(status)
 
-    async def _take_last_intent(self, *, direct: bool) -> None:
-        """First start (nothing on disk): take the last intent stored for this node, if
-        any. ``direct``: the stream allows direct gets (l2net's configuration), the only way
-        a node user may read it."""
+    async def _take_last_intent(self, *, direct: bool, only_newer: bool) -> None:
+        """Take the last intent stored for this node, if any (``only_newer``: only if it is
+        a good intent above the generation handled; else leave it to the consumer).
+        ``direct``: the stream allows direct gets (l2net's configuration), the only way a
+        node user may read it."""
         assert self.js is not None
         subject = subjects.intent(self.node)
         try:
@@ -478,6 +486,13 @@ class Executor:
             raise bus.BusError(f"no answer reading the last intent of {subject}{hint}") from exc
         if raw.data is None:
             return
+        if only_newer:
+            try:
+                newer = self._accept(raw.data, raw.subject or subject).generation
+            except IntentRefused:
+                return  # the consumer delivers it, and it is reported once, then
+            if newer <= self.handled_generation:
+                return
         self._start_verdict = await self._take(
             raw.data, raw.subject or subject, headers=raw.headers, where=f"seq {raw.seq}"
         )

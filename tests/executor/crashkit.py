@@ -72,6 +72,7 @@ def _child(run: int, env: dict[str, str], directory: Path) -> None:
     """The forked executor process: the lab's executor command line, extra environment."""
     from services.executor import __main__ as entry
     from services.lab.fleet import executor_command
+    from tests import keys
 
     log = os.open(directory / f"executor-{run}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(log, 1)
@@ -84,11 +85,16 @@ def _child(run: int, env: dict[str, str], directory: Path) -> None:
         nats_url=os.environ["NATS_URL"],
         mgmt_vlan=int(os.environ["L2LAB_MGMT_VLAN"]) if os.environ.get("L2LAB_MGMT_VLAN") else None,
         state_dir=os.path.join(os.environ["L2NET_STATE_DIR"], "executor-state"),
+        trust_keys=[keys.PUBLIC],
     )
     code = 1
     try:
         code = entry.main(argv[3:])  # after "python -m services.executor"
+    except SystemExit as exc:  # argparse and the CLI's own refusals
+        code = exc.code if isinstance(exc.code, int) else 1
     finally:
+        sys.stdout.flush()
+        sys.stderr.flush()  # os._exit flushes nothing: the log must say why it ended
         os._exit(code)
 
 
