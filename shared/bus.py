@@ -535,6 +535,21 @@ async def last_per_subject(
     js: JetStreamContext, stream: str, filter_subject: str, *, timeout: float = 2.0
 ) -> list[Msg]:
     """The last message of every subject matching ``filter_subject``, in stream order."""
+    return await read_stream(
+        js, stream, filter_subject, deliver=DeliverPolicy.LAST_PER_SUBJECT, timeout=timeout
+    )
+
+
+async def read_stream(
+    js: JetStreamContext,
+    stream: str,
+    filter_subject: str,
+    *,
+    deliver: DeliverPolicy = DeliverPolicy.ALL,
+    timeout: float = 2.0,
+) -> list[Msg]:
+    """Every message of ``stream`` on ``filter_subject`` (``deliver``: all, or the last of
+    each subject), oldest first, through a short-lived consumer that acknowledges nothing."""
     info = await js.stream_info(stream)
     if info.state.messages == 0:
         return []
@@ -542,9 +557,7 @@ async def last_per_subject(
         filter_subject,
         stream=stream,
         config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=30.0,
+            deliver_policy=deliver, ack_policy=AckPolicy.NONE, inactive_threshold=30.0
         ),
     )
     out: list[Msg] = []

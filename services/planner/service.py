@@ -46,7 +46,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 from nats.micro.request import Request
 from nats.micro.service import Service
@@ -359,28 +359,7 @@ class Planner:
 
     async def _history(self, stream: str, subject: str) -> list[Msg]:
         """Every message ``stream`` still holds on ``subject``, oldest first."""
-        sub = await self.js.pull_subscribe(
-            subject,
-            stream=stream,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.NONE,
-                inactive_threshold=30.0,
-            ),
-        )
-        out: list[Msg] = []
-        try:
-            while True:
-                try:
-                    batch = await sub.fetch(256, timeout=2.0)
-                except TimeoutError:
-                    break
-                out.extend(batch)
-                if not batch or batch[-1].metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
-        return out
+        return await bus.read_stream(self.js, stream, subject)
 
     # -- the followers' handlers ------------------------------------------------------
 

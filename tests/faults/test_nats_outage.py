@@ -34,7 +34,6 @@ from typing import Any
 import msgspec
 import pytest
 from nats.aio.client import Client
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pyroute2 import netns as pyroute2_netns
 
 from services.auditor.protocol import HistoryReply
@@ -111,29 +110,7 @@ class Submitter:
 
 async def read_stream(js: Any, stream: str, filter_subject: str) -> list[Any]:
     """Every message of ``stream`` on ``filter_subject``, oldest first."""
-    info = await js.stream_info(stream)
-    if info.state.messages == 0:
-        return []
-    sub = await js.pull_subscribe(
-        filter_subject,
-        stream=stream,
-        config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0
-        ),
-    )
-    out: list[Any] = []
-    try:
-        while True:
-            try:
-                batch = await sub.fetch(512, timeout=2.0)
-            except TimeoutError:
-                break
-            out.extend(batch)
-            if not batch or batch[-1].metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
-    return out
+    return await bus.read_stream(js, stream, filter_subject)
 
 
 @pytest.fixture
