@@ -105,12 +105,12 @@ def iso(at: float | None) -> str:
     if at is None or at == 0:
         return "-"
     try:
-        whole = int(at)
+        # Rounded to the millisecond first: .9996 s is the next second, not this one.
+        whole, millis = divmod(round(at * 1000), 1000)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        millis = round((at - whole) * 1000)
     except (OverflowError, OSError, ValueError, TypeError):
         return repr(at)
-    return f"{stamp}.{millis:03d}Z" if 0 < millis < 1000 else f"{stamp}Z"
+    return f"{stamp}.{millis:03d}Z" if millis else f"{stamp}Z"
 
 
 @dataclass

@@ -72,3 +72,12 @@ async def test_times_are_printed_as_iso_8601_utc(
     stamps = [line.split()[0] for line in history.stdout.splitlines()[1:-1]]
     assert stamps and all(ISO.fullmatch(s) for s in stamps), history.stdout
     assert not re.search(r"\b1[6-9]\d{8}(\.\d+)?\b", audit.stdout + history.stdout)  # no epochs
+
+
+def test_a_time_rounds_to_the_millisecond_and_carries_into_the_next_second() -> None:
+    from services.auditor.view import iso
+
+    assert iso(1764558244.9996) == "2025-12-01T03:04:05Z"  # not 03:04:04, nearly a second early
+    assert iso(1764558244.139) == "2025-12-01T03:04:04.139Z"
+    assert iso(1764558244.0) == "2025-12-01T03:04:04Z"
+    assert iso(None) == "-" and iso(1e300) == "1e+300"  # a hostile value printed, never a crash
