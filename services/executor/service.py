@@ -451,7 +451,12 @@ class Executor:
             # A crash between writing intent.json and state.json: the intent is the newer.
             self.handled_generation, self.handled_digest = intent.generation, digest
         self.intent, self._intent_raw = intent, raw
-        status = await self._apply(intent)
+        # No message, so no process span: one span of its own holds this apply's diff,
+        # steps and verify together (else each would be a trace of its own).
+        with tracing.tracer().start_as_current_span("l2net.executor.start") as span:
+            tracing.annotate(span, node=self.node, generation=intent.generation)
+            status = await self._apply(intent)
+            tracing.annotate(span, netlink_writes=status.netlink_writes)
         status.results.insert(
             0,
             ObjectResult(

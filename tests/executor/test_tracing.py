@@ -39,26 +39,29 @@ async def test_an_apply_is_one_trace_from_the_planners_publish_to_each_kernel_st
             "OTEL_BSP_SCHEDULE_DELAY": "100",
             "OTEL_METRIC_EXPORT_INTERVAL": "500",
         }
-        log = (tmp_path / "executor.log").open("wb")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "services.executor",
-                "--node",
-                host_node.node,
-                "--nats",
-                nats_server.url,
-                "--netns",
-                host_node.ns,
-                "--state-dir",
-                str(tmp_path / "executor-state"),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+
+        def start(log: Path) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "services.executor",
+                    "--node",
+                    host_node.node,
+                    "--nats",
+                    nats_server.url,
+                    "--netns",
+                    host_node.ns,
+                    "--state-dir",
+                    str(tmp_path / "executor-state"),
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+
+        proc = start(tmp_path / "executor.log")
         try:
             js = nc.jetstream()
 
@@ -97,7 +100,33 @@ async def test_an_apply_is_one_trace_from_the_planners_publish_to_each_kernel_st
         steps = [s for s in spans if s.name.startswith("step ")]
         assert {s.name for s in steps} >= {"step netns.add", "step cni.add", "step vm.vlans"}
         assert all(s.parent_span_id == process.span_id for s in steps)
+        # Diff, verify and confirm of this apply, each once, in its process span.
+        for name in ("l2net.executor.diff", "l2net.executor.verify", "l2net.executor.confirm"):
+            (one,) = [s for s in spans if s.name == name]
+            assert one.parent_span_id == process.span_id, name
+        assert by_name["l2net.executor.confirm"].attributes["l2net.confirmed"] is True
         status = by_name["send l2.status.{node}"]
         assert status.parent_span_id == process.span_id
         applies = receiver.metric_points().get("l2net.applies", [])
         assert any(attrs.get("result") == "Applied" for _, attrs, _ in applies)
+
+        # Started again, it converges to the intent kept on disk before NATS: no message,
+        # so that apply is a trace of its own, its diff under one l2net.executor.start span.
+        proc = start(tmp_path / "executor-again.log")
+        try:
+
+            def started(r: OtlpReceiver) -> bool:
+                return any(s.name == "l2net.executor.start" for s in r.spans())
+
+            assert receiver.wait_for(started), (tmp_path / "executor-again.log").read_text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        (begin,) = [s for s in receiver.spans() if s.name == "l2net.executor.start"]
+        assert begin.parent_span_id == "" and begin.trace_id != trace_id
+        assert begin.attributes["l2net.generation"] == 1
+        assert begin.attributes["l2net.netlink_writes"] == 0, "already converged"
+        again = [s for s in receiver.spans() if s.trace_id == begin.trace_id]
+        assert [s.name for s in again if s.parent_span_id == begin.span_id] == [
+            "l2net.executor.diff"
+        ]

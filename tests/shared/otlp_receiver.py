@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -205,3 +205,41 @@ def iter_chain(spans: list[ReceivedSpan], leaf: ReceivedSpan) -> Iterator[Receiv
     while current is not None:
         yield current
         current = by_id.get(current.parent_span_id)
+
+
+def submission_done(spans: list[ReceivedSpan], nodes: Iterable[str]) -> bool:
+    """Whether the spans of one submission's trace are all in: every node's executor ended
+    its ``process l2.intent.{node}`` span, every status it sent was checked by the auditor,
+    and every span's parent arrived.
+
+    A service exports its spans in batches (every 5 s, and at exit): a child that ended early
+    (the executor's diff, its Progressing status, the auditor's check of it) can arrive a
+    batch before its parent, the apply's CONSUMER span, which ends last. Waiting for a
+    check of each node is not enough then; and a lab node's executor sends nothing more once
+    ``l2net lab down`` stopped it."""
+    by_id = {s.span_id: s for s in spans}
+    if any(s.parent_span_id and s.parent_span_id not in by_id for s in spans):
+        return False
+    applied = {
+        s.resource.get("l2net.node")
+        for s in spans
+        if s.service == "l2net-executor" and s.name == "process l2.intent.{node}"
+    }
+    if not applied >= set(nodes):
+        return False
+    processed = {
+        s.span_id: s.parent_span_id
+        for s in spans
+        if s.service == "l2net-auditor" and s.name == "process l2.status.{node}"
+    }
+    checked = {
+        processed[s.parent_span_id]
+        for s in spans
+        if s.name == "l2net.auditor.check" and s.parent_span_id in processed
+    }
+    sent = {
+        s.span_id
+        for s in spans
+        if s.service == "l2net-executor" and s.name == "send l2.status.{node}"
+    }
+    return sent <= checked

@@ -120,19 +120,9 @@ def _in_trace(receiver: OtlpReceiver) -> list[ReceivedSpan]:
 
 
 def _complete(receiver: OtlpReceiver) -> bool:
-    """Every node's executor reported its status and the auditor checked it, in the trace."""
-    spans = _in_trace(receiver)
-    checks = {
-        s.attributes.get("l2net.node")
-        for s in spans
-        if s.service == "l2net-auditor" and s.name == "l2net.auditor.check"
-    }
-    sends = {
-        s.resource.get("l2net.node")
-        for s in spans
-        if s.service == "l2net-executor" and s.name == "send l2.status.{node}"
-    }
-    return checks >= set(NODES) and sends >= set(NODES)
+    """Every node's executor ended its apply, the auditor checked each status it sent, and
+    no span waits for its parent (see :func:`otlp_receiver.submission_done`)."""
+    return otlp_receiver.submission_done(_in_trace(receiver), NODES)
 
 
 def _one(spans: list[ReceivedSpan], service: str, name: str, **attributes: object) -> ReceivedSpan:
@@ -251,6 +241,10 @@ def test_a_submission_is_one_trace_from_the_cli_through_lab_executors_to_the_aud
         assert diff_span.parent_span_id == consume.span_id == verify.parent_span_id
         assert diff_span.attributes["l2net.steps"] == len(steps)
         assert verify.attributes["l2net.differences"] == 0
+        # Confirm (the node still reaches NATS) after the verify, in the apply too.
+        confirm = _one(mine, "l2net-executor", "l2net.executor.confirm")
+        assert confirm.parent_span_id == consume.span_id
+        assert confirm.attributes["l2net.confirmed"] is True
         assert all(s.status_code != 2 for s in mine), "no span of a good apply is an error"
         statuses = [s for s in mine if s.name == "send l2.status.{node}"]
         assert statuses and all(
