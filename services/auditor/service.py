@@ -10,7 +10,8 @@ Model of operation, in order:
    :class:`~services.auditor.view.FleetView`; nothing is published while replaying.
 2. **Catch up.** When every stream has reached its noted sequence, the view is complete: time
    is applied once (:meth:`FleetView.tick`), then every episode not yet in ``L2_DRIFT`` (or
-   still open there but resolved since) is published. A restarted auditor thus misses nothing
+   still open there but resolved since) is published; one already over is published opened,
+   then resolved, like one followed live. A restarted auditor thus misses nothing
    and repeats nothing; two auditors over the same streams find the same episodes, with the
    same start times, because times come from the events, not from the auditor's clock.
 3. **Follow.** The same consumers keep delivering new events; after each one, what opened
@@ -323,18 +324,22 @@ class Auditor:
         service, self._service = self._service, None
         if service is not None:
             await service.stop()
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        self._subs.clear()
-        tasks = [*self._tasks, *self._healing.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
-        self._healing.clear()
+        # Under the flush lock: a report being published is finished first, never cut between
+        # JetStream storing it and this auditor recording it (unsubscribing cancels the
+        # handler in the middle of its callback); a flush still waiting is cancelled instead.
+        async with self._flush_lock:
+            for sub in self._subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            self._subs.clear()
+            tasks = [*self._tasks, *self._healing.values()]
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._tasks.clear()
+            self._healing.clear()
         if self.ready.is_set() and not self.replaying:
             self.save_snapshot()
 
@@ -434,11 +439,18 @@ class Auditor:
         carries it into the stream: the episode published first is the record, and an episode
         computed again from the streams that overlaps it in time is that same episode.
         """
-        episodes = self.published.get((node, (item.object, item.path)))
+        key = (item.object, item.path)
+        episodes = self.published.get((node, key))
         if not episodes or item.first_seen in episodes:
             return
+        # A published episode the view has too is matched already: read open in L2_DRIFT (its
+        # end not read yet, or not published yet), it must not swallow a later episode.
+        v = self.view.node(node)
+        taken = {i.first_seen for i in v.episodes.all() if (i.object, i.path) == key}
         end = item.resolved_at if item.resolved_at is not None else float("inf")
         for first, known in episodes.items():
+            if first in taken:
+                continue
             known_end = known.resolved_at if known.resolved_at is not None else end
             if first <= end and item.first_seen <= known_end:
                 item.first_seen = first
@@ -490,10 +502,18 @@ class Auditor:
                     ):
                         items.append(msgspec.structs.replace(item))
                 for item in items:
+                    key = (name, (item.object, item.path))
+                    if item.resolved_at is not None and item.first_seen not in self.published.get(
+                        key, {}
+                    ):
+                        # Over before anyone published it (caught up after the fact): its
+                        # opening first. Another auditor following live, but behind, reads
+                        # what this one publishes before it reaches the episode, and then
+                        # publishes nothing of it: an end alone would lose the opening.
+                        await self._publish(v, [msgspec.structs.replace(item, resolved_at=None)])
                     # One report per episode change: its Nats-Msg-Id is then the same
                     # whichever auditor publishes it (see the module's docstring).
                     await self._publish(v, [item])
-                    key = (name, (item.object, item.path))
                     self.published.setdefault(key, {})[item.first_seen] = item
                 metrics.drift_findings_open().set(len(v.episodes.open), {"l2net.node": name})
             reporting = sum(1 for v in self.view.nodes.values() if v.heartbeat_at and not v.silent)
@@ -608,6 +628,11 @@ class Auditor:
             at=time.time(),
             notes=[self._stray_note(n) for n in strays] if node is None else [],
         )
+
+    def applied_up_to(self, stream: str) -> int:
+        """The last sequence of ``stream`` (one it reads) applied to the view (0: none)."""
+        mark = self._marks.get(stream)
+        return mark.seq if mark is not None else 0
 
     def registered(self) -> list[str]:
         """The nodes that registered (``l2.node.<node>``): the only ones judged."""

@@ -449,3 +449,52 @@ async def test_a_snapshot_of_other_streams_is_not_used(
     again = await auditors(AuditorConfig(snapshot=path))
     assert again.restored_from is None
     assert {(i.object, i.path) for i in again.findings("node-1")} == {("oob-bo", "vlans")}
+
+
+async def test_an_episode_that_came_and_went_unwatched_is_published_opened_and_resolved(
+    events: Bus, auditors: AuditorFactory
+) -> None:
+    """An auditor catching up publishes an episode that ended before it looked as opened,
+    then resolved: had it published only the end, another auditor following live but behind
+    would read that end before reaching the episode, and the opening nobody published (the
+    two-auditor run lost findings so under load)."""
+    intent = seed_intent("node-1", 1)
+    await events.intent(intent)
+    await events.observed(converged(intent, at=T0))
+    await events.observed(converged(intent, at=T0 + 10, change=mtu_1400))
+    await events.observed(converged(intent, at=T0 + 12))  # over while no auditor ran
+    first = await auditors()  # catches up
+    await auditors()  # reads it in L2_DRIFT: publishes nothing
+    assert first.published_reports == 2
+    assert episodes_of(await events.drift_reports()) == [
+        ("node-1", "oob-br", "mtu", T0 + 10, None),
+        ("node-1", "oob-br", "mtu", T0 + 10, T0 + 12),
+    ]
+
+
+async def test_an_episode_published_open_and_over_is_not_taken_for_a_later_one(
+    events: Bus, auditors: AuditorFactory
+) -> None:
+    """L2_DRIFT can lag the other streams: an auditor catching up may read an episode's
+    opening (by another auditor) but not yet its end, while the observed states already show
+    it over and the next episode of the same field open. That next one is its own episode,
+    not the first one still going on."""
+    intent = seed_intent("node-1", 1)
+    await events.intent(intent)
+    await events.observed(converged(intent, at=T0))
+    await events.observed(converged(intent, at=T0 + 10, change=mtu_1400))
+    first = await auditors()
+    await until(lambda: _count(events, 1))  # the opening, published
+    await first.stop()  # before the end: L2_DRIFT shows it open
+    await events.observed(converged(intent, at=T0 + 12))
+    await events.observed(converged(intent, at=T0 + 20, change=mtu_1400))
+    late = await auditors()
+    assert [(i.first_seen, i.resolved_at) for i in late.view.node("node-1").episodes.all()] == [
+        (T0 + 10, T0 + 12),
+        (T0 + 20, None),
+    ]
+    assert episodes_of(await events.drift_reports()) == [
+        ("node-1", "oob-br", "mtu", T0 + 10, None),
+        ("node-1", "oob-br", "mtu", T0 + 10, T0 + 12),
+        ("node-1", "oob-br", "mtu", T0 + 20, None),
+    ]

@@ -12,7 +12,7 @@ import pytest
 from nats.aio.client import Client
 
 from services.auditor import protocol
-from services.auditor.service import AuditorConfig
+from services.auditor.service import READ_STREAMS, AuditorConfig
 from services.auditor.view import Policy, episode_id
 from shared import bus, subjects
 from tests.auditor.conftest import AuditorFactory, Bus, converged, stop
@@ -83,9 +83,20 @@ async def test_two_auditors_publish_every_finding_once_and_answer_alike(
         return closed >= expected
 
     await until(settled, timeout=60)
+    alive = (first, third)
+
+    async def caught_up() -> bool:
+        # Every message of every stream they read applied to both views (under load the
+        # restarted one can still be working through its backlog when the reports are in).
+        for stream, _ in READ_STREAMS:
+            last = (await events.js.stream_info(stream)).state.last_seq
+            if any(a.applied_up_to(stream) < last for a in alive):
+                return False
+        return True
+
+    await until(caught_up, timeout=60)
     await asyncio.sleep(1.5)  # ticks pass: nothing more may be published
     reports = await events.drift_reports()
-    alive = (first, third)
     opened = Counter(
         episode_id(r.node, i) for r in reports for i in r.items if i.resolved_at is None
     )
