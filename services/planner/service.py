@@ -69,6 +69,9 @@ BACKOFF_S = 0.01
 CATCH_UP_S = 15.0
 """How long a request may wait for the followers to reach the end of their streams."""
 
+WATCH_S = 5.0
+"""How often an idle planner makes sure its followers still follow (see ``_work``)."""
+
 MAX_PROBLEMS = 100
 """Problems listed in one reply; the rest are counted ("... and N more")."""
 
@@ -508,9 +511,21 @@ class Planner:
             self._wake.set()
 
     async def _work(self) -> None:
-        """Publish the intents of nodes that joined or changed (retried until it works)."""
+        """Publish the intents of nodes that joined or changed (retried until it works).
+
+        When idle for :data:`WATCH_S`, it catches up: a follower whose consumer a restarted
+        server forgot is made again then, not only at the next request (a node joining
+        after an outage, with no submission since, still gets its intent)."""
         while True:
-            await self._wake.wait()
+            try:
+                await asyncio.wait_for(self._wake.wait(), WATCH_S)
+            except TimeoutError:
+                try:
+                    async with self._lock:
+                        await self.catch_up()
+                except Exception as exc:  # NATS still away: again after the next WATCH_S
+                    log.debug("idle catch-up: %s", exc)
+                continue
             self._wake.clear()
             nodes, self._dirty = sorted(self._dirty), set()
             try:
