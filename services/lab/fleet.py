@@ -944,8 +944,17 @@ class Lab:
         state.save(self.state)
 
     def down(self) -> list[str]:
-        """Stop and remove everything this lab made; returns what was removed."""
-        return teardown(self.state)
+        """Stop and remove everything this lab made; returns what was removed.
+
+        Another process may have changed the lab since this object read it (``l2net lab
+        restart NODE`` records the node's new UML process in ``lab.json``): the processes
+        recorded there are stopped too, not only those this object knows."""
+        recorded = state.load(Path(self.state.dir))
+        if recorded is not None and recorded.lab_id == self.state.lab_id:
+            done = teardown(recorded, remove_files=False)
+        else:
+            done = []
+        return done + teardown(self.state)
 
 
 def teardown(st: state.LabState, *, remove_files: bool = True) -> list[str]:

@@ -18,6 +18,7 @@ exists without its address. A lab that cannot boot fails this test: it never ski
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -179,3 +180,27 @@ async def test_a_node_restarted_without_nats_gets_its_vms_back(lab: Lab, client:
         pid = pidfile.read_text().strip() if pidfile.exists() else ""
         if pid.isdigit():
             await lab.aexec("node-2", ["kill", pid], timeout=30)
+
+
+def test_lab_down_stops_the_node_the_command_line_restarted(lab: Lab) -> None:
+    """`l2net lab restart` (another process) records the node's new UML process in lab.json;
+    down must stop that one too (it leaked, spinning, after this module before)."""
+    mark = f"umid=l2lab-{lab.state.lab_id}-"
+
+    def lab_processes() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    status = (entry / "status").read_text()
+                    if mark in args and "State:\tZ" not in status:
+                        found.append(int(entry.name))
+        return found
+
+    assert lab_processes(), "the lab's nodes should be running before down"
+    lab.down()
+    deadline = time.monotonic() + 30
+    while lab_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert lab_processes() == []
