@@ -1,5 +1,11 @@
 """The auditor service: replays the history, follows it live, publishes drift, heals.
 
+This module is the wiring: the NATS subscriptions, the request handlers, start and stop. What
+it decides lives beside it: :mod:`services.auditor.view` (events folded into drift episodes,
+pure), :mod:`services.auditor.ledger` (what ``L2_DRIFT`` holds, so what to publish and what
+not to publish twice, pure) and :mod:`services.auditor.healing` (the heal policy, pure, and
+the heals it schedules).
+
 Model of operation, in order:
 
 1. **Replay.** At start it notes the last sequence of every stream it reads, then replays
@@ -11,9 +17,10 @@ Model of operation, in order:
 2. **Catch up.** When every stream has reached its noted sequence, the view is complete: time
    is applied once (:meth:`FleetView.tick`), then every episode not yet in ``L2_DRIFT`` (or
    still open there but resolved since) is published; one already over is published opened,
-   then resolved, like one followed live. A restarted auditor thus misses nothing
-   and repeats nothing; two auditors over the same streams find the same episodes, with the
-   same start times, because times come from the events, not from the auditor's clock.
+   then resolved, like one followed live (the ledger says which). A restarted auditor thus
+   misses nothing and repeats nothing; two auditors over the same streams find the same
+   episodes, with the same start times, because times come from the events, not from the
+   auditor's clock.
 3. **Follow.** The same consumers keep delivering new events; after each one, what opened
    or resolved is published at once on ``l2.drift.<node>`` (one report per change, never
    per tick). A timer applies time every ``tick_s`` (stopped reporting, stuck generation).
@@ -23,7 +30,8 @@ Model of operation, in order:
 5. **Heal.** For cluster networks under the heal policy, a newly opened finding makes the
    auditor ask the node's executor to re-converge (``l2.executor.<node>.reconcile``), one
    heal at a time per node; each heal is counted and recorded in ``L2_DRIFT``. Under the
-   default policy (report only) the auditor never changes anything.
+   default policy (report only) the auditor never changes anything
+   (:class:`~services.auditor.healing.Healer`).
 
 Trust. Every message is outside data (:mod:`services.auditor.events`): the node is the
 subject's token, a body naming another node is a bad message (reported once, ignored), and a
@@ -33,9 +41,10 @@ published for another node is a *stray*, reported once (log, and the ``notes`` o
 drift. A node is judged against the intent it really applied (its status's ``intentDigest``).
 
 Two auditors (for availability) publish each finding once: one report per episode change,
-with a ``Nats-Msg-Id`` made of the episode's identity and its state (open or resolved), so
-JetStream drops the second copy; after the duplicate window each auditor has read the other's
-report in ``L2_DRIFT`` and does not publish it again.
+with a ``Nats-Msg-Id`` made of the episode's identity and its state (open or resolved,
+:func:`~services.auditor.ledger.report_id`), so JetStream drops the second copy; after the
+duplicate window each auditor has read the other's report in ``L2_DRIFT`` and does not
+publish it again.
 
 It registers as the NATS micro service ``l2net-auditor``.
 """
@@ -44,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -65,17 +73,9 @@ from nats.micro.service import Service
 from opentelemetry import trace
 
 from services.auditor import events, protocol, snapshot
-from services.auditor.view import (
-    GENERATION,
-    HEARTBEAT,
-    FleetView,
-    Key,
-    NodeView,
-    Policy,
-    episode_id,
-    is_kernel_key,
-    iso,
-)
+from services.auditor.healing import HEAL_ALL, Healer, cluster_network_of
+from services.auditor.ledger import Ledger, report_id
+from services.auditor.view import FleetView, NodeView, Policy, is_kernel_key, iso
 from shared import bus, metrics, subjects, tracing
 from shared.model import DriftItem, DriftReport, Node, NodeIntent, NodeStatus, ObservedState
 
@@ -84,7 +84,6 @@ log = logging.getLogger("l2net.auditor")
 SERVICE_NAME = "l2net-auditor"
 CHECK_SPAN = "l2net.auditor.check"
 """The span of the check that follows a live status, child of its CONSUMER span."""
-HEAL_ALL = "*"
 
 READ_STREAMS: tuple[tuple[str, str], ...] = (
     (subjects.STREAM_DRIFT, subjects.ALL_DRIFT),
@@ -116,50 +115,6 @@ class AuditorConfig:
     ``node/<node> generation`` drift when it is the latest, or what a node runs. Empty: any."""
 
 
-def cluster_network_of(item: DriftItem, intent: NodeIntent | None) -> str | None:
-    """The cluster network a finding belongs to (decides the heal policy); None if unknown."""
-    obj = item.object
-    if obj.startswith("node/"):
-        return None
-    if intent is not None:
-        if obj.startswith("vm/"):
-            parts = obj.split("/")
-            for vp in intent.vm_ports:
-                if len(parts) >= 3 and (vp.vm, vp.ifname) == (parts[1], parts[2]):
-                    return vp.cluster_network
-        if obj.startswith("netns/"):
-            vm = obj.split("/", 1)[1]
-            for vp in intent.vm_ports:
-                if vp.vm == vm:
-                    return vp.cluster_network
-        for cn in intent.cluster_networks:
-            ports = cn.bond.ports if cn.bond is not None else []
-            if obj in (cn.bridge, cn.bond_name) or obj in ports:
-                return cn.name
-        for hv in intent.host_vlans:
-            if obj == hv.name:
-                return hv.cluster_network
-    # Not in the intent (an extra link): l2net's names start with "<cn>-".
-    head = obj.split("/")[-1].split("-", 1)[0]
-    return head or None
-
-
-def _ended_since(v: NodeView, key: Key, first: float) -> float | None:
-    """When the view shows that an episode of ``key`` open since ``first`` is over (None: it
-    may still be on). Used for episodes published open that the streams do not show."""
-    if is_kernel_key(key):
-        return v.observed_at if v.observed_at > first else None
-    if key[1] == HEARTBEAT:
-        return v.heartbeat_at if v.heartbeat_at is not None and v.heartbeat_at > first else None
-    if (
-        key[1] == GENERATION
-        and v.latest_generation
-        and (v.applied_generation >= v.latest_generation)
-    ):
-        return max(first, v.applied_at.get(v.latest_generation, first))
-    return None
-
-
 class Auditor:
     """The auditor. ``await start()`` … ``await stop()``; operations are also methods."""
 
@@ -170,11 +125,15 @@ class Auditor:
         self.view = FleetView(self.config.policy, self.config.trusted_keys)
         self.view.live = False  # until the replay is complete
         self.replaying = True
-        self.published: dict[tuple[str, Key], dict[float, DriftItem]] = {}
-        """(node, (object, path)) -> first seen -> the episode as last published."""
-        self._heal_notes: set[tuple[str, float]] = set()
-        self._healed: set[str] = set()
-        self._healing: dict[str, asyncio.Task[None]] = {}
+        self._ledger = Ledger()
+        self._healer = Healer(
+            nc,
+            self.view,
+            heal=self.config.heal,
+            reconcile_timeout_s=self.config.reconcile_timeout_s,
+            check_live=self.check_live,
+            record=self._record_heal,
+        )
         self._live_failed: set[str] = set()
         self._flush_lock = asyncio.Lock()
         self._subs: list[Any] = []
@@ -230,7 +189,7 @@ class Auditor:
             )
             self._subs.append(sub)
         await asyncio.gather(*(ev.wait() for ev in self._reached.values()))
-        self._adopt_published()
+        self._ledger.adopt(self.view)
         self.replaying = False
         self.view.live = True
         self.view.tick(time.time())
@@ -292,8 +251,7 @@ class Auditor:
             ):
                 log.info("snapshot %s is not of these streams (%s): full replay", path, stream)
                 return
-        self.published = snapshot.restore(snap, self.view)
-        self._heal_notes = set(snap.heal_notes)
+        self._ledger = Ledger(snapshot.restore(snap, self.view), snap.heal_notes)
         self._marks = {
             name: snapshot.StreamMark(created=m.created, seq=m.seq)
             for name, m in snap.streams.items()
@@ -309,8 +267,8 @@ class Auditor:
         snap = snapshot.take(
             self.view,
             streams=self._marks,
-            published=self.published,
-            heal_notes=self._heal_notes,
+            published=self._ledger.published,
+            heal_notes=self._ledger.heal_notes,
             at=time.time(),
         )
         try:
@@ -332,14 +290,14 @@ class Auditor:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
             self._subs.clear()
-            tasks = [*self._tasks, *self._healing.values()]
+            tasks = [*self._tasks, *self._healer.tasks()]
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self._tasks.clear()
-            self._healing.clear()
+            self._healer.forget()
         if self.ready.is_set() and not self.replaying:
             self.save_snapshot()
 
@@ -402,7 +360,7 @@ class Auditor:
         if isinstance(event, ObservedState):
             return self.view.on_observed(event, at)
         if isinstance(event, DriftReport):
-            self._record_published(event)
+            self._ledger.record(event, self.view)
         # L2_SPECS: replayed so that the view starts from the whole history; the intents
         # compiled from the specs are what nodes are judged against.
         return {}
@@ -423,98 +381,21 @@ class Auditor:
             f" (no {subjects.node(name)}): not judged"
         )
 
-    def _record_published(self, report: DriftReport) -> None:
-        for item in report.items:
-            episodes = self.published.setdefault((report.node, (item.object, item.path)), {})
-            if item.resolved_at is not None or item.first_seen not in episodes:
-                episodes[item.first_seen] = item
-        if report.note.startswith("heal") and (report.node, report.at) not in self._heal_notes:
-            self._heal_notes.add((report.node, report.at))
-            self.view.node(report.node).heals.append((report.at, report.note))
-
-    def _align(self, node: str, item: DriftItem) -> None:
-        """Give ``item`` the start time of the published episode it is the same as.
-
-        A live check may see a change a moment before (or after) the observed state that
-        carries it into the stream: the episode published first is the record, and an episode
-        computed again from the streams that overlaps it in time is that same episode.
-        """
-        key = (item.object, item.path)
-        episodes = self.published.get((node, key))
-        if not episodes or item.first_seen in episodes:
-            return
-        # A published episode the view has too is matched already: read open in L2_DRIFT (its
-        # end not read yet, or not published yet), it must not swallow a later episode.
-        v = self.view.node(node)
-        taken = {i.first_seen for i in v.episodes.all() if (i.object, i.path) == key}
-        end = item.resolved_at if item.resolved_at is not None else float("inf")
-        for first, known in episodes.items():
-            if first in taken:
-                continue
-            known_end = known.resolved_at if known.resolved_at is not None else end
-            if first <= end and item.first_seen <= known_end:
-                item.first_seen = first
-                return
-
-    def _adopt_published(self) -> None:
-        """Episodes published open that the streams alone do not show (a live check found
-        them): keep them, as the same episode, until an event resolves them."""
-        for v in self.view.nodes.values():
-            for item in v.episodes.all():
-                self._align(v.name, item)
-        for (node, key), episodes in self.published.items():
-            v = self.view.node(node)
-            computed = {i.first_seen for i in v.episodes.all() if (i.object, i.path) == key}
-            for first, known in episodes.items():
-                if known.resolved_at is not None or first in computed or key in v.episodes.open:
-                    continue
-                v.episodes.open[key] = msgspec.structs.replace(known)
-                ended = _ended_since(v, key, first)
-                if ended is not None:
-                    v.episodes.resolve(key, ended)
-
     # -- publishing -------------------------------------------------------------------------
 
     async def flush(self, nodes: Iterable[str] | None = None) -> None:
         """Publish every episode of ``nodes`` (default: all) that opened or resolved since it
-        was last published."""
+        was last published (what the :class:`~services.auditor.ledger.Ledger` says is due)."""
         async with self._flush_lock:
             names = sorted(self.view.nodes) if nodes is None else sorted(set(nodes))
             for name in names:
                 v = self.view.node(name)
-                stray = not v.registered
-                if stray:
-                    # Never judged. An episode published open for it (by an older auditor)
-                    # is closed at its own start (it never was drift), so that no reader of
-                    # L2_DRIFT keeps it open for ever; the same time whoever closes it.
-                    for open_key, item in list(v.episodes.open.items()):
-                        if item.first_seen in self.published.get((name, open_key), {}):
-                            v.episodes.resolve(open_key, item.first_seen)
-                items: list[DriftItem] = []
-                for item in v.episodes.all():
-                    self._align(name, item)
-                    episodes = self.published.get((name, (item.object, item.path)), {})
-                    if stray and item.first_seen not in episodes:
-                        continue
-                    if item.first_seen not in episodes or (
-                        item.resolved_at is not None
-                        and episodes[item.first_seen].resolved_at is None
-                    ):
-                        items.append(msgspec.structs.replace(item))
-                for item in items:
-                    key = (name, (item.object, item.path))
-                    if item.resolved_at is not None and item.first_seen not in self.published.get(
-                        key, {}
-                    ):
-                        # Over before anyone published it (caught up after the fact): its
-                        # opening first. Another auditor following live, but behind, reads
-                        # what this one publishes before it reaches the episode, and then
-                        # publishes nothing of it: an end alone would lose the opening.
-                        await self._publish(v, [msgspec.structs.replace(item, resolved_at=None)])
+                for item in self._ledger.changes(v):
                     # One report per episode change: its Nats-Msg-Id is then the same
                     # whichever auditor publishes it (see the module's docstring).
-                    await self._publish(v, [item])
-                    self.published.setdefault(key, {})[item.first_seen] = item
+                    for report in self._ledger.reports(name, item):
+                        await self._publish(v, [report])
+                    self._ledger.mark(name, item)
                 metrics.drift_findings_open().set(len(v.episodes.open), {"l2net.node": name})
             reporting = sum(1 for v in self.view.nodes.values() if v.heartbeat_at and not v.silent)
             metrics.nodes_reporting().set(reporting)
@@ -530,10 +411,7 @@ class Auditor:
             heals=len(v.heals),
             note=note,
         )
-        ids = ",".join(
-            f"{episode_id(v.name, i)}:{'r' if i.resolved_at is not None else 'o'}" for i in items
-        )
-        msg_id = hashlib.sha256((ids or f"{v.name}:{note}:{report.at}").encode()).hexdigest()
+        msg_id = report_id(v.name, items, note=note, at=report.at)
         subject = subjects.drift(v.name)
         with tracing.publish_span(subject, template="l2.drift.{node}") as headers:
             tracing.annotate(node=v.name, generation=v.latest_generation)
@@ -713,73 +591,22 @@ class Auditor:
         v = self.view.nodes.get(node)
         return len(v.heals) if v else 0
 
-    def _in_heal_scope(self, v: NodeView, item: DriftItem) -> bool:
-        if not self.config.heal:
-            return False
-        if not is_kernel_key((item.object, item.path)):
-            return False
-        cn = cluster_network_of(item, v.intents.get(v.observed.generation if v.observed else 0))
-        return HEAL_ALL in self.config.heal or (cn is not None and cn in self.config.heal)
-
     def _schedule_heals(self) -> None:
-        if not self.config.heal or self.replaying:
-            return
-        for name, v in self.view.nodes.items():
-            if name in self._healing or v.silent or not v.registered:
-                continue
-            due = [
-                i
-                for i in v.open_items()
-                if self._in_heal_scope(v, i) and episode_id(name, i) not in self._healed
-            ]
-            if due:
-                self._healing[name] = asyncio.create_task(self._heal(name, due))
-
-    async def _heal(self, node: str, items: Iterable[DriftItem]) -> None:
-        try:
-            for item in items:
-                self._healed.add(episode_id(node, item))
-            # Certainty first: heal only what the kernel still shows.
-            if not await self.check_live(node):
-                return
-            v = self.view.node(node)
-            due = [i for i in v.open_items() if self._in_heal_scope(v, i)]
-            if due:
-                await self.heal(node, due)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.error("heal of %s: %s", node, exc)
-        finally:
-            self._healing.pop(node, None)
+        if not self.replaying:
+            self._healer.schedule()
 
     async def heal(self, node: str, items: list[DriftItem]) -> str:
         """Ask ``node``'s executor to re-converge because of ``items``; count and record it.
 
         Returns the note recorded in ``L2_DRIFT`` (what was healed, and the executor's answer).
         """
+        return await self._healer.heal(node, items)
+
+    async def _record_heal(self, node: str, note: str, at: float) -> None:
         v = self.view.node(node)
-        what = ", ".join(f"{i.object}.{i.path}" if i.path else i.object for i in items)
-        try:
-            reply = await self.nc.request(
-                subjects.executor_control(node, "reconcile"),
-                b"",
-                timeout=self.config.reconcile_timeout_s,
-            )
-            status = bus.decode(reply.data, NodeStatus)
-            outcome = f"{status.phase} generation {status.observed_generation}"
-            if status.error:
-                outcome += f": {status.error}"
-        except (NoRespondersError, NatsTimeout, msgspec.DecodeError) as exc:
-            outcome = f"no answer ({type(exc).__name__})"
-        at = time.time()
-        note = f"heal: asked {node} to re-converge ({what}): {outcome}"
-        self._heal_notes.add((node, at))
-        v.heals.append((at, note))
+        self._ledger.heal(v, note, at)
         log.info("%s", note)
         await self._publish_heal(v, note, at)
-        await self.check_live(node)
-        return note
 
     async def _publish_heal(self, v: NodeView, note: str, at: float) -> None:
         report = DriftReport(
@@ -830,3 +657,14 @@ class Auditor:
         else:
             desired = self.desired(body.node, body.generation)
         await req.respond(bus.encode(desired))
+
+
+__all__ = [
+    "CHECK_SPAN",
+    "HEAL_ALL",
+    "READ_STREAMS",
+    "SERVICE_NAME",
+    "Auditor",
+    "AuditorConfig",
+    "cluster_network_of",  # the heal policy's, in services.auditor.healing
+]
