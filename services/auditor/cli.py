@@ -20,7 +20,9 @@ import yaml
 from nats.aio.client import Client
 
 from services.auditor import protocol, report
+from services.auditor.healing import HEAL_ALL
 from services.auditor.service import Auditor, AuditorConfig
+from services.auditor.view import Policy
 from services.cli.client import CliError, add_nats_option, request
 from shared import bus, config, lifecycle, signing, subjects, tracing
 from shared.model import DriftItem
@@ -111,27 +113,11 @@ def load_policy(args: argparse.Namespace) -> AuditorConfig:
     """The auditor's configuration from ``--policy`` and the flags (flags win)."""
     cfg = AuditorConfig()
     if args.policy is not None:
-        try:
-            raw = yaml.safe_load(args.policy.read_text())
-            pf = msgspec.convert(raw or {}, PolicyFile)
-        except OSError as exc:
-            raise ValueError(f"--policy {args.policy}: {exc.strerror}") from exc
-        except (yaml.YAMLError, msgspec.ValidationError) as exc:
-            raise ValueError(f"--policy {args.policy}: {exc}") from exc
-        except RecursionError:
-            raise ValueError(f"--policy {args.policy}: nested too deeply") from None
-        except ValueError as exc:  # not UTF-8, an integer too long to read...
-            raise ValueError(f"--policy {args.policy}: {exc}") from None
+        pf = _read_policy(args.policy)
         cfg.heal |= set(pf.heal)
-        if pf.silence_seconds is not None:
-            cfg.policy.silence_s = pf.silence_seconds
-        if pf.grace_seconds is not None:
-            cfg.policy.grace_s = pf.grace_seconds
+        _set_times(cfg.policy, silence=pf.silence_seconds, grace=pf.grace_seconds)
     cfg.heal |= set(args.heal)
-    if args.silence is not None:
-        cfg.policy.silence_s = args.silence
-    if args.grace is not None:
-        cfg.policy.grace_s = args.grace
+    _set_times(cfg.policy, silence=args.silence, grace=args.grace)
     for name, value in (("silence", cfg.policy.silence_s), ("grace", cfg.policy.grace_s)):
         if value <= 0:
             raise ValueError(f"{name} must be a positive number of seconds, not {value}")
@@ -140,7 +126,7 @@ def load_policy(args: argparse.Namespace) -> AuditorConfig:
             config.state_dir() / "auditor" / "snapshot.json"
         )
     for cn in cfg.heal:
-        if cn != "*" and not cn.replace("-", "").isalnum():
+        if cn != HEAL_ALL and not cn.replace("-", "").isalnum():
             raise ValueError(f"--heal {cn!r}: not a cluster network name")
     for key in getattr(args, "trust_key", None) or []:
         try:
@@ -148,6 +134,29 @@ def load_policy(args: argparse.Namespace) -> AuditorConfig:
         except signing.KeyError_ as exc:
             raise ValueError(f"--trust-key: {exc}") from exc
     return cfg
+
+
+def _read_policy(path: Path) -> PolicyFile:
+    """The ``--policy`` file; ValueError saying why it cannot be used."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+        return msgspec.convert(raw or {}, PolicyFile)
+    except OSError as exc:
+        raise ValueError(f"--policy {path}: {exc.strerror}") from exc
+    except (yaml.YAMLError, msgspec.ValidationError) as exc:
+        raise ValueError(f"--policy {path}: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"--policy {path}: nested too deeply") from None
+    except ValueError as exc:  # not UTF-8, an integer too long to read...
+        raise ValueError(f"--policy {path}: {exc}") from None
+
+
+def _set_times(policy: Policy, *, silence: float | None, grace: float | None) -> None:
+    """Override the policy's silence and grace limits with those given (None: keep)."""
+    if silence is not None:
+        policy.silence_s = silence
+    if grace is not None:
+        policy.grace_s = grace
 
 
 def run_auditor(args: argparse.Namespace) -> int:
