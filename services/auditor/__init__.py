@@ -1,8 +1,10 @@
 """The auditor: replays l2net's history, reports drift between intent and kernels, heals.
 
 Modules: ``view`` (the pure fold of events into per-node views and drift episodes),
-``service`` (:class:`~services.auditor.service.Auditor`: replay, follow, publish, live
-checks, heal policy; the NATS micro service ``l2net-auditor``), ``protocol`` (the
+``ledger`` (what ``L2_DRIFT`` holds and so what to publish, once: pure), ``healing`` (the
+heal policy and the heals it schedules), ``service``
+(:class:`~services.auditor.service.Auditor`, the wiring: replay, follow, publish, live
+checks; the NATS micro service ``l2net-auditor``), ``protocol`` (the
 ``l2.auditor.*`` request and reply bodies), ``report`` (the readable diff), ``cli``
 (``l2net auditor``, ``l2net audit``, ``l2net history``; :func:`~services.auditor.cli.check`
 and :func:`~services.auditor.cli.audit_once` for scripts) and ``demo``
