@@ -81,7 +81,7 @@ def _link_network(obj: str, intent: NodeIntent) -> str | None:
     return None
 
 
-def in_heal_scope(heal: Collection[str], v: NodeView, item: DriftItem) -> bool:
+def in_heal_scope(v: NodeView, item: DriftItem, *, heal: Collection[str]) -> bool:
     """True when ``item`` (a finding of ``v``) is healed under the policy ``heal`` (cluster
     networks, or ``*``): a kernel finding of a cluster network the policy names."""
     if not heal:
@@ -137,7 +137,7 @@ class Healer:
             due = [
                 i
                 for i in v.open_items()
-                if in_heal_scope(self._heal, v, i) and episode_id(name, i) not in self._healed
+                if in_heal_scope(v, i, heal=self._heal) and episode_id(name, i) not in self._healed
             ]
             if due:
                 self._healing[name] = asyncio.create_task(self._heal_node(name, due))
@@ -158,7 +158,7 @@ class Healer:
             if not await self._check_live(node):
                 return
             v = self._view.node(node)
-            due = [i for i in v.open_items() if in_heal_scope(self._heal, v, i)]
+            due = [i for i in v.open_items() if in_heal_scope(v, i, heal=self._heal)]
             if due:
                 await self.heal(node, due)
         except asyncio.CancelledError:

@@ -90,7 +90,7 @@ class Ledger:
             self.heal_notes.add((report.node, report.at))
             view.node(report.node).heals.append((report.at, report.note))
 
-    def heal(self, v: NodeView, note: str, at: float) -> None:
+    def heal(self, v: NodeView, note: str, *, at: float) -> None:
         """Count a heal this auditor made (its report, read back later, is not counted again)."""
         self.heal_notes.add((v.name, at))
         v.heals.append((at, note))

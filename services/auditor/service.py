@@ -604,7 +604,7 @@ class Auditor:
 
     async def _record_heal(self, node: str, note: str, at: float) -> None:
         v = self.view.node(node)
-        self._ledger.heal(v, note, at)
+        self._ledger.heal(v, note, at=at)
         log.info("%s", note)
         await self._publish_heal(v, note, at)
 

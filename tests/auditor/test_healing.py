@@ -51,6 +51,6 @@ def test_a_policy_heals_kernel_findings_of_the_networks_it_names() -> None:
     v = running_seed()
     oob, mgmt = finding("oob-br", "mtu"), finding("vm/vm100/eth0", "vlans")
     stuck = finding("node/node-1", "generation")
-    assert [in_heal_scope({"oob"}, v, i) for i in (oob, mgmt, stuck)] == [True, False, False]
-    assert [in_heal_scope({"*"}, v, i) for i in (oob, mgmt, stuck)] == [True, True, False]
-    assert [in_heal_scope(set(), v, i) for i in (oob, mgmt, stuck)] == [False, False, False]
+    assert [in_heal_scope(v, i, heal={"oob"}) for i in (oob, mgmt, stuck)] == [True, False, False]
+    assert [in_heal_scope(v, i, heal={"*"}) for i in (oob, mgmt, stuck)] == [True, True, False]
+    assert [in_heal_scope(v, i, heal=set()) for i in (oob, mgmt, stuck)] == [False, False, False]

@@ -238,7 +238,7 @@ def test_an_episode_published_open_for_a_stray_is_closed_at_its_start() -> None:
 def test_a_heal_is_counted_once_whoever_records_it() -> None:
     view, ledger = node_view(), Ledger()
     v = view.node(NODE)
-    ledger.heal(v, "heal: asked node-1 to re-converge (oob-br.mtu): Applied generation 1", T0)
+    ledger.heal(v, "heal: asked node-1 to re-converge (oob-br.mtu): Applied generation 1", at=T0)
     own = DriftReport(node=NODE, generation=1, at=T0, note=v.heals[0][1])
     other = DriftReport(
         node=NODE, generation=1, at=T0 + 5, note="heal: asked node-1 to re-converge (x)"
