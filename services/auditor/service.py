@@ -95,6 +95,17 @@ READ_STREAMS: tuple[tuple[str, str], ...] = (
 )
 
 
+__all__ = [
+    "CHECK_SPAN",
+    "HEAL_ALL",
+    "READ_STREAMS",
+    "SERVICE_NAME",
+    "Auditor",
+    "AuditorConfig",
+    "cluster_network_of",  # the heal policy's, in services.auditor.healing
+]
+
+
 @dataclass
 class AuditorConfig:
     """``heal``: cluster networks under the heal policy (``*``: all); the rest report only.
@@ -657,14 +668,3 @@ class Auditor:
         else:
             desired = self.desired(body.node, body.generation)
         await req.respond(bus.encode(desired))
-
-
-__all__ = [
-    "CHECK_SPAN",
-    "HEAL_ALL",
-    "READ_STREAMS",
-    "SERVICE_NAME",
-    "Auditor",
-    "AuditorConfig",
-    "cluster_network_of",  # the heal policy's, in services.auditor.healing
-]
