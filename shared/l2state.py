@@ -49,6 +49,24 @@ from shared.model import (
     VlanRange,
     VmPortIntent,
 )
+from shared.vocabulary import (
+    BOND_ENUMS,
+    BOND_INT_MAX,
+    BOND_INT_OPTIONS,
+    BOND_MODE_NAMES,
+    BOND_MODES,
+    BOND_OPTIONS,
+    CNI_KEYS,
+    CNI_PLUGIN,
+    DEFAULT_MTU,
+    KERNEL_MTU_MAX,
+    KERNEL_MTU_MIN,
+    MAX_ARP_TARGETS,
+    VID_MAX,
+    VID_MIN,
+    BondMode,
+    ifname_error,
+)
 
 MGMT_BRIDGE = f"{MGMT}-br"
 MGMT_BOND = f"{MGMT}-bo"
@@ -56,53 +74,10 @@ ALIAS_PREFIX = "l2net"
 PORT_RECORD_PREFIX = "l2net-port"
 """A NIC's alias while l2net holds it in a bond: what it found (admin state, alias)."""
 
-VID_MIN = 1
-VID_MAX = 4094
 _MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 DEFAULT_PVID = VlanRange(vid=1, pvid=True, untagged=True)
 """What a port gets when it joins a VLAN-filtering bridge: VID 1, PVID, egress untagged."""
-
-# Kernel numbers of the bond options that are enumerations (include/uapi/linux/if_bonding.h,
-# drivers/net/bonding/bond_options.c). The kernel reports numbers; people write names.
-BOND_MODE_NAMES: dict[int, str] = {
-    0: "balance-rr",
-    1: "active-backup",
-    2: "balance-xor",
-    3: "broadcast",
-    4: "802.3ad",
-    5: "balance-tlb",
-    6: "balance-alb",
-}
-BOND_ENUMS: dict[str, dict[int, str]] = {
-    "xmit_hash_policy": {
-        0: "layer2",
-        1: "layer3+4",
-        2: "layer2+3",
-        3: "encap2+3",
-        4: "encap3+4",
-        5: "vlan+srcmac",
-    },
-    "lacp_rate": {0: "slow", 1: "fast"},
-    "ad_select": {0: "stable", 1: "bandwidth", 2: "count"},
-    "arp_validate": {
-        0: "none",
-        1: "active",
-        2: "backup",
-        3: "all",
-        4: "filter",
-        5: "filter_active",
-        6: "filter_backup",
-    },
-}
-BOND_INT_OPTIONS: tuple[str, ...] = ("miimon", "updelay", "downdelay", "arp_interval")
-BOND_OPTIONS: tuple[str, ...] = (
-    *BOND_INT_OPTIONS,
-    *BOND_ENUMS,
-    "arp_ip_target",
-    "primary",
-)
-"""Bond options l2net sets and reads back, by the kernel's (sysfs) names."""
 
 
 class StateError(ValueError):
@@ -345,19 +320,17 @@ def vlan_changes(
 # ---------------------------------------------------------------------------
 
 
-def normalize_bond_mode(mode: str | int) -> str:
+def normalize_bond_mode(mode: str | int) -> BondMode:
+    """A bond mode by name, given by name or by the kernel's number (StateError if neither)."""
     if isinstance(mode, int) or (isinstance(mode, str) and mode.isdigit()):
         number = int(mode)
         if number not in BOND_MODE_NAMES:
             raise StateError(f"bond mode {mode!r} is not one of 0-6")
         return BOND_MODE_NAMES[number]
-    if mode not in BOND_MODE_NAMES.values():
-        raise StateError(f"bond mode {mode!r} is not one of {sorted(BOND_MODE_NAMES.values())}")
-    return mode
-
-
-BOND_INT_MAX = 2**31 - 1
-"""The largest number a bond option takes (the kernel's options are 32-bit)."""
+    for name in BOND_MODES:
+        if mode == name:
+            return name
+    raise StateError(f"bond mode {mode!r} is not one of {sorted(BOND_MODES)}")
 
 
 def _bond_int(key: str, value: Any) -> int:
@@ -416,27 +389,13 @@ def normalize_bond_options(options: Mapping[str, Any]) -> dict[str, Any]:
 # Checking an intent's values (outside data: every value may be hostile)
 # ---------------------------------------------------------------------------
 
-INT32_MAX = 2**31 - 1
 UINT32_MAX = 2**32 - 1
-MTU_MIN, MTU_MAX = 68, 65535  # ETH_MIN_MTU; the largest MTU a bridge or bond accepts
-MAX_ARP_TARGETS = 16  # BOND_MAX_ARP_TARGETS
 MAX_GENERATION = 2**63 - 1  # JetStream and JSON consumers keep 64-bit integers
 MAX_NETNS_NAME = 64
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def ifname_error(name: object) -> str | None:
-    """What is wrong with ``name`` as a Linux interface name (``dev_valid_name``), or None."""
-    if not isinstance(name, str) or not name:
-        return f"{name!r} is not an interface name"
-    if len(name) > 15 or name in (".", "..") or any(c in name for c in "/:\x00"):
-        return f"{name!r} is not a valid interface name (1-15 characters, no '/', ':')"
-    if any(c.isspace() or not c.isprintable() for c in name):
-        return f"{name!r} is not a valid interface name (no spaces or control characters)"
-    return None
 
 
 def _token_error(value: object) -> str | None:
@@ -475,8 +434,8 @@ def _bond_option_error(key: str, value: Any) -> str | None:
     if value is None:
         return None
     if key in BOND_INT_OPTIONS:
-        if not _is_int(value) or not 0 <= value <= INT32_MAX:
-            return f"{value!r} must be an integer 0-{INT32_MAX}"
+        if not _is_int(value) or not 0 <= value <= BOND_INT_MAX:
+            return f"{value!r} must be an integer 0-{BOND_INT_MAX}"
     elif key in BOND_ENUMS:
         known = BOND_ENUMS[key]
         if _is_int(value):
@@ -521,8 +480,8 @@ def check_intent(intent: NodeIntent) -> None:
         raise bad("generation", f"{intent.generation!r} must be 0-{MAX_GENERATION}")
 
     def mtu(path: str, value: object) -> None:
-        if not _is_int(value) or not MTU_MIN <= value <= MTU_MAX:  # type: ignore[operator]
-            raise bad(path, f"{value!r} must be an integer {MTU_MIN}-{MTU_MAX}")
+        if not _is_int(value) or not KERNEL_MTU_MIN <= value <= KERNEL_MTU_MAX:  # type: ignore[operator]
+            raise bad(path, f"{value!r} must be an integer {KERNEL_MTU_MIN}-{KERNEL_MTU_MAX}")
 
     def ifname(path: str, value: object) -> None:
         error = ifname_error(value)
@@ -615,12 +574,6 @@ def protected_links(mgmt_vlan: int | None) -> list[str]:
     return out
 
 
-CNI_KEYS = frozenset(
-    {"cniVersion", "name", "type", "bridge", "promiscMode", "vlan", "vlanTrunk", "ipam", "mtu"}
-)
-"""The keys of the bridge CNI config the planner generates (services/planner/compiling.py's
-``nad_config``); a VM NIC's config with any other key is refused."""
-
 _CNI_VERSION = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")
 
 
@@ -666,7 +619,7 @@ def check_cni_config(port: VmPortIntent) -> None:
     unknown = sorted(str(k) for k in cfg if k not in CNI_KEYS)
     if unknown:
         raise StateError(f"{where} has keys l2net never generates: {', '.join(unknown)}")
-    if cfg.get("type") != "bridge":
+    if cfg.get("type") != CNI_PLUGIN:
         raise StateError(
             f"{where}.type is {cfg.get('type')!r}: only the bridge plugin l2net generates is run"
         )
@@ -685,9 +638,13 @@ def check_cni_config(port: VmPortIntent) -> None:
         raise StateError(f"{where}.promiscMode is {cfg['promiscMode']!r}, not true or false")
     if cfg.get("ipam", {}) != {}:
         raise StateError(f"{where}.ipam is {cfg['ipam']!r}: l2net gives VM NICs no addresses")
-    mtu = cfg.get("mtu", 1500)
-    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535:
-        raise StateError(f"{where}.mtu is {mtu!r}, not an MTU 68-65535")
+    mtu = cfg.get("mtu", DEFAULT_MTU)
+    if (
+        isinstance(mtu, bool)
+        or not isinstance(mtu, int)
+        or not KERNEL_MTU_MIN <= mtu <= KERNEL_MTU_MAX
+    ):
+        raise StateError(f"{where}.mtu is {mtu!r}, not an MTU {KERNEL_MTU_MIN}-{KERNEL_MTU_MAX}")
     ports = expand_vlans(port.vlans)
     if "vlan" in cfg and "vlanTrunk" in cfg:
         raise StateError(f"{where} has both vlan and vlanTrunk")

@@ -16,26 +16,54 @@ from collections.abc import Callable, Mapping
 from services.planner.catalog import HOSTNAME_LABEL, Catalog, node_labels, selects
 from shared import mgmtpath, model, names
 from shared.api import Problem
+from shared.vocabulary import (
+    BOND_INT_MAX,
+    DEFAULT_MTU,
+    IFNAME_MAX,
+    MAX_ARP_TARGETS,
+    UPLINK_MTU_MAX,
+    UPLINK_MTU_MIN,
+    VID_MAX,
+    VID_MIN,
+    BondMode,
+    ifname_error,
+)
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-IFNAME_RE = re.compile(r"^[^\s/:]+$")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 MAX_NAME = 63
 MAX_CLUSTER_NETWORK_NAME = 12
-MTU_MIN, MTU_MAX = 576, 9000
-VID_MIN, VID_MAX = 1, 4094
-MAX_ARP_TARGETS = 16
 
-LACP_RATES = ("slow", "fast")
-AD_SELECTS = ("stable", "bandwidth", "count")
-ARP_VALIDATES = ("none", "active", "backup", "all", "filter", "filter_active", "filter_backup")
-XMIT_HASH_POLICIES = ("layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4", "vlan+srcmac")
-PRIMARY_MODES = ("active-backup", "balance-tlb", "balance-alb")
-XMIT_HASH_MODES = ("balance-xor", "802.3ad", "balance-tlb")
-NO_ARP_MODES = ("802.3ad", "balance-tlb", "balance-alb")
+_BOND_INT_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("miimon", "miimon"),
+    ("updelay", "updelay"),
+    ("downdelay", "downdelay"),
+    ("arpInterval", "arp_interval"),
+)
+"""Numeric bond options: (field, BondOptions attribute)."""
+
+_MODE_ONLY: tuple[tuple[str, str, tuple[BondMode, ...]], ...] = (
+    ("lacpRate", "lacp_rate", ("802.3ad",)),
+    ("adSelect", "ad_select", ("802.3ad",)),
+    ("primary", "primary", ("active-backup", "balance-tlb", "balance-alb")),
+    ("xmitHashPolicy", "xmit_hash_policy", ("balance-xor", "802.3ad", "balance-tlb")),
+)
+"""Bond options the kernel refuses outside some modes (``bond_options.c``, ``unsuppmodes``):
+(field, BondOptions attribute, the modes that take it)."""
+
+_NO_ARP_MODES: tuple[BondMode, ...] = ("802.3ad", "balance-tlb", "balance-alb")
+"""Modes without ARP link monitoring (``arp_interval``'s ``unsuppmodes``)."""
+
+_NEEDS_MONITOR: tuple[tuple[str, str, str], ...] = (
+    ("updelay", "updelay", "miimon"),
+    ("downdelay", "downdelay", "miimon"),
+    ("arpIpTargets", "arp_ip_targets", "arpInterval"),
+    ("arpValidate", "arp_validate", "arpInterval"),
+)
+"""Bond options that mean nothing without a link monitor: (field, attribute, monitor)."""
 
 
 def host_vlan_ifname(cluster_network: str, vlan: int) -> str:
@@ -124,22 +152,17 @@ def _check_vlan_config(c: _Collector, vc: model.VlanConfig) -> None:
         c.add("uplink.nics", "at least one NIC is required")
     seen: set[str] = set()
     for i, nic in enumerate(nics):
-        if (
-            not nic
-            or len(nic) > model.MAX_IFNAME
-            or not IFNAME_RE.fullmatch(nic)
-            or nic in (".", "..")
-        ):
+        if ifname_error(nic) is not None:
             c.add(f"uplink.nics[{i}]", f"{nic!r} is not a valid interface name")
         if nic in seen:
             c.add(f"uplink.nics[{i}]", f"{nic!r} is listed twice")
         seen.add(nic)
     _check_bond(c, vc.uplink.bond_options, nics)
     la = vc.uplink.link_attributes
-    if la.mtu != 0 and not MTU_MIN <= la.mtu <= MTU_MAX:
+    if la.mtu != 0 and not UPLINK_MTU_MIN <= la.mtu <= UPLINK_MTU_MAX:
         c.add(
             "uplink.linkAttributes.mtu",
-            f"{la.mtu} is out of range: 0 (1500) or {MTU_MIN}-{MTU_MAX}",
+            f"{la.mtu} is out of range: 0 ({DEFAULT_MTU}) or {UPLINK_MTU_MIN}-{UPLINK_MTU_MAX}",
         )
     if la.tx_q_len is not None and not 0 <= la.tx_q_len <= 2**31 - 1:
         c.add("uplink.linkAttributes.txQLen", f"{la.tx_q_len} must be >= 0 (or -1 for the default)")
@@ -148,91 +171,54 @@ def _check_vlan_config(c: _Collector, vc: model.VlanConfig) -> None:
 
 
 def _check_bond(c: _Collector, bo: model.BondOptions, nics: list[str]) -> None:
+    """The bond options, as the kernel would take them: ranges, link monitors, modes.
+
+    The mode and the enumerated options are of the vocabulary's values already (the
+    decoder refuses any other); what is left is how they combine.
+    """
     f = "uplink.bondOptions"
-    mode = bo.mode
-    if mode not in model.BOND_MODES:
-        c.add(
-            f"{f}.mode",
-            f"unknown bond mode {mode!r} (one of {', '.join(model.BOND_MODES)}, or 0-6)",
-        )
-    for opt, value in (
-        ("miimon", bo.miimon),
-        ("updelay", bo.updelay),
-        ("downdelay", bo.downdelay),
-        ("arpInterval", bo.arp_interval),
-    ):
-        if value is not None and not 0 <= value <= 2**31 - 1:
+    for opt, attr in _BOND_INT_OPTIONS:
+        value = getattr(bo, attr)
+        if value is not None and not 0 <= value <= BOND_INT_MAX:
             c.add(f"{f}.{opt}", f"{value} must be >= 0")
-    miimon = bo.miimon or 0
-    arp = bo.arp_interval or 0
-    if miimon > 0 and arp > 0:
+    monitors = {"miimon": bo.miimon or 0, "arpInterval": bo.arp_interval or 0}
+    if monitors["miimon"] > 0 and monitors["arpInterval"] > 0:
         c.add(
             f"{f}.arpInterval", "miimon and arpInterval cannot both be set; choose one link monitor"
         )
+    for opt, attr, monitor in _NEEDS_MONITOR:
+        if getattr(bo, attr) and monitors[monitor] <= 0:
+            c.add(f"{f}.{opt}", f"{opt} needs {monitor}")
+    miimon = monitors["miimon"]
     for opt, value in (("updelay", bo.updelay), ("downdelay", bo.downdelay)):
-        if value:
-            if miimon <= 0:
-                c.add(f"{f}.{opt}", f"{opt} needs miimon")
-            elif value % miimon:
-                c.add(f"{f}.{opt}", f"{value} is not a multiple of miimon ({miimon})")
-    if bo.lacp_rate is not None:
-        if bo.lacp_rate not in LACP_RATES:
-            c.add(f"{f}.lacpRate", f"{bo.lacp_rate!r} is not one of {', '.join(LACP_RATES)}")
-        if mode != "802.3ad":
-            c.add(f"{f}.lacpRate", f"lacpRate applies only to mode 802.3ad, not {mode}")
-    if bo.ad_select is not None:
-        if bo.ad_select not in AD_SELECTS:
-            c.add(f"{f}.adSelect", f"{bo.ad_select!r} is not one of {', '.join(AD_SELECTS)}")
-        if mode != "802.3ad":
-            c.add(f"{f}.adSelect", f"adSelect applies only to mode 802.3ad, not {mode}")
-    if bo.primary is not None:
-        if mode not in PRIMARY_MODES:
-            c.add(
-                f"{f}.primary",
-                f"primary applies only to modes {', '.join(PRIMARY_MODES)}, not {mode}",
-            )
-        if bo.primary not in nics:
-            c.add(f"{f}.primary", f"{bo.primary!r} is not one of the uplink's NICs")
-    if bo.xmit_hash_policy is not None:
-        if bo.xmit_hash_policy not in XMIT_HASH_POLICIES:
-            c.add(
-                f"{f}.xmitHashPolicy",
-                f"{bo.xmit_hash_policy!r} is not one of {', '.join(XMIT_HASH_POLICIES)}",
-            )
-        if mode not in XMIT_HASH_MODES:
-            c.add(
-                f"{f}.xmitHashPolicy",
-                f"xmitHashPolicy applies only to modes {', '.join(XMIT_HASH_MODES)}, not {mode}",
-            )
-    if arp > 0 and mode in NO_ARP_MODES:
-        c.add(f"{f}.arpInterval", f"ARP monitoring is not supported in mode {mode}; use miimon")
-    if bo.arp_ip_targets:
-        if arp <= 0:
-            c.add(f"{f}.arpIpTargets", "arpIpTargets needs arpInterval")
-        if len(bo.arp_ip_targets) > MAX_ARP_TARGETS:
-            c.add(f"{f}.arpIpTargets", f"at most {MAX_ARP_TARGETS} targets")
-        for i, target in enumerate(bo.arp_ip_targets):
-            try:
-                ipaddress.IPv4Address(target)
-            except ValueError:
-                c.add(f"{f}.arpIpTargets[{i}]", f"{target!r} is not an IPv4 address")
-    elif arp > 0:
+        if value and miimon > 0 and value % miimon:
+            c.add(f"{f}.{opt}", f"{value} is not a multiple of miimon ({miimon})")
+    for opt, attr, modes in _MODE_ONLY:
+        if getattr(bo, attr) is not None and bo.mode not in modes:
+            which = "mode" if len(modes) == 1 else "modes"
+            c.add(f"{f}.{opt}", f"{opt} applies only to {which} {', '.join(modes)}, not {bo.mode}")
+    if bo.primary is not None and bo.primary not in nics:
+        c.add(f"{f}.primary", f"{bo.primary!r} is not one of the uplink's NICs")
+    _check_arp_monitor(c, bo, arp=monitors["arpInterval"] > 0)
+
+
+def _check_arp_monitor(c: _Collector, bo: model.BondOptions, *, arp: bool) -> None:
+    """ARP link monitoring: a mode that has it, and its targets."""
+    f = "uplink.bondOptions"
+    if arp and bo.mode in _NO_ARP_MODES:
+        c.add(f"{f}.arpInterval", f"ARP monitoring is not supported in mode {bo.mode}; use miimon")
+    if arp and not bo.arp_ip_targets:
         c.add(f"{f}.arpIpTargets", "arpInterval needs at least one arpIpTargets address")
-    if bo.arp_validate is not None:
-        if bo.arp_validate not in ARP_VALIDATES:
-            c.add(
-                f"{f}.arpValidate", f"{bo.arp_validate!r} is not one of {', '.join(ARP_VALIDATES)}"
-            )
-        if arp <= 0:
-            c.add(f"{f}.arpValidate", "arpValidate needs arpInterval")
+    if len(bo.arp_ip_targets) > MAX_ARP_TARGETS:
+        c.add(f"{f}.arpIpTargets", f"at most {MAX_ARP_TARGETS} targets")
+    for i, target in enumerate(bo.arp_ip_targets):
+        try:
+            ipaddress.IPv4Address(target)
+        except ValueError:
+            c.add(f"{f}.arpIpTargets[{i}]", f"{target!r} is not an IPv4 address")
 
 
 def _check_network(c: _Collector, net: model.Network) -> None:
-    if net.type not in model.NETWORK_TYPES:
-        c.add(
-            "type", f"unknown network type {net.type!r} (one of {', '.join(model.NETWORK_TYPES)})"
-        )
-        return
     if net.type == "L2VlanNetwork":
         _check_vid(c, "vlan", net.vlan)
         if net.trunk:
@@ -265,15 +251,13 @@ def _check_network(c: _Collector, net: model.Network) -> None:
 
 def _check_host_network(c: _Collector, hn: model.HostNetwork) -> None:
     _check_vid(c, "vlan", hn.vlan)
-    if hn.mode != "static":
-        c.add("mode", f"only mode static is supported, not {hn.mode!r}")
     _check_selector(c, "nodeSelector", hn.node_selector)
     ifname = host_vlan_ifname(hn.cluster_network, hn.vlan)
-    if len(ifname) > model.MAX_IFNAME:
+    if len(ifname) > IFNAME_MAX:
         c.add(
             "vlan",
             f"host interface name {ifname!r} is {len(ifname)} characters; "
-            f"Linux allows {model.MAX_IFNAME} (use a shorter cluster network name)",
+            f"Linux allows {IFNAME_MAX} (use a shorter cluster network name)",
         )
     for node, cidr in hn.ips.items():
         err = check_name(node)
