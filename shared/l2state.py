@@ -67,6 +67,7 @@ from shared.vocabulary import (
     VID_MAX,
     VID_MIN,
     BondMode,
+    bridge_cni_config,
     ifname_error,
 )
 
@@ -938,12 +939,7 @@ def exact_desired(snapshot: NodeL2State) -> NodeL2State:
             port,
             host_ifname=None,
             cni_config=port.cni_config
-            or {
-                "cniVersion": "0.3.1",
-                "name": port.network or "l2net",
-                "type": "bridge",
-                "bridge": port.bridge or "",
-            },
+            or bridge_cni_config(network=port.network or "l2net", bridge=port.bridge or ""),
         )
         for key, port in snapshot.vm_ports.items()
     }
