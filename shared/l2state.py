@@ -34,20 +34,41 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeGuard
 
 import msgspec
 
 from shared import mgmtpath
 from shared.model import (
     MGMT,
+    BondIntent,
+    ClusterNetworkIntent,
     HostVlanIntent,
     MgmtPath,
     NodeIntent,
     ObservedState,
     VlanRange,
     VmPortIntent,
+)
+from shared.vocabulary import (
+    BOND_ENUMS,
+    BOND_INT_MAX,
+    BOND_INT_OPTIONS,
+    BOND_MODE_NAMES,
+    BOND_MODES,
+    BOND_OPTIONS,
+    CNI_KEYS,
+    CNI_PLUGIN,
+    DEFAULT_MTU,
+    KERNEL_MTU_MAX,
+    KERNEL_MTU_MIN,
+    MAX_ARP_TARGETS,
+    VID_MAX,
+    VID_MIN,
+    BondMode,
+    bridge_cni_config,
+    ifname_error,
 )
 
 MGMT_BRIDGE = f"{MGMT}-br"
@@ -56,53 +77,10 @@ ALIAS_PREFIX = "l2net"
 PORT_RECORD_PREFIX = "l2net-port"
 """A NIC's alias while l2net holds it in a bond: what it found (admin state, alias)."""
 
-VID_MIN = 1
-VID_MAX = 4094
 _MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 DEFAULT_PVID = VlanRange(vid=1, pvid=True, untagged=True)
 """What a port gets when it joins a VLAN-filtering bridge: VID 1, PVID, egress untagged."""
-
-# Kernel numbers of the bond options that are enumerations (include/uapi/linux/if_bonding.h,
-# drivers/net/bonding/bond_options.c). The kernel reports numbers; people write names.
-BOND_MODE_NAMES: dict[int, str] = {
-    0: "balance-rr",
-    1: "active-backup",
-    2: "balance-xor",
-    3: "broadcast",
-    4: "802.3ad",
-    5: "balance-tlb",
-    6: "balance-alb",
-}
-BOND_ENUMS: dict[str, dict[int, str]] = {
-    "xmit_hash_policy": {
-        0: "layer2",
-        1: "layer3+4",
-        2: "layer2+3",
-        3: "encap2+3",
-        4: "encap3+4",
-        5: "vlan+srcmac",
-    },
-    "lacp_rate": {0: "slow", 1: "fast"},
-    "ad_select": {0: "stable", 1: "bandwidth", 2: "count"},
-    "arp_validate": {
-        0: "none",
-        1: "active",
-        2: "backup",
-        3: "all",
-        4: "filter",
-        5: "filter_active",
-        6: "filter_backup",
-    },
-}
-BOND_INT_OPTIONS: tuple[str, ...] = ("miimon", "updelay", "downdelay", "arp_interval")
-BOND_OPTIONS: tuple[str, ...] = (
-    *BOND_INT_OPTIONS,
-    *BOND_ENUMS,
-    "arp_ip_target",
-    "primary",
-)
-"""Bond options l2net sets and reads back, by the kernel's (sysfs) names."""
 
 
 class StateError(ValueError):
@@ -345,19 +323,17 @@ def vlan_changes(
 # ---------------------------------------------------------------------------
 
 
-def normalize_bond_mode(mode: str | int) -> str:
+def normalize_bond_mode(mode: str | int) -> BondMode:
+    """A bond mode by name, given by name or by the kernel's number (StateError if neither)."""
     if isinstance(mode, int) or (isinstance(mode, str) and mode.isdigit()):
         number = int(mode)
         if number not in BOND_MODE_NAMES:
             raise StateError(f"bond mode {mode!r} is not one of 0-6")
         return BOND_MODE_NAMES[number]
-    if mode not in BOND_MODE_NAMES.values():
-        raise StateError(f"bond mode {mode!r} is not one of {sorted(BOND_MODE_NAMES.values())}")
-    return mode
-
-
-BOND_INT_MAX = 2**31 - 1
-"""The largest number a bond option takes (the kernel's options are 32-bit)."""
+    for name in BOND_MODES:
+        if mode == name:
+            return name
+    raise StateError(f"bond mode {mode!r} is not one of {sorted(BOND_MODES)}")
 
 
 def _bond_int(key: str, value: Any) -> int:
@@ -416,27 +392,13 @@ def normalize_bond_options(options: Mapping[str, Any]) -> dict[str, Any]:
 # Checking an intent's values (outside data: every value may be hostile)
 # ---------------------------------------------------------------------------
 
-INT32_MAX = 2**31 - 1
 UINT32_MAX = 2**32 - 1
-MTU_MIN, MTU_MAX = 68, 65535  # ETH_MIN_MTU; the largest MTU a bridge or bond accepts
-MAX_ARP_TARGETS = 16  # BOND_MAX_ARP_TARGETS
 MAX_GENERATION = 2**63 - 1  # JetStream and JSON consumers keep 64-bit integers
 MAX_NETNS_NAME = 64
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def ifname_error(name: object) -> str | None:
-    """What is wrong with ``name`` as a Linux interface name (``dev_valid_name``), or None."""
-    if not isinstance(name, str) or not name:
-        return f"{name!r} is not an interface name"
-    if len(name) > 15 or name in (".", "..") or any(c in name for c in "/:\x00"):
-        return f"{name!r} is not a valid interface name (1-15 characters, no '/', ':')"
-    if any(c.isspace() or not c.isprintable() for c in name):
-        return f"{name!r} is not a valid interface name (no spaces or control characters)"
-    return None
 
 
 def _token_error(value: object) -> str | None:
@@ -475,8 +437,8 @@ def _bond_option_error(key: str, value: Any) -> str | None:
     if value is None:
         return None
     if key in BOND_INT_OPTIONS:
-        if not _is_int(value) or not 0 <= value <= INT32_MAX:
-            return f"{value!r} must be an integer 0-{INT32_MAX}"
+        if not _is_int(value) or not 0 <= value <= BOND_INT_MAX:
+            return f"{value!r} must be an integer 0-{BOND_INT_MAX}"
     elif key in BOND_ENUMS:
         known = BOND_ENUMS[key]
         if _is_int(value):
@@ -485,21 +447,54 @@ def _bond_option_error(key: str, value: Any) -> str | None:
         elif not isinstance(value, str) or value not in known.values():
             return f"{value!r} is not one of {sorted(known.values())}"
     elif key == "arp_ip_target":
-        targets = value if isinstance(value, list) else None
-        if targets is None or len(targets) > MAX_ARP_TARGETS:
-            return f"{value!r} must be a list of at most {MAX_ARP_TARGETS} IPv4 addresses"
-        for target in targets:
-            try:
-                if not isinstance(target, str):  # IPv4Address(1) would be 0.0.0.1
-                    raise TypeError(target)
-                ipaddress.IPv4Address(target)
-            except (ValueError, TypeError):
-                return f"{target!r} is not an IPv4 address"
+        return _arp_targets_error(value)
     elif key == "primary":
         return ifname_error(value)
     else:
         return f"{key!r} is not a supported bond option (known: {', '.join(BOND_OPTIONS)})"
     return None
+
+
+def _arp_targets_error(value: object) -> str | None:
+    if not isinstance(value, list) or len(value) > MAX_ARP_TARGETS:
+        return f"{value!r} must be a list of at most {MAX_ARP_TARGETS} IPv4 addresses"
+    for target in value:
+        try:
+            if not isinstance(target, str):  # IPv4Address(1) would be 0.0.0.1
+                raise TypeError(target)
+            ipaddress.IPv4Address(target)
+        except (ValueError, TypeError):
+            return f"{target!r} is not an IPv4 address"
+    return None
+
+
+def _bond_mode_error(mode: str | int) -> str | None:
+    try:
+        normalize_bond_mode(mode)
+    except StateError as exc:
+        return str(exc)
+    return None
+
+
+def _mtu_error(value: object) -> str | None:
+    if not _is_int(value) or not KERNEL_MTU_MIN <= value <= KERNEL_MTU_MAX:
+        return f"{value!r} must be an integer {KERNEL_MTU_MIN}-{KERNEL_MTU_MAX}"
+    return None
+
+
+def _address_error(address: object) -> str | None:
+    try:
+        if not isinstance(address, str):
+            raise TypeError(address)
+        ipaddress.ip_interface(address)
+    except (ValueError, TypeError):
+        return f"{address!r} is not an address/prefix"
+    return None
+
+
+Checks = Iterator[tuple[str, str | None]]
+"""(field path, what is wrong with it or None), checked in order: one check may rely on
+those before it (a port list is hashed once each port is known to be a name)."""
 
 
 def check_intent(intent: NodeIntent) -> None:
@@ -511,95 +506,72 @@ def check_intent(intent: NodeIntent) -> None:
     value is refused before any netlink write, with a message naming the field, rather than
     failing half-way through an apply (pyroute2 cannot pack ``miimon: 99999999999``).
     """
+    for path, problem in _intent_checks(intent):
+        if problem is not None:
+            raise StateError(
+                f"intent for {intent.node!r} generation {intent.generation}: {path}: {problem}"
+            )
 
-    def bad(path: str, problem: str) -> StateError:
-        return StateError(
-            f"intent for {intent.node!r} generation {intent.generation}: {path}: {problem}"
-        )
 
-    if not _is_int(intent.generation) or not 0 <= intent.generation <= MAX_GENERATION:
-        raise bad("generation", f"{intent.generation!r} must be 0-{MAX_GENERATION}")
-
-    def mtu(path: str, value: object) -> None:
-        if not _is_int(value) or not MTU_MIN <= value <= MTU_MAX:  # type: ignore[operator]
-            raise bad(path, f"{value!r} must be an integer {MTU_MIN}-{MTU_MAX}")
-
-    def ifname(path: str, value: object) -> None:
-        error = ifname_error(value)
-        if error:
-            raise bad(path, error)
-
-    def token(path: str, value: object) -> None:
-        error = _token_error(value)
-        if error:
-            raise bad(path, error)
-
-    def vlans(path: str, value: object) -> None:
-        error = _vlans_error(value)
-        if error:
-            raise bad(path, error)
-
+def _intent_checks(intent: NodeIntent) -> Checks:
+    generation = intent.generation
+    if not _is_int(generation) or not 0 <= generation <= MAX_GENERATION:
+        yield "generation", f"{generation!r} must be 0-{MAX_GENERATION}"
     for i, cn in enumerate(intent.cluster_networks):
-        at = f"clusterNetworks[{i}]"
-        token(f"{at}.name", cn.name)
-        ifname(f"{at}.bridge", cn.bridge)
-        ifname(f"{at}.bondName", cn.bond_name)
-        mtu(f"{at}.mtu", cn.mtu)
-        vlans(f"{at}.uplinkVlans", cn.uplink_vlans)
-        if cn.bond is None:
-            continue
-        bond = cn.bond
-        ifname(f"{at}.bond.name", bond.name)
-        if not bond.ports:
-            raise bad(f"{at}.bond.ports", "at least one port is required")
-        for k, port in enumerate(bond.ports):
-            ifname(f"{at}.bond.ports[{k}]", port)
-        if len(set(bond.ports)) != len(bond.ports):
-            raise bad(f"{at}.bond.ports", f"{bond.ports!r} names a port twice")
-        try:
-            normalize_bond_mode(bond.mode)
-        except StateError as exc:
-            raise bad(f"{at}.bond.mode", str(exc)) from None
-        for key, value in bond.options.items():
-            error = _bond_option_error(key, value)
-            if error:
-                raise bad(f"{at}.bond.options.{key}", error)
-        mtu(f"{at}.bond.mtu", bond.mtu)
-        if bond.txqlen is not None and not 0 <= bond.txqlen <= UINT32_MAX:
-            raise bad(f"{at}.bond.txqlen", f"{bond.txqlen!r} must be 0-{UINT32_MAX}")
-        if bond.hwaddr is not None:
-            error = _mac_error(bond.hwaddr)
-            if error:
-                raise bad(f"{at}.bond.hwaddr", error)
-
+        yield from _cluster_network_checks(f"clusterNetworks[{i}]", cn)
     for i, hv in enumerate(intent.host_vlans):
-        at = f"hostVlans[{i}]"
-        ifname(f"{at}.name", hv.name)
-        token(f"{at}.hostNetwork", hv.host_network)
-        token(f"{at}.clusterNetwork", hv.cluster_network)
-        ifname(f"{at}.bridge", hv.bridge)
-        if not VID_MIN <= hv.vlan <= VID_MAX:
-            raise bad(f"{at}.vlan", f"{hv.vlan!r} must be {VID_MIN}-{VID_MAX}")
-        mtu(f"{at}.mtu", hv.mtu)
-        for k, address in enumerate(hv.addresses):
-            try:
-                if not isinstance(address, str):
-                    raise TypeError(address)
-                ipaddress.ip_interface(address)
-            except (ValueError, TypeError):
-                raise bad(f"{at}.addresses[{k}]", f"{address!r} is not an address/prefix") from None
-
+        yield from _host_vlan_checks(f"hostVlans[{i}]", hv)
     for i, vp in enumerate(intent.vm_ports):
-        at = f"vmPorts[{i}]"
-        token(f"{at}.vm", vp.vm)
-        ifname(f"{at}.ifname", vp.ifname)
-        token(f"{at}.network", vp.network)
-        ifname(f"{at}.bridge", vp.bridge)
-        vlans(f"{at}.vlans", vp.vlans)
-        if vp.mac is not None:
-            error = _mac_error(vp.mac)
-            if error:
-                raise bad(f"{at}.mac", error)
+        yield from _vm_port_checks(f"vmPorts[{i}]", vp)
+
+
+def _cluster_network_checks(at: str, cn: ClusterNetworkIntent) -> Checks:
+    yield f"{at}.name", _token_error(cn.name)
+    yield f"{at}.bridge", ifname_error(cn.bridge)
+    yield f"{at}.bondName", ifname_error(cn.bond_name)
+    yield f"{at}.mtu", _mtu_error(cn.mtu)
+    yield f"{at}.uplinkVlans", _vlans_error(cn.uplink_vlans)
+    if cn.bond is not None:
+        yield from _bond_checks(f"{at}.bond", cn.bond)
+
+
+def _bond_checks(at: str, bond: BondIntent) -> Checks:
+    yield f"{at}.name", ifname_error(bond.name)
+    yield f"{at}.ports", None if bond.ports else "at least one port is required"
+    for k, port in enumerate(bond.ports):
+        yield f"{at}.ports[{k}]", ifname_error(port)
+    if len(set(bond.ports)) != len(bond.ports):
+        yield f"{at}.ports", f"{bond.ports!r} names a port twice"
+    yield f"{at}.mode", _bond_mode_error(bond.mode)
+    for key, value in bond.options.items():
+        yield f"{at}.options.{key}", _bond_option_error(key, value)
+    yield f"{at}.mtu", _mtu_error(bond.mtu)
+    if bond.txqlen is not None and not 0 <= bond.txqlen <= UINT32_MAX:
+        yield f"{at}.txqlen", f"{bond.txqlen!r} must be 0-{UINT32_MAX}"
+    if bond.hwaddr is not None:
+        yield f"{at}.hwaddr", _mac_error(bond.hwaddr)
+
+
+def _host_vlan_checks(at: str, hv: HostVlanIntent) -> Checks:
+    yield f"{at}.name", ifname_error(hv.name)
+    yield f"{at}.hostNetwork", _token_error(hv.host_network)
+    yield f"{at}.clusterNetwork", _token_error(hv.cluster_network)
+    yield f"{at}.bridge", ifname_error(hv.bridge)
+    if not VID_MIN <= hv.vlan <= VID_MAX:
+        yield f"{at}.vlan", f"{hv.vlan!r} must be {VID_MIN}-{VID_MAX}"
+    yield f"{at}.mtu", _mtu_error(hv.mtu)
+    for k, address in enumerate(hv.addresses):
+        yield f"{at}.addresses[{k}]", _address_error(address)
+
+
+def _vm_port_checks(at: str, vp: VmPortIntent) -> Checks:
+    yield f"{at}.vm", _token_error(vp.vm)
+    yield f"{at}.ifname", ifname_error(vp.ifname)
+    yield f"{at}.network", _token_error(vp.network)
+    yield f"{at}.bridge", ifname_error(vp.bridge)
+    yield f"{at}.vlans", _vlans_error(vp.vlans)
+    if vp.mac is not None:
+        yield f"{at}.mac", _mac_error(vp.mac)
 
 
 def mgmt_vlan_interface(mgmt_vlan: int | None) -> str | None:
@@ -614,12 +586,6 @@ def protected_links(mgmt_vlan: int | None) -> list[str]:
         out.append(vif)
     return out
 
-
-CNI_KEYS = frozenset(
-    {"cniVersion", "name", "type", "bridge", "promiscMode", "vlan", "vlanTrunk", "ipam", "mtu"}
-)
-"""The keys of the bridge CNI config the planner generates (services/planner/compiling.py's
-``nad_config``); a VM NIC's config with any other key is refused."""
 
 _CNI_VERSION = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")
 
@@ -666,7 +632,7 @@ def check_cni_config(port: VmPortIntent) -> None:
     unknown = sorted(str(k) for k in cfg if k not in CNI_KEYS)
     if unknown:
         raise StateError(f"{where} has keys l2net never generates: {', '.join(unknown)}")
-    if cfg.get("type") != "bridge":
+    if cfg.get("type") != CNI_PLUGIN:
         raise StateError(
             f"{where}.type is {cfg.get('type')!r}: only the bridge plugin l2net generates is run"
         )
@@ -685,9 +651,13 @@ def check_cni_config(port: VmPortIntent) -> None:
         raise StateError(f"{where}.promiscMode is {cfg['promiscMode']!r}, not true or false")
     if cfg.get("ipam", {}) != {}:
         raise StateError(f"{where}.ipam is {cfg['ipam']!r}: l2net gives VM NICs no addresses")
-    mtu = cfg.get("mtu", 1500)
-    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535:
-        raise StateError(f"{where}.mtu is {mtu!r}, not an MTU 68-65535")
+    mtu = cfg.get("mtu", DEFAULT_MTU)
+    if (
+        isinstance(mtu, bool)
+        or not isinstance(mtu, int)
+        or not KERNEL_MTU_MIN <= mtu <= KERNEL_MTU_MAX
+    ):
+        raise StateError(f"{where}.mtu is {mtu!r}, not an MTU {KERNEL_MTU_MIN}-{KERNEL_MTU_MAX}")
     ports = expand_vlans(port.vlans)
     if "vlan" in cfg and "vlanTrunk" in cfg:
         raise StateError(f"{where} has both vlan and vlanTrunk")
@@ -969,12 +939,7 @@ def exact_desired(snapshot: NodeL2State) -> NodeL2State:
             port,
             host_ifname=None,
             cni_config=port.cni_config
-            or {
-                "cniVersion": "0.3.1",
-                "name": port.network or "l2net",
-                "type": "bridge",
-                "bridge": port.bridge or "",
-            },
+            or bridge_cni_config(network=port.network or "l2net", bridge=port.bridge or ""),
         )
         for key, port in snapshot.vm_ports.items()
     }

@@ -34,11 +34,10 @@ import ipaddress
 from collections.abc import Iterable
 
 from shared.model import MgmtPath
+from shared.vocabulary import DEFAULT_MTU
 
 MGMT_PVID = 1
 """The VID untagged management traffic rides on ``mgmt-bo`` (PVID, egress untagged)."""
-
-DEFAULT_MTU = 1500
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -18,6 +18,17 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
+from shared.vocabulary import (
+    DEFAULT_BOND_MODE,
+    AdSelect,
+    ArpValidate,
+    BondMode,
+    HostNetworkMode,
+    LacpRate,
+    NetworkType,
+    XmitHashPolicy,
+)
+
 # ---------------------------------------------------------------------------
 # Specs (the edge where people submit: strict)
 # ---------------------------------------------------------------------------
@@ -37,26 +48,6 @@ class ClusterNetwork(Spec, kw_only=True, rename="camel", forbid_unknown_fields=T
     description: str = ""
 
 
-BondMode = Literal[
-    "balance-rr",
-    "active-backup",
-    "balance-xor",
-    "broadcast",
-    "802.3ad",
-    "balance-tlb",
-    "balance-alb",
-]
-BOND_MODES: tuple[str, ...] = (
-    "balance-rr",
-    "active-backup",
-    "balance-xor",
-    "broadcast",
-    "802.3ad",
-    "balance-tlb",
-    "balance-alb",
-)
-
-
 class BondOptions(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
     """Bond mode and the kernel's bond options, by Harvester's camelCase names.
 
@@ -65,16 +56,16 @@ class BondOptions(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_f
     ``mode`` is normalized to its name (the kernel's numbers 0-6 are accepted on input).
     """
 
-    mode: str = "active-backup"
+    mode: BondMode = DEFAULT_BOND_MODE
     miimon: int | None = None
     updelay: int | None = None
     downdelay: int | None = None
     arp_interval: int | None = None
     arp_ip_targets: list[str] = msgspec.field(default_factory=list)
-    arp_validate: str | None = None
-    lacp_rate: str | None = None
-    ad_select: str | None = None
-    xmit_hash_policy: str | None = None
+    arp_validate: ArpValidate | None = None
+    lacp_rate: LacpRate | None = None
+    ad_select: AdSelect | None = None
+    xmit_hash_policy: XmitHashPolicy | None = None
     primary: str | None = None
 
 
@@ -102,10 +93,6 @@ class VlanConfig(Spec, kw_only=True, rename="camel", forbid_unknown_fields=True)
     description: str = ""
 
 
-NetworkType = Literal["L2VlanNetwork", "UntaggedNetwork", "L2VlanTrunkNetwork"]
-NETWORK_TYPES: tuple[str, ...] = ("L2VlanNetwork", "UntaggedNetwork", "L2VlanTrunkNetwork")
-
-
 class TrunkRange(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
     """One trunk entry: ``{minID, maxID}`` or a single ``{id}``."""
 
@@ -125,7 +112,7 @@ class Network(Spec, kw_only=True, rename="camel", forbid_unknown_fields=True):
 
     kind: ClassVar[str] = "Network"
     cluster_network: str
-    type: str = "L2VlanNetwork"
+    type: NetworkType = "L2VlanNetwork"
     vlan: int | None = None
     trunk: list[TrunkRange] = msgspec.field(default_factory=list)
     description: str = ""
@@ -138,7 +125,7 @@ class HostNetwork(Spec, kw_only=True, rename="camel", forbid_unknown_fields=True
     cluster_network: str
     vlan: int
     node_selector: dict[str, str] = msgspec.field(default_factory=dict)
-    mode: str = "static"
+    mode: HostNetworkMode = "static"
     ips: dict[str, str] = msgspec.field(default_factory=dict)
     description: str = ""
 
@@ -209,9 +196,6 @@ KIND_ORDER: tuple[str, ...] = tuple(USER_KINDS)
 MGMT = "mgmt"
 """The built-in cluster network: exists on every node, never created or changed by users."""
 
-MAX_IFNAME = 15
-"""Linux's interface name limit (IFNAMSIZ - 1)."""
-
 # ---------------------------------------------------------------------------
 # Compiled state of one node (what the executor converges to, what the auditor checks)
 # ---------------------------------------------------------------------------
@@ -235,7 +219,7 @@ class BondIntent(msgspec.Struct, kw_only=True, rename="camel"):
 
     name: str
     ports: list[str]
-    mode: str
+    mode: BondMode
     options: dict[str, Any] = msgspec.field(default_factory=dict)
     mtu: int = 1500
     txqlen: int | None = None
@@ -316,7 +300,7 @@ class NodeStatus(msgspec.Struct, kw_only=True, rename="camel", tag="NodeStatus")
     """An executor's report on one intent, published on ``l2.status.<node>``."""
 
     node: str
-    phase: str
+    phase: Phase
     observed_generation: int
     results: list[ObjectResult] = msgspec.field(default_factory=list)
     error: str | None = None

@@ -16,7 +16,8 @@ from services.executor.kernel import NetlinkKernel
 from services.executor.nodestore import default_state_dir
 from services.executor.service import Executor, ExecutorConfig
 from shared import bus, config, lifecycle, names, signing, subjects, tracing
-from shared.model import MAX_IFNAME, NodeStatus
+from shared.model import NodeStatus
+from shared.vocabulary import VID_MAX, VID_MIN
 
 log = logging.getLogger("l2net.executor")
 
@@ -163,10 +164,9 @@ def run_executor(args: argparse.Namespace) -> int:
     try:
         check_node_name(args.node)
         labels = parse_labels(args.label)
-        if args.mgmt_vlan is not None and not 1 <= args.mgmt_vlan <= 4094:
-            raise ValueError(f"--mgmt-vlan {args.mgmt_vlan}: a VLAN id is 1-4094")
-        if args.mgmt_vlan is not None and len(f"mgmt-br.{args.mgmt_vlan}") > MAX_IFNAME:
-            raise ValueError(f"--mgmt-vlan {args.mgmt_vlan}: interface name too long")
+        if args.mgmt_vlan is not None and not VID_MIN <= args.mgmt_vlan <= VID_MAX:
+            raise ValueError(f"--mgmt-vlan {args.mgmt_vlan}: a VLAN id is {VID_MIN}-{VID_MAX}")
+        # In range, the mgmt VLAN interface ``mgmt-br.<vid>`` fits IFNAME_MAX (12 characters).
         keys = trusted_keys(args.trust_key, args.trust_keys_file, os.environ)
         if not keys and not args.insecure_accept_unsigned:
             raise ValueError(

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.vocabulary import CNI_PLUGIN
+
 DEFAULT_CNI_PATH = "/usr/lib/cni"
 """Where Debian's containernetworking-plugins installs; ``$CNI_PATH`` overrides it."""
 NETNS_DIR = "/run/netns"
@@ -52,7 +54,7 @@ async def run_plugin(
     is the namespace the plugin itself runs in (None: this process's own). ``cni_path`` is
     searched like ``$CNI_PATH`` (directories separated by ``:``) and passed on as it.
     """
-    plugin_type = str(config.get("type", "bridge"))
+    plugin_type = str(config.get("type", CNI_PLUGIN))
     if "/" in plugin_type or not plugin_type:
         raise CniError(f"CNI config type {plugin_type!r} is not a plugin name")
     found = [Path(d) / plugin_type for d in cni_path.split(":") if d]

@@ -69,9 +69,6 @@ from tenacity import (
 from services.executor import cni
 from services.executor.planning import Step
 from shared.l2state import (
-    BOND_ENUMS,
-    BOND_INT_OPTIONS,
-    BOND_MODE_NAMES,
     MGMT_BRIDGE,
     UNFINISHED_ALIAS,
     LinkState,
@@ -85,6 +82,14 @@ from shared.l2state import (
     vlan_changes,
 )
 from shared.model import Nic, VlanRange
+from shared.vocabulary import (
+    BOND_ENUMS,
+    BOND_INT_OPTIONS,
+    BOND_MODE_NAMES,
+    BOND_MODE_NUMBERS,
+    BondMode,
+    bridge_cni_config,
+)
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
@@ -96,7 +101,6 @@ _VLAN_RANGE_END = 0x10
 AF_BRIDGE = socket.AF_BRIDGE
 RTEXT_FILTER_BRVLAN_COMPRESSED = 1 << 2
 """``IFLA_EXT_MASK`` bit (include/uapi/linux/rtnetlink.h): bridge VLANs as ranges."""
-_MODE_NUMBERS = {name: num for num, name in BOND_MODE_NAMES.items()}
 UNFINISHED_GROUP = 0x6C32
 """The link group of a link l2net created and has not yet named its own (see module)."""
 OWNED_NETNS_DIR = "/run/l2net/netns"
@@ -443,7 +447,7 @@ class NetlinkKernel:
         await self._write(step, lambda: ipr.link("set", **spec))
 
     async def _bond_spec(
-        self, step: Step, mode: str | None, options: dict[str, Any] | None
+        self, step: Step, mode: BondMode | None, options: dict[str, Any] | None
     ) -> dict[str, Any]:
         """pyroute2 keywords for a bond; ``primary`` by name becomes its ifindex (the kernel
         keeps the name, so it applies once that NIC is enslaved)."""
@@ -593,12 +597,9 @@ class NetlinkKernel:
     async def _cni(self, step: Step) -> None:
         a = step.args
         command = "ADD" if step.op == "cni.add" else "DEL"
-        config = a.get("config") or {
-            "cniVersion": "0.3.1",
-            "name": a.get("network") or "l2net",
-            "type": "bridge",
-            "bridge": a.get("bridge") or "",
-        }
+        config = a.get("config") or bridge_cni_config(
+            network=a.get("network") or "l2net", bridge=a.get("bridge") or ""
+        )
         if command == "ADD":
             await self._unplug_half_plugged(step, config)
         self._writes += 1
@@ -991,11 +992,11 @@ def _unrestricted(options: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _bond_spec(mode: str | None, options: dict[str, Any]) -> dict[str, Any]:
+def _bond_spec(mode: BondMode | None, options: dict[str, Any]) -> dict[str, Any]:
     """pyroute2 keywords for a bond's mode and options (names to the kernel's numbers)."""
     spec: dict[str, Any] = {}
     if mode is not None:
-        spec["bond_mode"] = _MODE_NUMBERS[mode]
+        spec["bond_mode"] = BOND_MODE_NUMBERS[mode]
     for key, value in options.items():
         if key in BOND_INT_OPTIONS:
             spec[f"bond_{key}"] = int(value)

@@ -28,7 +28,7 @@ from services.executor.kernel import Kernel, KernelError
 from services.executor.planning import PlanError, Step, plan
 from shared import tracing
 from shared.l2state import Difference, NodeL2State, StateError, diff, exact_desired
-from shared.model import ObjectResult
+from shared.model import ObjectResult, Phase
 
 StepHook = Callable[[Step], Awaitable[None]]
 Confirm = Callable[[], Awaitable[str | None]]
@@ -39,7 +39,7 @@ Confirm = Callable[[], Awaitable[str | None]]
 class Outcome:
     """What a reconcile did, ready to become a :class:`~shared.model.NodeStatus`."""
 
-    phase: str
+    phase: Phase
     results: list[ObjectResult] = field(default_factory=list)
     error: str | None = None
     writes: int = 0
@@ -85,7 +85,7 @@ async def converge(
         for r in refused or []
     ]
 
-    def done(phase: str, **kw: object) -> Outcome:
+    def done(phase: Phase, **kw: object) -> Outcome:
         out = Outcome(
             phase=phase,
             results=results,

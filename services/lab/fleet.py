@@ -75,6 +75,15 @@ class ExecResult(NamedTuple):
     err: str
 
 
+class _Boot(NamedTuple):
+    """What waiting for the nodes of a booting lab shares: the connection, the deadline."""
+
+    nc: Client
+    deadline: float
+    timeout: float
+    say: Callable[[str], None]
+
+
 class NodeStatus(NamedTuple):
     """One line of ``lab status``."""
 
@@ -618,30 +627,49 @@ class Lab:
         environ: dict[str, str],
         say: Callable[[str], None],
     ) -> None:
+        """Bring the lab up in order: NATS, the records of the nodes (saved before anything
+        they name exists, so that a teardown finds it), the network namespace with its
+        switches and taps, the relay, then the nodes."""
         st = self.state
-        d = Path(st.dir)
-        lab_id = LabId(st.lab_id)
         t0 = time.monotonic()
+        target = self._start_nats(nats_url)
+        say(f"NATS at {st.nats_url}")
+        self._record_nodes(nodes)
+        self._create_network()
+        say(f"network namespace {st.netns} with switches {naming.switches(st.data_nics)}")
+        listeners = self._relay_listeners(environ, target)
+        self._start_relay(listeners)
+        say(
+            "relay listening on "
+            + ", ".join(f"{x.listen_host}:{x.listen_port} ({x.name})" for x in listeners)
+        )
+        await self._boot_nodes(timeout=timeout, say=say)
+        say(f"lab {st.lab_id} up in {time.monotonic() - t0:.1f} s")
 
-        # 1. NATS
+    def _start_nats(self, nats_url: str | None) -> tuple[str, int]:
+        """Use ``nats_url`` or start a NATS server of the lab's own; the (host, port) the
+        relay forwards the nodes' NATS connections to."""
+        st = self.state
         if nats_url:
             st.nats_url = nats_url.split(",")[0].strip()
         else:
-            srv = natsserver.start(d / "nats", detach=True)
+            srv = natsserver.start(Path(st.dir) / "nats", detach=True)
             st.nats = state.ref(srv.process.pid)
             st.nats_owned = True
             st.nats_url = srv.url
             state.save(st)
-        target_host, target_port = naming.host_port(st.nats_url, default_port=4222)
         # The nodes' URL: the relay, with the scheme and any user:password of the original.
         st.nats_url_inside = naming.with_host_port(
             st.nats_url if "://" in st.nats_url else f"nats://{st.nats_url}",
             naming.GATEWAY_ADDRESS,
             naming.NATS_RELAY_PORT,
         )
-        say(f"NATS at {st.nats_url}")
+        return naming.host_port(st.nats_url, default_port=4222)
 
-        # 2. Records first, then the network namespace, switches and taps.
+    def _record_nodes(self, nodes: int) -> None:
+        """The lab's nodes and taps, in the state file."""
+        st = self.state
+        lab_id = LabId(st.lab_id)
         nics = 1 + st.data_nics
         for i in range(1, nodes + 1):
             name = naming.node_name(i)
@@ -652,25 +680,24 @@ class Lab:
                     address=naming.node_address(i),
                     umid=naming.umid(lab_id, i),
                     taps=[naming.tap_name(lab_id, i, k) for k in range(nics)],
-                    dir=str(d / "nodes" / name),
+                    dir=str(Path(st.dir) / "nodes" / name),
                 )
             )
         if st.mgmt_vlan is not None:
             st.extra_taps = list(naming.gateway_taps(lab_id))
         state.save(st)
-        self._create_network()
-        say(f"network namespace {st.netns} with switches {naming.switches(st.data_nics)}")
 
-        # 3. The relay (NATS, OTLP) inside the namespace.
+    def _relay_listeners(self, environ: dict[str, str], nats: tuple[str, int]) -> list[Listener]:
+        """What the relay inside the namespace forwards: NATS, and each OTLP endpoint."""
         otel_env, otlp_relays = naming.otel_plan(environ)
-        st.otel_env = otel_env
+        self.state.otel_env = otel_env
         listeners = [
             Listener(
                 name="nats",
                 listen_host=naming.GATEWAY_ADDRESS,
                 listen_port=naming.NATS_RELAY_PORT,
-                target_host=target_host,
-                target_port=target_port,
+                target_host=nats[0],
+                target_port=nats[1],
             )
         ]
         for lab_port, host, port in otlp_relays:
@@ -683,29 +710,19 @@ class Lab:
                     target_port=port,
                 )
             )
-        self._start_relay(listeners)
-        say(
-            "relay listening on "
-            + ", ".join(f"{x.listen_host}:{x.listen_port} ({x.name})" for x in listeners)
-        )
+        return listeners
 
-        # 4. The nodes.
+    async def _boot_nodes(self, *, timeout: float, say: Callable[[str], None]) -> None:
+        """Start every node, then wait for each to answer (and its executor to register)."""
+        st = self.state
+        d = Path(st.dir)
         init = d / "init.sh"
         init.write_text(INIT_SCRIPT)
         init.chmod(0o755)
         (d / "uml").mkdir(exist_ok=True)
-        nc = await connect_nats(st.nats_url, name=f"l2lab-{lab_id}-up")
+        nc = await connect_nats(st.nats_url, name=f"l2lab-{st.lab_id}-up")
         try:
-            registered: dict[str, asyncio.Event] = {}
-            if st.executor:
-                for n in st.nodes:
-                    ev = registered[n.name] = asyncio.Event()
-
-                    async def on_node(msg: Any, ev: asyncio.Event = ev) -> None:
-                        ev.set()
-
-                    await nc.subscribe(subjects.node(n.name), cb=on_node)
-                await bus.settle(nc)  # subscribed before any executor can publish
+            registered = await self._watch_registrations(nc) if st.executor else {}
             started: dict[str, float] = {}
             for n in st.nodes:
                 self._write_node_env(n)
@@ -713,40 +730,64 @@ class Lab:
                 n.proc = self._start_node(n, init=init)
                 state.save(st)
             say(f"{len(st.nodes)} node(s) booting")
-
-            deadline = time.monotonic() + timeout
-
-            async def wait_node(n: state.NodeState) -> None:
-                while True:
-                    try:
-                        await self.aping(n.name, timeout=1.0, nc=nc)
-                        break
-                    except LabError:
-                        pass
-                    if not state.alive(n.proc):
-                        raise LabError(self._failure(n, "the node stopped during boot"))
-                    if time.monotonic() > deadline:
-                        raise LabError(self._failure(n, f"no answer within {timeout:g} s"))
-                    await asyncio.sleep(0.3)
-                n.boot_seconds = round(time.monotonic() - started[n.name], 2)
-                say(f"{n.name} up at {n.address} in {n.boot_seconds:.1f} s")
-                if st.executor:
-                    left = max(1.0, deadline - time.monotonic())
-                    try:
-                        await asyncio.wait_for(registered[n.name].wait(), left)
-                    except TimeoutError:
-                        log = Path(n.dir) / "executor.log"
-                        raise LabError(
-                            f"{n.name}: the executor did not register on "
-                            f"{subjects.node(n.name)} within {timeout:g} s; "
-                            f"{log}:\n{_tail(log)}"
-                        ) from None
-                    say(f"{n.name} executor registered")
-
-            await asyncio.gather(*(wait_node(n) for n in st.nodes))
+            boot = _Boot(nc=nc, deadline=time.monotonic() + timeout, timeout=timeout, say=say)
+            await asyncio.gather(
+                *(
+                    self._wait_node(n, boot, started[n.name], registered.get(n.name))
+                    for n in st.nodes
+                )
+            )
         finally:
             await nc.close()
-        say(f"lab {lab_id} up in {time.monotonic() - t0:.1f} s")
+
+    async def _watch_registrations(self, nc: Client) -> dict[str, asyncio.Event]:
+        """An event per node, set when its executor first reports on ``l2.node.<node>``."""
+        registered: dict[str, asyncio.Event] = {}
+        for n in self.state.nodes:
+            ev = registered[n.name] = asyncio.Event()
+
+            async def on_node(msg: Any, ev: asyncio.Event = ev) -> None:
+                ev.set()
+
+            await nc.subscribe(subjects.node(n.name), cb=on_node)
+        await bus.settle(nc)  # subscribed before any executor can publish
+        return registered
+
+    async def _wait_node(
+        self,
+        n: state.NodeState,
+        boot: _Boot,
+        started: float,
+        registered: asyncio.Event | None,
+    ) -> None:
+        """Until the node's helper answers (LabError if it stops or the deadline passes),
+        then, with an executor, until that registers."""
+        while True:
+            try:
+                await self.aping(n.name, timeout=1.0, nc=boot.nc)
+                break
+            except LabError:
+                pass
+            if not state.alive(n.proc):
+                raise LabError(self._failure(n, "the node stopped during boot"))
+            if time.monotonic() > boot.deadline:
+                raise LabError(self._failure(n, f"no answer within {boot.timeout:g} s"))
+            await asyncio.sleep(0.3)
+        n.boot_seconds = round(time.monotonic() - started, 2)
+        boot.say(f"{n.name} up at {n.address} in {n.boot_seconds:.1f} s")
+        if registered is None:
+            return
+        left = max(1.0, boot.deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(registered.wait(), left)
+        except TimeoutError:
+            log = Path(n.dir) / "executor.log"
+            raise LabError(
+                f"{n.name}: the executor did not register on "
+                f"{subjects.node(n.name)} within {boot.timeout:g} s; "
+                f"{log}:\n{_tail(log)}"
+            ) from None
+        boot.say(f"{n.name} executor registered")
 
     def _failure(self, n: state.NodeState, why: str) -> str:
         console = Path(n.dir) / "console.log"

@@ -18,11 +18,12 @@ import shlex
 from typing import NewType
 from urllib.parse import urlsplit, urlunsplit
 
+from shared.vocabulary import IFNAME_MAX, VID_MAX, VID_MIN
+
 LabId = NewType("LabId", str)
 
 MAX_NODES = 64
 MAX_DATA_NICS = 6
-IFNAMSIZ = 15
 PREFIX_LEN = 16
 GATEWAY_ADDRESS = "169.254.0.1"
 NATS_RELAY_PORT = 4222
@@ -76,8 +77,8 @@ def umid(lab: LabId, index: int) -> str:
 def tap_name(lab: LabId, index: int, nic: int) -> str:
     """Host tap (in the lab namespace) behind guest NIC ``eth<nic>`` of node ``index``."""
     name = f"t{lab}n{index}e{nic}"
-    if len(name) > IFNAMSIZ:
-        raise LabConfigError(f"tap name {name!r} is longer than {IFNAMSIZ} characters")
+    if len(name) > IFNAME_MAX:
+        raise LabConfigError(f"tap name {name!r} is longer than {IFNAME_MAX} characters")
     return name
 
 
@@ -122,9 +123,9 @@ def check_params(*, nodes: int, data_nics: int, mgmt_vlan: int | None, mem_mb: i
         raise LabConfigError(f"--nodes {nodes}: must be between 1 and {MAX_NODES}")
     if not 0 <= data_nics <= MAX_DATA_NICS:
         raise LabConfigError(f"--data-nics {data_nics}: must be between 0 and {MAX_DATA_NICS}")
-    if mgmt_vlan is not None and not 2 <= mgmt_vlan <= 4094:
+    if mgmt_vlan is not None and not VID_MIN < mgmt_vlan <= VID_MAX:
         raise LabConfigError(
-            f"--mgmt-vlan {mgmt_vlan}: must be a VLAN id between 2 and 4094 "
+            f"--mgmt-vlan {mgmt_vlan}: must be a VLAN id between {VID_MIN + 1} and {VID_MAX} "
             "(VLAN 1 is the untagged default; omit the option for an untagged mgmt network)"
         )
     if not 64 <= mem_mb <= 4096:

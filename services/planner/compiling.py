@@ -31,9 +31,7 @@ from services.planner.catalog import (
 from services.planner.validation import host_vlan_ifname
 from shared import api, model
 from shared.model import VlanRange
-
-DEFAULT_MTU = 1500
-CNI_VERSION = "0.3.1"
+from shared.vocabulary import DEFAULT_MTU, LINK_AGGREGATION, bridge_cni_config
 
 KERNEL_BOND_OPTIONS: tuple[tuple[str, str], ...] = (
     ("miimon", "miimon"),
@@ -98,13 +96,8 @@ def cluster_network_mtu(catalog: Catalog, cluster_network: str) -> int:
 
 def nad_config(catalog: Catalog, net: model.Network) -> dict[str, Any]:
     """The bridge CNI config Multus would be given for this network (the seed's form)."""
-    config: dict[str, Any] = {
-        "cniVersion": CNI_VERSION,
-        "name": net.name,
-        "type": "bridge",
-        "bridge": bridge_name(net.cluster_network),
-        "promiscMode": True,
-    }
+    config = bridge_cni_config(network=net.name, bridge=bridge_name(net.cluster_network))
+    config["promiscMode"] = True
     if net.type == "L2VlanNetwork":
         config["vlan"] = net.vlan
     elif net.type == "L2VlanTrunkNetwork":
@@ -273,18 +266,6 @@ def same_desired_state(a: model.NodeIntent, b: model.NodeIntent) -> bool:
     )
 
 
-LINK_AGGREGATION = {
-    "balance-rr": "manual (static LAG)",
-    "active-backup": "none",
-    "balance-xor": "manual (static LAG)",
-    "broadcast": "manual (static LAG)",
-    "802.3ad": "LACP",
-    "balance-tlb": "none",
-    "balance-alb": "none",
-}
-"""The seed's table: how the switch ports of a bond must be aggregated, per bond mode."""
-
-
 def switch_config(catalog: Catalog, node: str) -> list[api.SwitchPort]:
     """Per NIC group of a node: the switch port mode, VIDs and link aggregation needed."""
     intent = compile_node(catalog, node)
@@ -292,6 +273,7 @@ def switch_config(catalog: Catalog, node: str) -> list[api.SwitchPort]:
     for cn in intent.cluster_networks:
         tagged = [v for v in cn.uplink_vlans if not v.pvid]
         vids = ",".join(str(v.vid) if not v.vid_end else f"{v.vid}-{v.vid_end}" for v in tagged)
+        mode: str
         if cn.bond is not None:
             nics, mode, lag = cn.bond.ports, cn.bond.mode, LINK_AGGREGATION[cn.bond.mode]
             native = "untagged (PVID 1)"

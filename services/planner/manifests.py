@@ -14,6 +14,7 @@ Harvester's CRD defaults are understood: ``-1`` for ``miimon``, ``arpInterval`` 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,15 @@ import yaml
 
 from shared import model
 from shared.api import Problem
+from shared.vocabulary import (
+    AD_SELECTS,
+    ARP_VALIDATES,
+    BOND_MODE_NAMES,
+    BOND_MODES,
+    LACP_RATES,
+    NETWORK_TYPES,
+    XMIT_HASH_POLICIES,
+)
 
 MAX_MANIFEST_BYTES = 256 * 1024
 """Largest submission accepted (the NATS default payload limit is 1 MiB)."""
@@ -35,6 +45,27 @@ _UNSET_MINUS_ONE: tuple[tuple[str, ...], ...] = (
     ("uplink", "bondOptions", "arpInterval"),
     ("uplink", "linkAttributes", "txQLen"),
 )
+
+
+def _one_of(values: tuple[str, ...]) -> Callable[[Any], str]:
+    return lambda value: f"{value!r} is not one of {', '.join(values)}"
+
+
+_CHOICES: dict[tuple[str, str], Callable[[Any], str]] = {
+    ("VlanConfig", "uplink.bondOptions.mode"): lambda value: (
+        f"unknown bond mode {value!r} (one of {', '.join(BOND_MODES)}, or 0-6)"
+    ),
+    ("VlanConfig", "uplink.bondOptions.lacpRate"): _one_of(LACP_RATES),
+    ("VlanConfig", "uplink.bondOptions.adSelect"): _one_of(AD_SELECTS),
+    ("VlanConfig", "uplink.bondOptions.arpValidate"): _one_of(ARP_VALIDATES),
+    ("VlanConfig", "uplink.bondOptions.xmitHashPolicy"): _one_of(XMIT_HASH_POLICIES),
+    ("Network", "type"): lambda value: (
+        f"unknown network type {value!r} (one of {', '.join(NETWORK_TYPES)})"
+    ),
+    ("HostNetwork", "mode"): lambda value: f"only mode static is supported, not {value!r}",
+}
+"""What a field that takes one of a set of values (:mod:`shared.vocabulary`) says of any
+other value: the decoder refuses it, in these words rather than msgspec's."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +285,9 @@ def _to_spec(data: Any, node: yaml.Node) -> model.Spec:
         ) from None
     except msgspec.ValidationError as exc:
         message, path = _split_msgspec_error(str(exc))
+        choice = _CHOICES.get((kind, ".".join(path)))
+        if choice is not None and message.startswith("invalid enum value"):
+            message = choice(_value_at(fields, path))
         raise _DocError(
             message,
             kind=kind,
@@ -312,8 +346,15 @@ def _normalize(kind: str, fields: dict[str, Any]) -> None:
     bond = uplink.get("bondOptions") if isinstance(uplink, dict) else None
     if isinstance(bond, dict):
         mode = bond.get("mode")
-        if isinstance(mode, int) and not isinstance(mode, bool) and 0 <= mode < 7:
-            bond["mode"] = model.BOND_MODES[mode]
+        if isinstance(mode, int) and not isinstance(mode, bool) and mode in BOND_MODE_NAMES:
+            bond["mode"] = BOND_MODE_NAMES[mode]
+
+
+def _value_at(fields: dict[str, Any], path: list[str]) -> Any:
+    value: Any = fields
+    for part in path:
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
 
 
 _PATH_RE = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)

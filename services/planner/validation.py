@@ -12,30 +12,59 @@ import ipaddress
 import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from services.planner.catalog import HOSTNAME_LABEL, Catalog, node_labels, selects
 from shared import mgmtpath, model, names
 from shared.api import Problem
+from shared.vocabulary import (
+    BOND_INT_MAX,
+    DEFAULT_MTU,
+    IFNAME_MAX,
+    MAX_ARP_TARGETS,
+    UPLINK_MTU_MAX,
+    UPLINK_MTU_MIN,
+    VID_MAX,
+    VID_MIN,
+    BondMode,
+    ifname_error,
+)
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-IFNAME_RE = re.compile(r"^[^\s/:]+$")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 MAX_NAME = 63
 MAX_CLUSTER_NETWORK_NAME = 12
-MTU_MIN, MTU_MAX = 576, 9000
-VID_MIN, VID_MAX = 1, 4094
-MAX_ARP_TARGETS = 16
 
-LACP_RATES = ("slow", "fast")
-AD_SELECTS = ("stable", "bandwidth", "count")
-ARP_VALIDATES = ("none", "active", "backup", "all", "filter", "filter_active", "filter_backup")
-XMIT_HASH_POLICIES = ("layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4", "vlan+srcmac")
-PRIMARY_MODES = ("active-backup", "balance-tlb", "balance-alb")
-XMIT_HASH_MODES = ("balance-xor", "802.3ad", "balance-tlb")
-NO_ARP_MODES = ("802.3ad", "balance-tlb", "balance-alb")
+_BOND_INT_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("miimon", "miimon"),
+    ("updelay", "updelay"),
+    ("downdelay", "downdelay"),
+    ("arpInterval", "arp_interval"),
+)
+"""Numeric bond options: (field, BondOptions attribute)."""
+
+_MODE_ONLY: tuple[tuple[str, str, tuple[BondMode, ...]], ...] = (
+    ("lacpRate", "lacp_rate", ("802.3ad",)),
+    ("adSelect", "ad_select", ("802.3ad",)),
+    ("primary", "primary", ("active-backup", "balance-tlb", "balance-alb")),
+    ("xmitHashPolicy", "xmit_hash_policy", ("balance-xor", "802.3ad", "balance-tlb")),
+)
+"""Bond options the kernel refuses outside some modes (``bond_options.c``, ``unsuppmodes``):
+(field, BondOptions attribute, the modes that take it)."""
+
+_NO_ARP_MODES: tuple[BondMode, ...] = ("802.3ad", "balance-tlb", "balance-alb")
+"""Modes without ARP link monitoring (``arp_interval``'s ``unsuppmodes``)."""
+
+_NEEDS_MONITOR: tuple[tuple[str, str, str], ...] = (
+    ("updelay", "updelay", "miimon"),
+    ("downdelay", "downdelay", "miimon"),
+    ("arpIpTargets", "arp_ip_targets", "arpInterval"),
+    ("arpValidate", "arp_validate", "arpInterval"),
+)
+"""Bond options that mean nothing without a link monitor: (field, attribute, monitor)."""
 
 
 def host_vlan_ifname(cluster_network: str, vlan: int) -> str:
@@ -124,22 +153,17 @@ def _check_vlan_config(c: _Collector, vc: model.VlanConfig) -> None:
         c.add("uplink.nics", "at least one NIC is required")
     seen: set[str] = set()
     for i, nic in enumerate(nics):
-        if (
-            not nic
-            or len(nic) > model.MAX_IFNAME
-            or not IFNAME_RE.fullmatch(nic)
-            or nic in (".", "..")
-        ):
+        if ifname_error(nic) is not None:
             c.add(f"uplink.nics[{i}]", f"{nic!r} is not a valid interface name")
         if nic in seen:
             c.add(f"uplink.nics[{i}]", f"{nic!r} is listed twice")
         seen.add(nic)
     _check_bond(c, vc.uplink.bond_options, nics)
     la = vc.uplink.link_attributes
-    if la.mtu != 0 and not MTU_MIN <= la.mtu <= MTU_MAX:
+    if la.mtu != 0 and not UPLINK_MTU_MIN <= la.mtu <= UPLINK_MTU_MAX:
         c.add(
             "uplink.linkAttributes.mtu",
-            f"{la.mtu} is out of range: 0 (1500) or {MTU_MIN}-{MTU_MAX}",
+            f"{la.mtu} is out of range: 0 ({DEFAULT_MTU}) or {UPLINK_MTU_MIN}-{UPLINK_MTU_MAX}",
         )
     if la.tx_q_len is not None and not 0 <= la.tx_q_len <= 2**31 - 1:
         c.add("uplink.linkAttributes.txQLen", f"{la.tx_q_len} must be >= 0 (or -1 for the default)")
@@ -148,91 +172,54 @@ def _check_vlan_config(c: _Collector, vc: model.VlanConfig) -> None:
 
 
 def _check_bond(c: _Collector, bo: model.BondOptions, nics: list[str]) -> None:
+    """The bond options, as the kernel would take them: ranges, link monitors, modes.
+
+    The mode and the enumerated options are of the vocabulary's values already (the
+    decoder refuses any other); what is left is how they combine.
+    """
     f = "uplink.bondOptions"
-    mode = bo.mode
-    if mode not in model.BOND_MODES:
-        c.add(
-            f"{f}.mode",
-            f"unknown bond mode {mode!r} (one of {', '.join(model.BOND_MODES)}, or 0-6)",
-        )
-    for opt, value in (
-        ("miimon", bo.miimon),
-        ("updelay", bo.updelay),
-        ("downdelay", bo.downdelay),
-        ("arpInterval", bo.arp_interval),
-    ):
-        if value is not None and not 0 <= value <= 2**31 - 1:
+    for opt, attr in _BOND_INT_OPTIONS:
+        value = getattr(bo, attr)
+        if value is not None and not 0 <= value <= BOND_INT_MAX:
             c.add(f"{f}.{opt}", f"{value} must be >= 0")
-    miimon = bo.miimon or 0
-    arp = bo.arp_interval or 0
-    if miimon > 0 and arp > 0:
+    monitors = {"miimon": bo.miimon or 0, "arpInterval": bo.arp_interval or 0}
+    if monitors["miimon"] > 0 and monitors["arpInterval"] > 0:
         c.add(
             f"{f}.arpInterval", "miimon and arpInterval cannot both be set; choose one link monitor"
         )
+    for opt, attr, monitor in _NEEDS_MONITOR:
+        if getattr(bo, attr) and monitors[monitor] <= 0:
+            c.add(f"{f}.{opt}", f"{opt} needs {monitor}")
+    miimon = monitors["miimon"]
     for opt, value in (("updelay", bo.updelay), ("downdelay", bo.downdelay)):
-        if value:
-            if miimon <= 0:
-                c.add(f"{f}.{opt}", f"{opt} needs miimon")
-            elif value % miimon:
-                c.add(f"{f}.{opt}", f"{value} is not a multiple of miimon ({miimon})")
-    if bo.lacp_rate is not None:
-        if bo.lacp_rate not in LACP_RATES:
-            c.add(f"{f}.lacpRate", f"{bo.lacp_rate!r} is not one of {', '.join(LACP_RATES)}")
-        if mode != "802.3ad":
-            c.add(f"{f}.lacpRate", f"lacpRate applies only to mode 802.3ad, not {mode}")
-    if bo.ad_select is not None:
-        if bo.ad_select not in AD_SELECTS:
-            c.add(f"{f}.adSelect", f"{bo.ad_select!r} is not one of {', '.join(AD_SELECTS)}")
-        if mode != "802.3ad":
-            c.add(f"{f}.adSelect", f"adSelect applies only to mode 802.3ad, not {mode}")
-    if bo.primary is not None:
-        if mode not in PRIMARY_MODES:
-            c.add(
-                f"{f}.primary",
-                f"primary applies only to modes {', '.join(PRIMARY_MODES)}, not {mode}",
-            )
-        if bo.primary not in nics:
-            c.add(f"{f}.primary", f"{bo.primary!r} is not one of the uplink's NICs")
-    if bo.xmit_hash_policy is not None:
-        if bo.xmit_hash_policy not in XMIT_HASH_POLICIES:
-            c.add(
-                f"{f}.xmitHashPolicy",
-                f"{bo.xmit_hash_policy!r} is not one of {', '.join(XMIT_HASH_POLICIES)}",
-            )
-        if mode not in XMIT_HASH_MODES:
-            c.add(
-                f"{f}.xmitHashPolicy",
-                f"xmitHashPolicy applies only to modes {', '.join(XMIT_HASH_MODES)}, not {mode}",
-            )
-    if arp > 0 and mode in NO_ARP_MODES:
-        c.add(f"{f}.arpInterval", f"ARP monitoring is not supported in mode {mode}; use miimon")
-    if bo.arp_ip_targets:
-        if arp <= 0:
-            c.add(f"{f}.arpIpTargets", "arpIpTargets needs arpInterval")
-        if len(bo.arp_ip_targets) > MAX_ARP_TARGETS:
-            c.add(f"{f}.arpIpTargets", f"at most {MAX_ARP_TARGETS} targets")
-        for i, target in enumerate(bo.arp_ip_targets):
-            try:
-                ipaddress.IPv4Address(target)
-            except ValueError:
-                c.add(f"{f}.arpIpTargets[{i}]", f"{target!r} is not an IPv4 address")
-    elif arp > 0:
+        if value and miimon > 0 and value % miimon:
+            c.add(f"{f}.{opt}", f"{value} is not a multiple of miimon ({miimon})")
+    for opt, attr, modes in _MODE_ONLY:
+        if getattr(bo, attr) is not None and bo.mode not in modes:
+            which = "mode" if len(modes) == 1 else "modes"
+            c.add(f"{f}.{opt}", f"{opt} applies only to {which} {', '.join(modes)}, not {bo.mode}")
+    if bo.primary is not None and bo.primary not in nics:
+        c.add(f"{f}.primary", f"{bo.primary!r} is not one of the uplink's NICs")
+    _check_arp_monitor(c, bo, arp=monitors["arpInterval"] > 0)
+
+
+def _check_arp_monitor(c: _Collector, bo: model.BondOptions, *, arp: bool) -> None:
+    """ARP link monitoring: a mode that has it, and its targets."""
+    f = "uplink.bondOptions"
+    if arp and bo.mode in _NO_ARP_MODES:
+        c.add(f"{f}.arpInterval", f"ARP monitoring is not supported in mode {bo.mode}; use miimon")
+    if arp and not bo.arp_ip_targets:
         c.add(f"{f}.arpIpTargets", "arpInterval needs at least one arpIpTargets address")
-    if bo.arp_validate is not None:
-        if bo.arp_validate not in ARP_VALIDATES:
-            c.add(
-                f"{f}.arpValidate", f"{bo.arp_validate!r} is not one of {', '.join(ARP_VALIDATES)}"
-            )
-        if arp <= 0:
-            c.add(f"{f}.arpValidate", "arpValidate needs arpInterval")
+    if len(bo.arp_ip_targets) > MAX_ARP_TARGETS:
+        c.add(f"{f}.arpIpTargets", f"at most {MAX_ARP_TARGETS} targets")
+    for i, target in enumerate(bo.arp_ip_targets):
+        try:
+            ipaddress.IPv4Address(target)
+        except ValueError:
+            c.add(f"{f}.arpIpTargets[{i}]", f"{target!r} is not an IPv4 address")
 
 
 def _check_network(c: _Collector, net: model.Network) -> None:
-    if net.type not in model.NETWORK_TYPES:
-        c.add(
-            "type", f"unknown network type {net.type!r} (one of {', '.join(model.NETWORK_TYPES)})"
-        )
-        return
     if net.type == "L2VlanNetwork":
         _check_vid(c, "vlan", net.vlan)
         if net.trunk:
@@ -248,32 +235,33 @@ def _check_network(c: _Collector, net: model.Network) -> None:
         if not net.trunk:
             c.add("trunk", "at least one trunk range is required")
         for i, rng in enumerate(net.trunk):
-            field = f"trunk[{i}]"
-            if rng.id is not None:
-                if rng.min_id is not None or rng.max_id is not None:
-                    c.add(field, "give either id or minID/maxID, not both")
-                _check_vid(c, f"{field}.id", rng.id)
-                continue
-            if rng.min_id is None or rng.max_id is None:
-                c.add(field, "needs both minID and maxID (or a single id)")
-                continue
-            _check_vid(c, f"{field}.minID", rng.min_id)
-            _check_vid(c, f"{field}.maxID", rng.max_id)
-            if rng.min_id > rng.max_id:
-                c.add(field, f"minID {rng.min_id} is greater than maxID {rng.max_id}")
+            _check_trunk_range(c, f"trunk[{i}]", rng)
+
+
+def _check_trunk_range(c: _Collector, field: str, rng: model.TrunkRange) -> None:
+    if rng.id is not None:
+        if rng.min_id is not None or rng.max_id is not None:
+            c.add(field, "give either id or minID/maxID, not both")
+        _check_vid(c, f"{field}.id", rng.id)
+        return
+    if rng.min_id is None or rng.max_id is None:
+        c.add(field, "needs both minID and maxID (or a single id)")
+        return
+    _check_vid(c, f"{field}.minID", rng.min_id)
+    _check_vid(c, f"{field}.maxID", rng.max_id)
+    if rng.min_id > rng.max_id:
+        c.add(field, f"minID {rng.min_id} is greater than maxID {rng.max_id}")
 
 
 def _check_host_network(c: _Collector, hn: model.HostNetwork) -> None:
     _check_vid(c, "vlan", hn.vlan)
-    if hn.mode != "static":
-        c.add("mode", f"only mode static is supported, not {hn.mode!r}")
     _check_selector(c, "nodeSelector", hn.node_selector)
     ifname = host_vlan_ifname(hn.cluster_network, hn.vlan)
-    if len(ifname) > model.MAX_IFNAME:
+    if len(ifname) > IFNAME_MAX:
         c.add(
             "vlan",
             f"host interface name {ifname!r} is {len(ifname)} characters; "
-            f"Linux allows {model.MAX_IFNAME} (use a shorter cluster network name)",
+            f"Linux allows {IFNAME_MAX} (use a shorter cluster network name)",
         )
     for node, cidr in hn.ips.items():
         err = check_name(node)
@@ -308,6 +296,20 @@ def _names(names: list[str], limit: int = 3) -> str:
     return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
 
 
+class _Problems:
+    """Problems across objects, each about the object it names (one object: :class:`_Collector`)."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, spec: model.Spec, field: str, message: str) -> None:
+        self.problems.append(Problem(kind=spec.kind, name=spec.name, field=field, message=message))
+
+
+Where = Callable[[model.Spec], str]
+"""Where a submitted object comes from (`` (document 2, line 7)``), or ``""``."""
+
+
 def check_catalog(
     catalog: Catalog, located: Mapping[tuple[str, str], tuple[int, int]] | None = None
 ) -> list[Problem]:
@@ -317,97 +319,147 @@ def check_catalog(
     between two objects names where both come from. Linear in the objects and nodes: a
     problem message names a bounded number of other objects.
     """
-    problems: list[Problem] = []
-
-    def add(spec: model.Spec, field: str, message: str) -> None:
-        problems.append(Problem(kind=spec.kind, name=spec.name, field=field, message=message))
+    found = _Problems()
 
     def where(spec: model.Spec) -> str:
-        found = (located or {}).get((spec.kind, spec.name))
-        return f" (document {found[0]}, line {found[1]})" if found else ""
+        at = (located or {}).get((spec.kind, spec.name))
+        return f" (document {at[0]}, line {at[1]})" if at else ""
 
-    vcs = catalog.all(model.VlanConfig)
+    by_network = _check_vlan_configs(found, catalog)
+    uplinks: dict[tuple[str, str], model.VlanConfig] = {}
+    for node_name, node in sorted(catalog.nodes.items()):
+        _check_node_uplinks(
+            found, catalog, by_network, _NodeNics.of(node_name, node), uplinks, where
+        )
+    for net in catalog.all(model.Network):
+        if not catalog.cluster_network_exists(net.cluster_network):
+            found.add(
+                net, "clusterNetwork", f"cluster network {net.cluster_network!r} does not exist"
+            )
+    _check_host_networks(found, catalog)
+    found.problems.extend(check_mgmt_path(catalog))
+    _check_vm_nics(found, catalog, uplinks)
+    return found.problems
+
+
+def _check_vlan_configs(found: _Problems, catalog: Catalog) -> dict[str, list[model.VlanConfig]]:
+    """Each VlanConfig's cluster network exists; all of one cluster network use one MTU (VMs
+    and uplinks must agree). The VlanConfigs by cluster network."""
     by_network: dict[str, list[model.VlanConfig]] = defaultdict(list)
-    for vc in vcs:
+    for vc in catalog.all(model.VlanConfig):
         by_network[vc.cluster_network].append(vc)
         if vc.cluster_network != model.MGMT and not catalog.cluster_network_exists(
             vc.cluster_network
         ):
-            add(vc, "clusterNetwork", f"cluster network {vc.cluster_network!r} does not exist")
-
-    # MTU: one value per cluster network (VMs and uplinks must agree).
+            found.add(
+                vc, "clusterNetwork", f"cluster network {vc.cluster_network!r} does not exist"
+            )
     for cn, members in by_network.items():
         by_mtu: dict[int, list[str]] = defaultdict(list)
         for vc in members:
-            by_mtu[vc.uplink.link_attributes.mtu or 1500].append(vc.name)
+            by_mtu[vc.uplink.link_attributes.mtu or DEFAULT_MTU].append(vc.name)
         if len(by_mtu) > 1:
             detail = "; ".join(f"{m} in {_names(names)}" for m, names in sorted(by_mtu.items()))
             for vc in members:
-                add(
+                found.add(
                     vc,
                     "uplink.linkAttributes.mtu",
                     f"all VlanConfigs of cluster network {cn} must use one MTU ({detail})",
                 )
+    return by_network
 
-    # Per node: one VlanConfig per cluster network; one cluster network per NIC; NICs exist.
-    uplinks: dict[tuple[str, str], model.VlanConfig] = {}
-    for node_name, node in sorted(catalog.nodes.items()):
-        labels = node_labels(node)
-        # Who holds each NIC: the built-in mgmt bond, or the first VlanConfig that took it.
-        nic_owner: dict[str, tuple[str, model.VlanConfig | None]] = {
-            nic.name: (model.MGMT, None) for nic in node.nics if nic.master == f"{model.MGMT}-bo"
-        }
+
+@dataclass
+class _NodeNics:
+    """One node's NICs while its uplinks are checked: those it reports, and who holds each."""
+
+    node: str
+    known: set[str]
+    """The NICs the node reports (empty: it reports none, and none is checked)."""
+    owner: dict[str, tuple[str, model.VlanConfig | None]]
+    """NIC -> (cluster network, VlanConfig): the built-in mgmt bond (no VlanConfig), or the
+    first VlanConfig that took it."""
+
+    @classmethod
+    def of(cls, name: str, node: model.Node) -> _NodeNics:
+        mgmt: tuple[str, model.VlanConfig | None] = (model.MGMT, None)
+        owner = {nic.name: mgmt for nic in node.nics if nic.master == f"{model.MGMT}-bo"}
         if node.mgmt is not None:
-            nic_owner.update((nic, (model.MGMT, None)) for nic in node.mgmt.nics)
-        known_nics = {nic.name for nic in node.nics}
-        by_cn: dict[str, list[model.VlanConfig]] = defaultdict(list)
-        for cn in by_network:  # only the VlanConfigs that may select this node: linear
-            for vc in catalog.vlan_configs_of(cn, labels[HOSTNAME_LABEL]):
-                if selects(vc.node_selector, labels):
-                    by_cn[cn].append(vc)
-        for cn, matched in sorted(by_cn.items()):
-            uplinks.setdefault((node_name, cn), matched[0])
-            if len(matched) > 1:
-                for vc in matched:
-                    others = [v.name for v in matched[:4] if v is not vc][:3]
-                    more = len(matched) - 1 - len(others)
-                    also = ", ".join(others) + (f" and {more} more" if more else "")
-                    add(
-                        vc,
-                        "nodeSelector",
-                        f"node {node_name} is also selected by VlanConfig {also} of cluster "
-                        f"network {cn}; a node may have one uplink per cluster network",
-                    )
-            for vc in matched:
-                for i, nic in enumerate(vc.uplink.nics):
-                    if node.nics and nic not in known_nics:
-                        add(vc, f"uplink.nics[{i}]", f"node {node_name} has no NIC {nic!r}")
-                    owner = nic_owner.get(nic)
-                    if owner is None:
-                        nic_owner[nic] = (cn, vc)
-                    elif owner[0] == model.MGMT and owner[1] is None and cn != model.MGMT:
-                        add(
-                            vc,
-                            f"uplink.nics[{i}]",
-                            f"NIC {nic} of node {node_name} is in the uplink of the management "
-                            "cluster network mgmt (mgmt-bo): it is a member of mgmt-bo, the "
-                            "node's management path, and taking it into another bond would cut "
-                            "the node off",
-                        )
-                    elif owner[0] != cn:
-                        problems.append(_nic_conflict(node_name, nic, owner, (cn, vc), where))
+            owner.update((nic, mgmt) for nic in node.mgmt.nics)
+        return cls(node=name, known={nic.name for nic in node.nics}, owner=owner)
 
-    for net in catalog.all(model.Network):
-        if not catalog.cluster_network_exists(net.cluster_network):
-            add(net, "clusterNetwork", f"cluster network {net.cluster_network!r} does not exist")
 
+def _check_node_uplinks(
+    found: _Problems,
+    catalog: Catalog,
+    by_network: Mapping[str, list[model.VlanConfig]],
+    nics: _NodeNics,
+    uplinks: dict[tuple[str, str], model.VlanConfig],
+    where: Where,
+) -> None:
+    """One node: one VlanConfig per cluster network; one cluster network per NIC; NICs
+    exist. Records the node's uplink per cluster network in ``uplinks``."""
+    labels = node_labels(catalog.nodes[nics.node])
+    by_cn: dict[str, list[model.VlanConfig]] = defaultdict(list)
+    for cn in by_network:  # only the VlanConfigs that may select this node: linear
+        for vc in catalog.vlan_configs_of(cn, labels[HOSTNAME_LABEL]):
+            if selects(vc.node_selector, labels):
+                by_cn[cn].append(vc)
+    for cn, matched in sorted(by_cn.items()):
+        uplinks.setdefault((nics.node, cn), matched[0])
+        if len(matched) > 1:
+            _check_one_uplink(found, nics.node, cn, matched)
+        for vc in matched:
+            _check_uplink_nics(found, nics, cn, vc, where)
+
+
+def _check_one_uplink(
+    found: _Problems, node: str, cn: str, matched: list[model.VlanConfig]
+) -> None:
+    for vc in matched:
+        others = [v.name for v in matched[:4] if v is not vc][:3]
+        more = len(matched) - 1 - len(others)
+        also = ", ".join(others) + (f" and {more} more" if more else "")
+        found.add(
+            vc,
+            "nodeSelector",
+            f"node {node} is also selected by VlanConfig {also} of cluster "
+            f"network {cn}; a node may have one uplink per cluster network",
+        )
+
+
+def _check_uplink_nics(
+    found: _Problems, nics: _NodeNics, cn: str, vc: model.VlanConfig, where: Where
+) -> None:
+    for i, nic in enumerate(vc.uplink.nics):
+        if nics.known and nic not in nics.known:
+            found.add(vc, f"uplink.nics[{i}]", f"node {nics.node} has no NIC {nic!r}")
+        owner = nics.owner.get(nic)
+        if owner is None:
+            nics.owner[nic] = (cn, vc)
+        elif owner[0] == model.MGMT and owner[1] is None and cn != model.MGMT:
+            found.add(
+                vc,
+                f"uplink.nics[{i}]",
+                f"NIC {nic} of node {nics.node} is in the uplink of the management "
+                "cluster network mgmt (mgmt-bo): it is a member of mgmt-bo, the "
+                "node's management path, and taking it into another bond would cut "
+                "the node off",
+            )
+        elif owner[0] != cn:
+            found.problems.append(_nic_conflict(nics.node, nic, owner, (cn, vc), where))
+
+
+def _check_host_networks(found: _Problems, catalog: Catalog) -> None:
     host_vlans: dict[tuple[str, int], str] = {}
     for hn in catalog.all(model.HostNetwork):
         if not catalog.cluster_network_exists(hn.cluster_network):
-            add(hn, "clusterNetwork", f"cluster network {hn.cluster_network!r} does not exist")
+            found.add(
+                hn, "clusterNetwork", f"cluster network {hn.cluster_network!r} does not exist"
+            )
         key = (hn.cluster_network, hn.vlan)
         if key in host_vlans:
-            add(
+            found.add(
                 hn,
                 "vlan",
                 f"host network {host_vlans[key]} already uses VLAN {hn.vlan} "
@@ -417,26 +469,30 @@ def check_catalog(
         for node_name in hn.ips:
             ip_node = catalog.nodes.get(node_name)
             if ip_node is not None and not selects(hn.node_selector, node_labels(ip_node)):
-                add(hn, f"ips.{node_name}", f"node {node_name} is not selected by nodeSelector")
+                found.add(
+                    hn, f"ips.{node_name}", f"node {node_name} is not selected by nodeSelector"
+                )
         if hn.cluster_network == model.MGMT:
             for node_name, node in catalog.nodes.items():
                 if node.mgmt_vlan == hn.vlan and selects(hn.node_selector, node_labels(node)):
-                    add(
+                    found.add(
                         hn,
                         "vlan",
                         f"VLAN {hn.vlan} is the management VLAN of node {node_name}; "
                         "its interface is built in",
                     )
 
-    problems.extend(check_mgmt_path(catalog))
 
+def _check_vm_nics(
+    found: _Problems, catalog: Catalog, uplinks: Mapping[tuple[str, str], model.VlanConfig]
+) -> None:
     vm_nodes: dict[str, str] = {}
     for vm_nic in catalog.all(model.VmNic):
         vm_net = catalog.get(model.Network, vm_nic.network)
         if vm_net is None:
-            add(vm_nic, "network", f"network {vm_nic.network!r} does not exist")
+            found.add(vm_nic, "network", f"network {vm_nic.network!r} does not exist")
         if vm_nic.node not in catalog.nodes:
-            add(
+            found.add(
                 vm_nic, "node", f"node {vm_nic.node!r} is not registered (is its executor running?)"
             )
         elif (
@@ -444,7 +500,7 @@ def check_catalog(
             and vm_net.cluster_network != model.MGMT
             and (vm_nic.node, vm_net.cluster_network) not in uplinks
         ):
-            add(
+            found.add(
                 vm_nic,
                 "network",
                 f"node {vm_nic.node} is not in cluster network "
@@ -452,12 +508,11 @@ def check_catalog(
             )
         other = vm_nodes.setdefault(vm_nic.vm, vm_nic.node)
         if other != vm_nic.node:
-            add(
+            found.add(
                 vm_nic,
                 "node",
                 f"VM {vm_nic.vm} already has a NIC on node {other}; a VM runs on one node",
             )
-    return problems
 
 
 def _nic_conflict(
@@ -465,7 +520,7 @@ def _nic_conflict(
     nic: str,
     first: tuple[str, model.VlanConfig | None],
     second: tuple[str, model.VlanConfig],
-    where: Callable[[model.Spec], str],
+    where: Where,
 ) -> Problem:
     """One NIC in the uplinks of two cluster networks: name both holders, with the document
     and line of each that comes from the submission, and blame a submitted one if any."""
@@ -511,29 +566,35 @@ def check_mgmt_path(catalog: Catalog) -> list[Problem]:
     below the node's management MTU. (The NICs of mgmt-bo are in the per-node NIC rule of
     :func:`check_catalog`.)
     """
-    problems: list[Problem] = []
+    found = _Problems()
+    _check_mgmt_vids(found, catalog)
+    _check_host_addresses(found, catalog)
+    _check_mgmt_mtu(found, catalog)
+    return found.problems
 
-    def add(spec: model.Spec, field: str, message: str) -> None:
-        problems.append(Problem(kind=spec.kind, name=spec.name, field=field, message=message))
 
+def _check_mgmt_vids(found: _Problems, catalog: Catalog) -> None:
+    """Networks on mgmt: no VID 1, no node's management VLAN."""
     mgmt_vlans: dict[int, list[str]] = defaultdict(list)
     for node_name, node in sorted(catalog.nodes.items()):
         if node.mgmt_vlan is not None:
             mgmt_vlans[node.mgmt_vlan].append(node_name)
-
     for net in catalog.all(model.Network):
         if net.cluster_network != model.MGMT:
             continue
         for field, lo, hi in _network_vid_fields(net):
             why = mgmtpath.vid_problem(lo, hi, mgmt_vlan=None)
             if why is not None:
-                add(net, field, why)
+                found.add(net, field, why)
                 continue
             for vid, nodes in sorted(mgmt_vlans.items()):
                 if lo <= vid <= hi:
                     detail = mgmtpath.vid_problem(vid, vid, mgmt_vlan=vid)
-                    add(net, field, f"{detail} (the management VLAN of {', '.join(nodes)})")
+                    found.add(net, field, f"{detail} (the management VLAN of {', '.join(nodes)})")
 
+
+def _check_host_addresses(found: _Problems, catalog: Catalog) -> None:
+    """Host networks: not VID 1 on mgmt; addresses clear of every management path."""
     mgmt_addresses = {
         name: list(node.mgmt.addresses)
         for name, node in catalog.nodes.items()
@@ -543,7 +604,7 @@ def check_mgmt_path(catalog: Catalog) -> list[Problem]:
         if hn.cluster_network == model.MGMT:
             why = mgmtpath.host_vid_problem(hn.vlan, mgmt_vlan=None)
             if why is not None:
-                add(hn, "vlan", why)
+                found.add(hn, "vlan", why)
         for node_name, cidr in sorted(hn.ips.items()):
             ip_node = catalog.nodes.get(node_name)
             if ip_node is None:
@@ -551,8 +612,11 @@ def check_mgmt_path(catalog: Catalog) -> list[Problem]:
             peers = {n: a for n, a in mgmt_addresses.items() if n != node_name}
             why = mgmtpath.address_problem(cidr, ip_node.mgmt, peers=peers)
             if why is not None:
-                add(hn, f"ips.{node_name}", f"node {node_name}: {why}")
+                found.add(hn, f"ips.{node_name}", f"node {node_name}: {why}")
 
+
+def _check_mgmt_mtu(found: _Problems, catalog: Catalog) -> None:
+    """VM NICs on mgmt: not below their node's management MTU."""
     mgmt_mtu = DEFAULT_MGMT_NETWORK_MTU
     for vm_nic in catalog.all(model.VmNic):
         vm_net = catalog.get(model.Network, vm_nic.network)
@@ -561,16 +625,15 @@ def check_mgmt_path(catalog: Catalog) -> list[Problem]:
             continue
         why = mgmtpath.mtu_problem(mgmt_mtu, vm_node.mgmt)
         if why is not None:
-            add(
+            found.add(
                 vm_nic,
                 "network",
                 f"network {vm_net.name} is on mgmt and its VM NICs get MTU {mgmt_mtu}; "
                 f"node {vm_nic.node}: {why}",
             )
-    return problems
 
 
-DEFAULT_MGMT_NETWORK_MTU = 1500
+DEFAULT_MGMT_NETWORK_MTU = DEFAULT_MTU
 """The MTU the bridge CNI config gives VM NICs on mgmt (no VlanConfig sets mgmt's MTU)."""
 
 

@@ -14,6 +14,7 @@ import pytest
 from services.lab import executor_command, naming, relay
 from services.lab.cli import register
 from services.lab.naming import LabConfigError, LabId
+from shared.vocabulary import IFNAME_MAX
 
 
 def test_every_host_name_carries_the_lab_id_and_fits_ifnamsiz() -> None:
@@ -25,11 +26,11 @@ def test_every_host_name_carries_the_lab_id_and_fits_ifnamsiz() -> None:
         for k in range(naming.MAX_DATA_NICS + 1)
     }
     assert len(names) == 2 * naming.MAX_NODES * (naming.MAX_DATA_NICS + 1)  # all distinct
-    assert all(len(n) <= naming.IFNAMSIZ for n in names)
+    assert all(len(n) <= IFNAME_MAX for n in names)
     assert all(("a1b2c3" in n) != ("d4e5f6" in n) for n in names)
     assert naming.netns_name(a) != naming.netns_name(b)
     assert naming.umid(a, 1) != naming.umid(b, 1)
-    assert all(len(t) <= naming.IFNAMSIZ for t in naming.gateway_taps(a))
+    assert all(len(t) <= IFNAME_MAX for t in naming.gateway_taps(a))
     with pytest.raises(LabConfigError):
         naming.check_lab_id("../etc")
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from services.planner import manifests
-from shared import model
+from shared import model, vocabulary
 
 
 def problems_of(text: str | bytes) -> list[str]:
@@ -68,7 +68,7 @@ def test_harvester_objects_apply_unchanged_with_crd_defaults() -> None:
     assert vc.uplink.bond_options.lacp_rate == "fast"
 
 
-@pytest.mark.parametrize(("number", "name"), list(enumerate(model.BOND_MODES)))
+@pytest.mark.parametrize(("number", "name"), list(enumerate(vocabulary.BOND_MODES)))
 def test_bond_mode_by_kernel_number(number: int, name: str) -> None:
     text = (
         "kind: VlanConfig\nname: v\nclusterNetwork: oob\nuplink:\n  nics: [eth1]\n"

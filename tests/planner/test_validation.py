@@ -25,7 +25,13 @@ vlan: 200
 
 
 def object_problems(text: str) -> list[str]:
-    return [str(p) for d in manifests.parse(text) for p in validation.check_object(d.spec)]
+    """Problems of each object alone: a value outside the vocabulary (refused by the reader,
+    in the same words) or any rule of :func:`validation.check_object`."""
+    try:
+        docs = manifests.parse(text)
+    except manifests.ManifestError as exc:
+        return [str(p) for p in exc.problems]
+    return [str(p) for d in docs for p in validation.check_object(d.spec)]
 
 
 def vc(bond: str = "", link: str = "", nics: str = "[eth1, eth2]", cn: str = "oob") -> str:
