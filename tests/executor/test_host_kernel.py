@@ -35,10 +35,11 @@ def set_address(ns: str, address: str) -> None:
     assert run_in(ns, "ip", "addr", "add", address, "dev", "eth0").returncode == 0
 
 
-def comparable(state: NodeL2State) -> dict[str, object]:
-    """The full dump as ``services.executor.dump`` gives it, this test's namespaces only."""
+def comparable(state: NodeL2State, node_ns: str) -> dict[str, object]:
+    """The full dump as ``services.executor.dump`` gives it, with the VM namespaces of this
+    node only (tests running beside this one make their own)."""
     out = dump.comparable(state)
-    out["namespaces"] = [ns for ns in state.namespaces if ns.startswith("l2t-")]
+    out["namespaces"] = [ns for ns in state.namespaces if ns.startswith(f"{node_ns}-")]
     return out
 
 
@@ -86,7 +87,7 @@ async def test_reads_and_steps_that_overlap_all_succeed(
     )
     assert results[0].phase == "Applied", results[0].error
     after = await kernel.read()
-    assert comparable(after) == comparable(await kernel.read())
+    assert comparable(after, kernel.netns) == comparable(await kernel.read(), kernel.netns)
     assert host_node.vm("a") in after.namespaces
 
 
@@ -117,13 +118,13 @@ async def test_links_l2net_does_not_own_are_never_touched(
     host_node: HostNode, kernel: NetlinkKernel
 ) -> None:
     put_eth1_in_a_foreign_bridge(host_node)
-    before = comparable(await kernel.read())
+    before = comparable(await kernel.read(), kernel.netns)
     a = host_node.vm("a")
     desired, _ = desired_state(intent(host_node, 1, [untagged_port(a)]))
     assert (await converge(kernel, desired)).phase == "Applied"
     desired, _ = desired_state(intent(host_node, 2, []))
     assert (await converge(kernel, desired)).phase == "Applied"
-    after = comparable(await kernel.read())
+    after = comparable(await kernel.read(), kernel.netns)
     assert after == before
 
 
@@ -132,7 +133,7 @@ async def test_intent_that_would_take_a_nic_from_another_bridge_changes_nothing(
 ) -> None:
     # eth1 sits in a bridge l2net does not own: enslaving it elsewhere would steal it.
     put_eth1_in_a_foreign_bridge(host_node)
-    before = comparable(await kernel.read())
+    before = comparable(await kernel.read(), kernel.netns)
     bad = NodeIntent(
         node=host_node.node,
         generation=1,
@@ -154,13 +155,13 @@ async def test_intent_that_would_take_a_nic_from_another_bridge_changes_nothing(
     assert outcome.phase == "Failed"
     assert outcome.error is not None and "eth1" in outcome.error and "other-br" in outcome.error
     assert outcome.writes == 0
-    assert comparable(await kernel.read()) == before
+    assert comparable(await kernel.read(), kernel.netns) == before
 
 
 async def test_mgmt_is_protected_whatever_the_intent_says(
     host_node: HostNode, kernel: NetlinkKernel
 ) -> None:
-    before = comparable(await kernel.read())
+    before = comparable(await kernel.read(), kernel.netns)
     hostile = NodeIntent(
         node=host_node.node,
         generation=1,
@@ -181,7 +182,7 @@ async def test_mgmt_is_protected_whatever_the_intent_says(
     assert outcome.phase == "Applied"
     assert outcome.writes == 0
     assert any(r.action == "refused" and "mgmt-br" in (r.error or "") for r in outcome.results)
-    assert comparable(await kernel.read()) == before
+    assert comparable(await kernel.read(), kernel.netns) == before
 
 
 async def test_failure_at_a_step_rolls_back_to_the_exact_prior_state(
@@ -190,7 +191,7 @@ async def test_failure_at_a_step_rolls_back_to_the_exact_prior_state(
     a, b, c = host_node.vm("a"), host_node.vm("b"), host_node.vm("c")
     desired, _ = desired_state(intent(host_node, 1, [untagged_port(a)]))
     assert (await converge(kernel, desired)).phase == "Applied"
-    before = comparable(await kernel.read())
+    before = comparable(await kernel.read(), kernel.netns)
     seen: list[Step] = []
 
     async def fail_on_second_plug(step: Step) -> None:
@@ -205,7 +206,7 @@ async def test_failure_at_a_step_rolls_back_to_the_exact_prior_state(
     assert outcome.phase == "RolledBack", outcome.error
     assert outcome.error is not None and "injected failure" in outcome.error
     assert any(s.op == "cni.add" for s in outcome.steps)  # something was applied, then undone
-    assert comparable(await kernel.read()) == before
+    assert comparable(await kernel.read(), kernel.netns) == before
 
 
 async def test_kernel_error_text_is_reported(host_node: HostNode, kernel: NetlinkKernel) -> None:
@@ -219,14 +220,14 @@ async def test_a_missing_cni_plugin_fails_clearly_and_changes_nothing(
 ) -> None:
     kernel = NetlinkKernel(host_node.node, netns=host_node.ns, cni_path="/nonexistent")
     try:
-        before = comparable(await kernel.read())
+        before = comparable(await kernel.read(), kernel.netns)
         a = host_node.vm("a")
         desired, _ = desired_state(intent(host_node, 1, [untagged_port(a)]))
         outcome = await converge(kernel, desired)
         assert outcome.phase == "RolledBack"
         assert outcome.error is not None
         assert "'bridge' not found in /nonexistent" in outcome.error
-        assert comparable(await kernel.read()) == before
+        assert comparable(await kernel.read(), kernel.netns) == before
         assert a not in (await kernel.read()).namespaces
     finally:
         await kernel.close()
