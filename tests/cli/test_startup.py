@@ -89,3 +89,22 @@ def test_every_command_on_the_bus_names_a_bad_tracing_setting_in_one_line(
         if not ok:
             failures[command] = out.stdout + out.stderr
     assert not failures, failures
+
+
+def test_tracing_with_nothing_to_export_loads_no_opentelemetry_sdk() -> None:
+    probe = (
+        "import sys\n"
+        "from shared import tracing\n"
+        "tracing.setup('cli')\n"
+        "with tracing.publish_span('l2.api.get') as headers:\n"
+        "    pass\n"
+        "tracing.shutdown()\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
+    )
+    loaded = out.stdout.split()
+    assert "opentelemetry.trace" in loaded
+    assert not [m for m in loaded if m.startswith("opentelemetry.sdk")]
