@@ -3,6 +3,7 @@ loading any service, and refuse a bad configuration in one line, never a traceba
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -108,3 +109,23 @@ def test_tracing_with_nothing_to_export_loads_no_opentelemetry_sdk() -> None:
     loaded = out.stdout.split()
     assert "opentelemetry.trace" in loaded
     assert not [m for m in loaded if m.startswith("opentelemetry.sdk")]
+
+
+def test_no_service_imports_the_cli_package() -> None:
+    """Dependencies point one way: ``services/cli`` uses the services, never the reverse
+    (what both need is in ``shared/``)."""
+    root = Path(__file__).resolve().parents[2]
+    offenders: list[str] = []
+    for path in sorted((root / "services").rglob("*.py")):
+        if path.is_relative_to(root / "services" / "cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            if any(n == "services.cli" or n.startswith("services.cli.") for n in names):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not offenders
