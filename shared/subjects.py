@@ -62,6 +62,12 @@ def executor_control(node: str, verb: str) -> str:
     return f"l2.executor.{node}.{verb}"
 
 
+def lab_helper(lab: str, node: str, verb: str) -> str:
+    """Request/reply into the helper of one lab node (``exec``, ``ping``; see services/lab):
+    ``l2.lab.<lab>.<node>.<verb>``."""
+    return f"l2.lab.{lab}.{node}.{verb}"
+
+
 def health(service: str, *, node: str | None = None) -> str:
     """Request/reply into a running service: its :class:`~shared.bus.Health`. Each subject
     lies within what that service's NATS user may already subscribe to (deploy/nats):

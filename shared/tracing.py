@@ -81,28 +81,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    ConsoleMetricExporter,
-    MetricExporter,
-    MetricReader,
-    PeriodicExportingMetricReader,
-)
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SpanExporter,
-)
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
+
+if TYPE_CHECKING:  # the SDK is imported when something is exported: a command starts faster
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = [
     "TracingConfigError",
@@ -206,6 +198,8 @@ def _span_exporters(timeout: float | None) -> list[SpanExporter]:
     found: list[SpanExporter] = []
     for name in _exporters("TRACES"):
         if name == "console":
+            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
             found.append(ConsoleSpanExporter(service_name=None))
         elif _endpoint("TRACES") is not None:
             if _protocol("TRACES") == "grpc":
@@ -227,6 +221,8 @@ def _metric_exporters(timeout: float | None) -> list[MetricExporter]:
     found: list[MetricExporter] = []
     for name in _exporters("METRICS"):
         if name == "console":
+            from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
             found.append(ConsoleMetricExporter())
         elif _endpoint("METRICS") is not None:
             if _protocol("METRICS") == "grpc":
@@ -260,6 +256,15 @@ def _service_name(service: str) -> str:
     return _env("OTEL_SERVICE_NAME") or f"l2net-{service}"
 
 
+def _periodic_readers(exporters: list[MetricExporter]) -> list[MetricReader]:
+    """A reader pushing to each exporter every ``OTEL_METRIC_EXPORT_INTERVAL`` ms."""
+    if not exporters:
+        return []
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    return [PeriodicExportingMetricReader(e) for e in exporters]
+
+
 def setup(
     service: str,
     *,
@@ -283,16 +288,15 @@ def setup(
         if span_exporters is None:
             span_exporters = [] if disabled else _span_exporters(_timeout(service, "TRACES"))
         if metric_readers is None:
-            metric_readers = (
-                []
-                if disabled
-                else [
-                    PeriodicExportingMetricReader(e)
-                    for e in _metric_exporters(_timeout(service, "METRICS"))
-                ]
-            )
+            metric_exporters = [] if disabled else _metric_exporters(_timeout(service, "METRICS"))
+            metric_readers = _periodic_readers(metric_exporters)
         state = _State(service_name=name)
         if span_exporters or metric_readers:
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
             attributes: dict[str, AttributeValue] = {
                 "service.name": name,
                 "service.namespace": "l2net",

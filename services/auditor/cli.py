@@ -1,41 +1,35 @@
 """``l2net auditor`` (run the service), ``l2net audit [NODE]`` and ``l2net history NODE``.
 
 ``l2net audit`` exits like ``terraform plan -detailed-exitcode``: 0 no drift, 2 drift, 1 an
-error (no auditor, unknown node, NATS unreachable). The demo and scripts call
-:func:`audit_once` and :func:`~services.auditor.report.format_audit` directly.
+error (no auditor, unknown node, NATS unreachable, a bad configuration). The demo and
+scripts use :mod:`services.auditor.client` and :func:`~services.auditor.report.format_audit`
+directly.
+
+``l2net`` imports this module to build its parser: the auditor, its client and the bus are
+imported when one of these commands runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import yaml
-from nats.aio.client import Client
 
-from services.auditor import protocol, report
-from services.auditor.healing import HEAL_ALL
-from services.auditor.service import Auditor, AuditorConfig
-from services.auditor.view import Policy
-from services.cli.client import CliError, add_nats_option, request
-from shared import bus, config, lifecycle, signing, subjects, tracing
-from shared.model import DriftItem
+from shared import config, lifecycle, runner
+from shared.runner import add_nats_option
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from services.auditor.service import AuditorConfig
+    from services.auditor.view import Policy
 
 EXIT_CLEAN = 0
 EXIT_ERROR = 1
 EXIT_DRIFT = 2
-
-
-class AuditError(Exception):
-    """A failure to report in one line (exit code 1)."""
 
 
 class PolicyFile(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -111,6 +105,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def load_policy(args: argparse.Namespace) -> AuditorConfig:
     """The auditor's configuration from ``--policy`` and the flags (flags win)."""
+    from services.auditor.healing import HEAL_ALL
+    from services.auditor.service import AuditorConfig
+    from shared import signing
+
     cfg = AuditorConfig()
     if args.policy is not None:
         pf = _read_policy(args.policy)
@@ -138,6 +136,8 @@ def load_policy(args: argparse.Namespace) -> AuditorConfig:
 
 def _read_policy(path: Path) -> PolicyFile:
     """The ``--policy`` file; ValueError saying why it cannot be used."""
+    import yaml
+
     try:
         raw = yaml.safe_load(path.read_text())
         return msgspec.convert(raw or {}, PolicyFile)
@@ -167,79 +167,24 @@ def run_auditor(args: argparse.Namespace) -> int:
         print(f"l2net auditor: {exc}", file=sys.stderr)
         return 2
     lifecycle.setup_logging("auditor")
-    tracing.setup("auditor")
+    return runner.run(lambda: _serve(args.nats, cfg), command="l2net auditor", service="auditor")
 
-    async def serve() -> None:
-        nc = await bus.connect(config.nats_servers(args.nats), name="l2net-auditor", attempts=-1)
-        auditor = Auditor(nc, cfg)
-        try:
-            await auditor.start()
-            await lifecycle.wait_for_stop()
-        finally:
-            await auditor.stop()
-            await nc.drain()
 
+async def _serve(nats_url: str | None, cfg: AuditorConfig) -> None:
+    from services.auditor.service import Auditor
+    from shared import bus
+
+    nc = await bus.connect(config.nats_servers(nats_url), name="l2net-auditor", attempts=-1)
+    auditor = Auditor(nc, cfg)
     try:
-        asyncio.run(serve())
-    except bus.BusError as exc:
-        print(f"l2net auditor: {exc}", file=sys.stderr)
-        return 1
+        await auditor.start()
+        await lifecycle.wait_for_stop()
     finally:
-        tracing.shutdown()
-    return 0
+        await auditor.stop()
+        await nc.drain()
 
 
-# -- clients (also for the demo and scripts) ------------------------------------------------
-
-
-async def _ask(nc: Client, subject: str, body: bytes, reply_type: type[T], timeout: float) -> T:
-    try:
-        return await request(nc, subject, body, reply_type, timeout=timeout, service="auditor")
-    except CliError as exc:
-        raise AuditError(str(exc)) from exc
-
-
-async def check(
-    nc: Client,
-    node: str | None = None,
-    *,
-    live: bool = True,
-    heal: bool = False,
-    timeout: float = 30.0,
-) -> protocol.CheckReply:
-    """Ask the running auditor to check ``node`` (or all; live first; ``heal``: re-converge
-    drifting nodes first) and answer."""
-    body = bus.encode(protocol.CheckRequest(node=node, live=live, heal=heal))
-    return await _ask(nc, subjects.AUDITOR_CHECK, body, protocol.CheckReply, timeout)
-
-
-async def audit_once(nc: Client, node: str, *, timeout: float = 30.0) -> list[DriftItem]:
-    """The open findings of ``node`` after a live check by the running auditor."""
-    reply = await check(nc, node, live=True, timeout=timeout)
-    if not reply.ok:
-        raise AuditError("; ".join(reply.errors))
-    return [item for n in reply.nodes for item in n.items]
-
-
-async def history(nc: Client, node: str, *, timeout: float = 30.0) -> protocol.HistoryReply:
-    """Ask the running auditor for ``node``'s history."""
-    body = bus.encode(protocol.HistoryRequest(node=node))
-    return await _ask(nc, subjects.AUDITOR_HISTORY, body, protocol.HistoryReply, timeout)
-
-
-async def desired(
-    nc: Client, node: str, generation: int | None, *, timeout: float = 30.0
-) -> protocol.DesiredReply:
-    """Ask the running auditor for ``node``'s desired state at ``generation`` (None: newest)."""
-    body = bus.encode(protocol.DesiredRequest(node=node, generation=generation))
-    return await _ask(nc, subjects.AUDITOR_DESIRED, body, protocol.DesiredReply, timeout)
-
-
-async def _with_nc(nats_url: str | None, name: str) -> Client:
-    try:
-        return await bus.connect(config.nats_servers(nats_url), name=name)
-    except bus.BusError as exc:
-        raise AuditError(str(exc)) from exc
+# -- clients --------------------------------------------------------------------------------
 
 
 def _to_json(obj: object) -> str:
@@ -248,9 +193,11 @@ def _to_json(obj: object) -> str:
 
 def _audit(args: argparse.Namespace) -> int:
     async def run() -> int:
-        nc = await _with_nc(args.nats, "l2net-audit")
+        from services.auditor import client, report
+
+        nc = await client.connect(args.nats, name="l2net-audit")
         try:
-            reply = await check(
+            reply = await client.check(
                 nc,
                 args.node,
                 live=not args.cached,
@@ -272,10 +219,12 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _history(args: argparse.Namespace) -> int:
     async def run() -> int:
-        nc = await _with_nc(args.nats, "l2net-history")
+        from services.auditor import client, report
+
+        nc = await client.connect(args.nats, name="l2net-history")
         try:
             if args.generation is not None:
-                answer = await desired(nc, args.node, args.generation, timeout=args.timeout)
+                answer = await client.desired(nc, args.node, args.generation, timeout=args.timeout)
                 if not answer.ok:
                     print("\n".join(f"error: {e}" for e in answer.errors), file=sys.stderr)
                     return EXIT_ERROR
@@ -286,7 +235,7 @@ def _history(args: argparse.Namespace) -> int:
                 }
                 print(json.dumps(out, indent=2, sort_keys=True))
                 return EXIT_CLEAN
-            reply = await history(nc, args.node, timeout=args.timeout)
+            reply = await client.history(nc, args.node, timeout=args.timeout)
         finally:
             await nc.drain()
         print(_to_json(reply) if args.json else report.format_history(reply))
@@ -296,27 +245,14 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _iso_or_none(at: float | None) -> str | None:
+    from services.auditor import report
+
     return None if at is None else report.iso(at)
 
 
 def _run(make: Callable[[], Coroutine[Any, Any, int]], command: str) -> int:
-    tracing.setup("cli")
-    try:
-        return asyncio.run(make())
-    except AuditError as exc:
-        print(f"l2net {command}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    finally:
-        tracing.shutdown()
+    # A bad configuration exits 1, not 2: for `l2net audit` 2 means drift.
+    return runner.run(make, command=f"l2net {command}", config_error=EXIT_ERROR)
 
 
-__all__ = [
-    "AuditError",
-    "audit_once",
-    "check",
-    "desired",
-    "history",
-    "load_policy",
-    "register",
-    "run_auditor",
-]
+__all__ = ["load_policy", "register", "run_auditor"]

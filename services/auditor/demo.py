@@ -18,7 +18,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from services.auditor.cli import AuditError, check
+from services.auditor.client import AuditError, check
 from services.auditor.protocol import CheckReply
 from services.auditor.report import format_audit
 

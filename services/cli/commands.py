@@ -2,7 +2,11 @@
 
 Every command takes ``--nats URL`` (or ``NATS_URL``; a comma-separated list is fine) and
 falls back to the embedded server that ``l2net up`` started. Exit codes: 0 done, 1 refused
-or failed (every reason printed), 2 usage (argparse).
+or failed (every reason printed), 2 usage (argparse) or configuration (a bad ``OTEL_*``).
+
+``l2net`` imports this module to build its parser: at the top it imports what describes the
+commands (argparse, the model's kind names); nats-py, tracing and the planner's client are
+imported by the handler that runs (:func:`shared.runner.run`).
 """
 
 from __future__ import annotations
@@ -14,30 +18,25 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from services.cli.client import CliError, add_nats_option, check_size, connected, request
-from shared import api, bus, config, lifecycle, model, natsserver, subjects, tracing
+from shared import api, config, model, runner, subjects
+from shared.runner import CommandError, add_nats_option
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
-def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
+def _on_bus(handler: Handler) -> Callable[[argparse.Namespace], int]:
+    """The handler as argparse calls it: run by :func:`shared.runner.run` (tracing, one-line
+    errors prefixed ``l2net:``)."""
+
     def run(args: argparse.Namespace) -> int:
-        try:
-            tracing.setup("cli")
-        except tracing.TracingConfigError as exc:
-            print(f"l2net: {exc}", file=sys.stderr)
-            return 2
-        try:
-            return asyncio.run(handler(args))
-        except CliError as exc:
-            print(f"l2net: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            tracing.shutdown()
+        return runner.run(lambda: handler(args), command="l2net")
 
     return run
 
@@ -51,36 +50,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("apply", help="submit a manifest (all documents accepted, or none)")
     p.add_argument("-f", "--file", required=True, help="YAML or JSON file, or - for stdin")
     add_nats_option(p)
-    p.set_defaults(handler=_command(_apply))
+    p.set_defaults(handler=_on_bus(_apply))
 
     p = sub.add_parser("delete", help="delete one object")
     p.add_argument("kind", help=", ".join(model.USER_KINDS))
     p.add_argument("name")
     add_nats_option(p)
-    p.set_defaults(handler=_command(_delete))
+    p.set_defaults(handler=_on_bus(_delete))
 
     p = sub.add_parser("get", help="list objects (every kind, or one)")
     p.add_argument("kind", nargs="?", help=", ".join([*model.USER_KINDS, "Node"]))
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     add_nats_option(p)
-    p.set_defaults(handler=_command(_get))
+    p.set_defaults(handler=_on_bus(_get))
 
     p = sub.add_parser("nad", help="print a network's bridge CNI config (as Multus gets it)")
     p.add_argument("network")
     p.add_argument("--yaml", action="store_true", help="the NetworkAttachmentDefinition object")
     add_nats_option(p)
-    p.set_defaults(handler=_command(_nad))
+    p.set_defaults(handler=_on_bus(_nad))
 
     p = sub.add_parser("switch-config", help="what the switch ports of each NIC group need")
     p.add_argument("node", nargs="?")
     add_nats_option(p)
-    p.set_defaults(handler=_command(_switch_config))
+    p.set_defaults(handler=_on_bus(_switch_config))
 
     p = sub.add_parser("watch", help="follow per-node status live (Ctrl-C to stop)")
     p.add_argument("--for", dest="duration", type=float, help="stop after this many seconds")
     add_nats_option(p)
-    p.set_defaults(handler=_command(_watch))
+    p.set_defaults(handler=_on_bus(_watch))
 
     p = sub.add_parser("demo", help="the demo that `make demo` runs")
     p.add_argument("--keep", action="store_true", help="keep the demo's NATS state afterwards")
@@ -91,6 +90,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from shared import lifecycle, natsserver
+
     state = args.state_dir or config.state_dir() / "nats"
     recorded = state / "nats.pid"
     if recorded.exists() and natsserver.pid_alive(int(recorded.read_text())):
@@ -121,7 +122,7 @@ def _read_manifest(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+        raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def refused(command: str, errors: list[api.Problem]) -> int:
@@ -153,18 +154,22 @@ def print_apply_reply(reply: api.ApplyReply, *, source: str) -> int:
 
 
 async def _apply(args: argparse.Namespace) -> int:
+    from services.planner import client as planner
+    from shared.client import connected
+
     body = _read_manifest(args.file)
     source = "stdin" if args.file == "-" else args.file
     async with connected(args.nats) as nc:
-        check_size(nc, len(body), what=source)
-        reply = await request(nc, subjects.API_APPLY, body, api.ApplyReply)
+        reply = await planner.apply(nc, body, source=source)
     return print_apply_reply(reply, source=source)
 
 
 async def _delete(args: argparse.Namespace) -> int:
-    body = bus.encode(api.DeleteRequest(kind=args.kind, name=args.name))
+    from services.planner import client as planner
+    from shared.client import connected
+
     async with connected(args.nats) as nc:
-        reply = await request(nc, subjects.API_DELETE, body, api.ApplyReply)
+        reply = await planner.delete(nc, kind=args.kind, name=args.name)
     return print_apply_reply(reply, source=f"delete {args.kind} {args.name}")
 
 
@@ -234,9 +239,11 @@ def format_table(rows: list[list[str]]) -> str:
 
 
 async def _get(args: argparse.Namespace) -> int:
-    body = bus.encode(api.GetRequest(kind=args.kind, name=args.name))
+    from services.planner import client as planner
+    from shared.client import connected
+
     async with connected(args.nats) as nc:
-        reply = await request(nc, subjects.API_GET, body, api.GetReply)
+        reply = await planner.get(nc, args.kind, args.name)
     if not reply.ok:
         return refused("get", reply.errors)
     if args.output == "json":
@@ -267,9 +274,11 @@ async def _get(args: argparse.Namespace) -> int:
 
 
 async def _nad(args: argparse.Namespace) -> int:
-    body = bus.encode(api.NadRequest(network=args.network))
+    from services.planner import client as planner
+    from shared.client import connected
+
     async with connected(args.nats) as nc:
-        reply = await request(nc, subjects.API_NAD, body, api.NadReply)
+        reply = await planner.nad(nc, args.network)
     if not reply.ok:
         return refused("nad", reply.errors)
     print(
@@ -308,9 +317,11 @@ def format_switch_ports(ports: list[api.SwitchPort]) -> str:
 
 
 async def _switch_config(args: argparse.Namespace) -> int:
-    body = bus.encode(api.SwitchRequest(node=args.node))
+    from services.planner import client as planner
+    from shared.client import connected
+
     async with connected(args.nats) as nc:
-        reply = await request(nc, subjects.API_SWITCH, body, api.SwitchReply)
+        reply = await planner.switch_config(nc, args.node)
     if not reply.ok:
         return refused("switch-config", reply.errors)
     print(format_switch_ports(reply.ports) if reply.ports else "no nodes registered")
@@ -327,24 +338,26 @@ def iso_now() -> str:
 
 def describe_event(subject: str, data: bytes) -> str:
     """One readable line for a status, node, observed or drift event."""
+    from shared import bus
+
     stamp = iso_now()
     node = subjects.last_token(subject)
     try:
-        if subject.startswith("l2.status."):
+        if subject == subjects.status(node):
             st = bus.decode(data, model.NodeStatus)
             extra = f" error: {st.error}" if st.error else ""
             return (
                 f"{stamp} {node:<12} status   gen {st.observed_generation:<4} {st.phase}"
                 f" ({st.netlink_writes} netlink writes, {st.duration_s:.2f}s){extra}"
             )
-        if subject.startswith("l2.node."):
+        if subject == subjects.node(node):
             n = bus.decode(data, model.Node)
             nics = " ".join(f"{nic.name}:{nic.state}" for nic in n.nics)
             return f"{stamp} {node:<12} node     {nics}"
-        if subject.startswith("l2.observed."):
+        if subject == subjects.observed(node):
             obs = bus.decode(data, model.ObservedState)
             return f"{stamp} {node:<12} observed gen {obs.generation:<4} {obs.reason}"
-        if subject.startswith("l2.drift."):
+        if subject == subjects.drift(node):
             dr = bus.decode(data, model.DriftReport)
             open_items = [i for i in dr.items if i.resolved_at is None]
             return f"{stamp} {node:<12} drift    {len(open_items)} open finding(s)"
@@ -354,10 +367,13 @@ def describe_event(subject: str, data: bytes) -> str:
 
 
 async def _watch(args: argparse.Namespace) -> int:
+    from shared import bus
+    from shared.client import connected
+
     async with connected(args.nats) as nc:
         queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
-        async def on_msg(msg: Any) -> None:
+        async def on_msg(msg: Msg) -> None:
             await queue.put((msg.subject, msg.data))
 
         subs = [

@@ -31,7 +31,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from services.auditor.cli import AuditError
+from services.auditor.client import AuditError
 from services.auditor.demo import drift_and_heal
 from services.auditor.service import Auditor
 from services.cli.commands import format_table, print_apply_reply

@@ -1,4 +1,8 @@
-"""``l2net executor`` (run a node's executor) and ``l2net reconcile NODE`` (converge it now)."""
+"""``l2net executor`` (run a node's executor) and ``l2net reconcile NODE`` (converge it now).
+
+``l2net`` imports this module to build its parser: the executor, its kernel (pyroute2) and
+the bus are imported when ``l2net executor`` or ``l2net reconcile`` runs.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,9 @@ import signal
 from collections.abc import Mapping
 from pathlib import Path
 
-from services.cli.client import add_nats_option
 from services.executor import mgmt
-from services.executor.kernel import NetlinkKernel
-from services.executor.nodestore import default_state_dir
-from services.executor.service import Executor, ExecutorConfig
-from shared import bus, config, lifecycle, names, signing, subjects, tracing
-from shared.model import NodeStatus
+from shared import config, lifecycle, names, runner
+from shared.runner import add_nats_option
 from shared.vocabulary import VID_MAX, VID_MIN
 
 log = logging.getLogger("l2net.executor")
@@ -124,6 +124,8 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 def trusted_keys(keys: list[str], files: list[str], environ: Mapping[str, str]) -> list[str]:
     """The public keys to trust, from ``--trust-key``, ``--trust-keys-file`` and
     ``$L2NET_TRUST_KEYS``, each checked; ValueError naming the one that is not a key."""
+    from shared import signing
+
     found: list[tuple[str, str]] = [(k, "--trust-key") for k in keys]
     found += [
         (k, f"${TRUST_KEYS_ENV}") for k in environ.get(TRUST_KEYS_ENV, "").replace(",", " ").split()
@@ -182,7 +184,21 @@ def run_executor(args: argparse.Namespace) -> int:
         print(f"l2net executor: {exc}")
         return 2
     lifecycle.setup_logging(f"executor[{args.node}]")
-    tracing.setup("executor", node=args.node)
+    return runner.run(
+        lambda: _serve(args, labels=labels, keys=keys),
+        command="l2net executor",
+        service="executor",
+        node=args.node,
+        errors="stdout",
+    )
+
+
+async def _serve(args: argparse.Namespace, *, labels: dict[str, str], keys: list[str]) -> None:
+    """Run the executor of ``args.node`` until SIGINT/SIGTERM (or NATS refuses it for good)."""
+    from services.executor.kernel import NetlinkKernel
+    from services.executor.nodestore import default_state_dir
+    from services.executor.service import Executor, ExecutorConfig
+
     cfg = ExecutorConfig(
         node=args.node,
         servers=config.nats_servers(args.nats),
@@ -201,32 +217,21 @@ def run_executor(args: argparse.Namespace) -> int:
     else:
         log.warning("INSECURE: no trusted signing key; applying unsigned intents")
     kernel = NetlinkKernel(args.node, netns=args.netns, mgmt_vlan=args.mgmt_vlan)
-
-    async def serve() -> None:
-        executor = Executor(cfg, kernel)
-        try:
-            # Returns once the node converged to the intent kept on disk: NATS may be away
-            # (a node rebooted during an outage); the executor connects when it answers.
-            await executor.start(wait_connected=False)
-            stop = asyncio.create_task(wait_for_stop_signal())
-            session = asyncio.create_task(executor.wait_ready())
-            done, _ = await asyncio.wait({stop, session}, return_when=asyncio.FIRST_COMPLETED)
-            if session in done:
-                session.result()  # raises when NATS refused this node for good
-                await stop
-            else:
-                session.cancel()
-        finally:
-            await executor.stop()
-
+    executor = Executor(cfg, kernel)
     try:
-        asyncio.run(serve())
-    except bus.BusError as exc:
-        print(f"l2net executor: {exc}")
-        return 1
+        # Returns once the node converged to the intent kept on disk: NATS may be away
+        # (a node rebooted during an outage); the executor connects when it answers.
+        await executor.start(wait_connected=False)
+        stop = asyncio.create_task(wait_for_stop_signal())
+        session = asyncio.create_task(executor.wait_ready())
+        done, _ = await asyncio.wait({stop, session}, return_when=asyncio.FIRST_COMPLETED)
+        if session in done:
+            session.result()  # raises when NATS refused this node for good
+            await stop
+        else:
+            session.cancel()
     finally:
-        tracing.shutdown()
-    return 0
+        await executor.stop()
 
 
 async def wait_for_stop_signal() -> None:
@@ -256,36 +261,15 @@ async def wait_for_stop_signal() -> None:
             signal.signal(sig, old)
 
 
-async def request_reconcile(servers: list[str], node: str, *, timeout: float) -> NodeStatus:
-    """Ask ``node``'s executor to converge to its last intent; its status when done."""
-    nc = await bus.connect(servers, name="l2net-reconcile")
+async def _request_reconcile(args: argparse.Namespace) -> int:
+    from services.executor import client as executor
+    from shared import bus
+
+    nc = await bus.connect(config.nats_servers(args.nats), name="l2net-reconcile")
     try:
-        try:
-            reply = await nc.request(
-                subjects.executor_control(node, "reconcile"), b"", timeout=timeout
-            )
-        except Exception as exc:
-            raise bus.BusError(
-                f"no answer from the executor of {node!r} within {timeout}s ({exc!r})"
-            ) from exc
-        return bus.decode(reply.data, NodeStatus)
+        status = await executor.reconcile(nc, args.node, timeout=args.timeout)
     finally:
         await nc.drain()
-
-
-def _reconcile(args: argparse.Namespace) -> int:
-    try:
-        check_node_name(args.node, "node")
-    except ValueError as exc:
-        print(f"l2net reconcile: {exc}")
-        return 2
-    try:
-        status = asyncio.run(
-            request_reconcile(config.nats_servers(args.nats), args.node, timeout=args.timeout)
-        )
-    except bus.BusError as exc:
-        print(f"l2net reconcile: {exc}")
-        return 1
     print(
         f"{status.node}: {status.phase} generation {status.observed_generation}"
         f" ({status.netlink_writes} writes, {status.duration_s:.2f}s)"
@@ -296,3 +280,12 @@ def _reconcile(args: argparse.Namespace) -> int:
     if status.error:
         print(f"  error: {status.error}")
     return 0 if status.phase == "Applied" else 1
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    try:
+        check_node_name(args.node, "node")
+    except ValueError as exc:
+        print(f"l2net reconcile: {exc}")
+        return 2
+    return runner.run(lambda: _request_reconcile(args), command="l2net reconcile", errors="stdout")

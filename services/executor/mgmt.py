@@ -24,12 +24,15 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from nats.aio.client import Client
-
-from services.executor.kernel import Kernel
 from shared.l2state import MGMT_BOND, MGMT_BRIDGE, mgmt_vlan_interface
 from shared.model import MgmtPath
+
+if TYPE_CHECKING:  # not at run time: `l2net` reads DEFAULT_CONFIRM_S to build its parser
+    from nats.aio.client import Client
+
+    from services.executor.kernel import Kernel
 
 log = logging.getLogger("l2net.executor")
 

@@ -688,7 +688,7 @@ class Executor:
         """Converge to ``intent``, keep it on disk (``raw``: the message's bytes) when it
         applied, publish its status (stored), then observed state."""
         with tracing.process_span(
-            subjects.intent(self.node), headers, template="l2.intent.{node}"
+            subjects.intent(self.node), headers, template=subjects.intent("{node}")
         ) as span:
             tracing.annotate(span, node=self.node, generation=intent.generation)
             if raw is None:
@@ -833,7 +833,7 @@ class Executor:
         """Store ``status`` in JetStream. ``keep``: a final status that must reach the bus
         even if this fails (kept and published again with the next chance)."""
         try:
-            await self._publish(subjects.status(self.node), "l2.status.{node}", status)
+            await self._publish(subjects.status(self.node), subjects.status("{node}"), status)
         except Exception:
             if keep:
                 self._pending.append(status)
@@ -857,7 +857,7 @@ class Executor:
             executor_version=bus.VERSION,
             applied_generation=self.handled_generation,
         )
-        await self._publish(subjects.node(self.node), "l2.node.{node}", node)
+        await self._publish(subjects.node(self.node), subjects.node("{node}"), node)
 
     async def live_state(self, reason: str) -> ObservedState:
         """The node's managed L2 state, read now."""
@@ -875,7 +875,7 @@ class Executor:
                 self.last_observed.namespaces == observed.namespaces
             ):
                 return
-        await self._publish(subjects.observed(self.node), "l2.observed.{node}", observed)
+        await self._publish(subjects.observed(self.node), subjects.observed("{node}"), observed)
         self.last_observed = observed  # only once published: a change seen offline goes later
 
     # -- tasks --------------------------------------------------------------------------

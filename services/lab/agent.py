@@ -24,7 +24,7 @@ import nats
 from nats.aio.msg import Msg
 
 from services.lab.protocol import MAX_OUTPUT, ExecReply, ExecRequest, PingReply
-from shared import bus
+from shared import bus, subjects
 
 _STARTED = time.time()
 
@@ -166,11 +166,12 @@ async def serve(*, lab: str, node: str, address: str, url: str, cwd: str) -> Non
         )
         await msg.respond(encoder.encode(reply))
 
-    prefix = f"l2.lab.{lab}.{node}"
-    await nc.subscribe(f"{prefix}.exec", cb=on_exec)
-    await nc.subscribe(f"{prefix}.ping", cb=on_ping)
+    exec_subject = subjects.lab_helper(lab, node, "exec")
+    ping_subject = subjects.lab_helper(lab, node, "ping")
+    await nc.subscribe(exec_subject, cb=on_exec)
+    await nc.subscribe(ping_subject, cb=on_ping)
     await bus.settle(nc)
-    print(f"helper: serving {prefix}.exec and {prefix}.ping", flush=True)
+    print(f"helper: serving {exec_subject} and {ping_subject}", flush=True)
     await asyncio.Event().wait()
 
 

@@ -3,6 +3,9 @@
 Exit codes: ``up``/``down``/``status``/``restart`` return 0 on success and 1 when the lab
 is not (all) there or failed; ``exec`` returns the command's own exit code, or 255 when the
 command could not be run in the node (like ssh); bad arguments are 2 (argparse).
+
+``l2net`` imports this module to build its parser: the lab itself (:mod:`services.lab.fleet`)
+is imported when a ``lab`` command runs.
 """
 
 from __future__ import annotations
@@ -11,14 +14,19 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.lab import state
-from services.lab.fleet import Lab, LabError, NodeStatus, default_dir, down
+
+if TYPE_CHECKING:
+    from services.lab.fleet import NodeStatus
 
 EXEC_FAILED = 255
 
 
 def _dir(args: argparse.Namespace) -> Path:
+    from services.lab.fleet import default_dir
+
     return Path(args.state_dir) if args.state_dir else default_dir()
 
 
@@ -28,6 +36,7 @@ def _err(message: str) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Boot the lab; print ``NATS_URL=...`` on stdout once every node answers."""
+    from services.lab.fleet import Lab, LabError
 
     def progress(line: str) -> None:
         print(f"lab: {line}", file=sys.stderr, flush=True)
@@ -59,6 +68,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     """Run a command in a node; relay its output; exit with its exit code."""
+    from services.lab.fleet import Lab, LabError
+
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -82,6 +93,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the lab and each node's state; 0 when every node runs and answers, and each
     executor the lab started runs and is connected to NATS (answers its health request)."""
+    from services.lab.fleet import Lab, LabError
+
     try:
         lab = Lab.load(_dir(args))
     except LabError as exc:
@@ -114,6 +127,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_restart(args: argparse.Namespace) -> int:
     """Stop one node as a power cut would, and boot it again (NATS not needed)."""
+    from services.lab.fleet import Lab, LabError
+
     try:
         lab = Lab.load(_dir(args))
         seconds = lab.restart_node(args.node, timeout=args.timeout)
@@ -139,6 +154,8 @@ def _age(seconds: float) -> str:
 
 def cmd_down(args: argparse.Namespace) -> int:
     """Stop everything the lab started and remove what it made."""
+    from services.lab.fleet import LabError, down
+
     try:
         removed = down(_dir(args))
     except LabError as exc:

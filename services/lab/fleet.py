@@ -445,7 +445,7 @@ class Lab:
     async def _request(
         self, node: str, verb: str, payload: bytes, timeout: float, nc: Client | None
     ) -> bytes:
-        subject = naming.subject(LabId(self.lab_id), node, verb)
+        subject = subjects.lab_helper(self.lab_id, node, verb)
         own = nc is None
         client = nc or await self._connect()
         try:

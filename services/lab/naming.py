@@ -29,7 +29,6 @@ GATEWAY_ADDRESS = "169.254.0.1"
 NATS_RELAY_PORT = 4222
 OTLP_RELAY_FIRST_PORT = 4318
 MGMT_SWITCH = "sw-mgmt"
-SUBJECT_PREFIX = "l2.lab"
 
 _LAB_ID_RE = re.compile(r"^[0-9a-f]{6}$")
 _NODE_RE = re.compile(r"^node-([1-9][0-9]*)$")
@@ -110,11 +109,6 @@ def node_address(index: int) -> str:
     if not 1 <= index <= MAX_NODES:
         raise LabConfigError(f"node index {index} is outside 1..{MAX_NODES}")
     return f"169.254.{1 + (index - 1) // 254}.{1 + (index - 1) % 254}"
-
-
-def subject(lab: LabId, node: str, verb: str) -> str:
-    """Request/reply subject of a node's lab helper: ``l2.lab.<lab>.<node>.<verb>``."""
-    return f"{SUBJECT_PREFIX}.{lab}.{node}.{verb}"
 
 
 def check_params(*, nodes: int, data_nics: int, mgmt_vlan: int | None, mem_mb: int) -> None:

@@ -5,18 +5,19 @@ The planner signs every intent (:mod:`shared.signing`) with the seed in ``--sign
 intents signed by a key they trust. ``--generate-signing-key`` (dev setups) makes the file
 first when it is missing; without ``--signing-key`` it is the lab's key file, whose public key
 ``l2net lab up`` gives to the lab's executors. The seed is never logged; its public key is.
+
+``l2net`` imports this module to build its parser; the planner itself is imported when
+``l2net planner`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 
-from services.cli.client import add_nats_option
-from services.planner.service import Planner
-from shared import bus, config, lifecycle, signing, tracing
+from shared import config, lifecycle, runner
+from shared.runner import add_nats_option
 
 log = logging.getLogger("l2net.planner")
 
@@ -48,6 +49,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def signing_seed(path: str | None, *, generate: bool) -> str:
     """The planner's seed from ``path`` (else ``$L2NET_SIGNING_KEY_FILE``; with ``generate``
     else the lab's key file), made first with ``generate``; KeyError_ saying what to do."""
+    from shared import signing
+
     path = path or os.environ.get(SIGNING_KEY_ENV) or None
     if path is None and generate:
         from services.lab.fleet import signing_seed_file  # only dev setups need the lab
@@ -62,6 +65,10 @@ def signing_seed(path: str | None, *, generate: bool) -> str:
 
 
 async def serve(nats_url: str | None, seed: str) -> None:
+    """Run the planner until SIGINT/SIGTERM; connect (and reconnect) to NATS for ever."""
+    from services.planner.service import Planner
+    from shared import bus
+
     servers = config.nats_servers(nats_url)
     log.info("connecting to NATS at %s", ", ".join(bus.redact(s) for s in servers))
     nc = await bus.connect(servers, name="l2net-planner", attempts=-1)
@@ -76,6 +83,8 @@ async def serve(nats_url: str | None, seed: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from shared import signing
+
     try:
         seed = signing_seed(args.signing_key, generate=args.generate_signing_key)
     except (signing.KeyError_, OSError) as exc:
@@ -85,16 +94,6 @@ def _run(args: argparse.Namespace) -> int:
         print(signing.public_key(seed))
         return 0
     lifecycle.setup_logging("planner")
-    try:
-        tracing.setup("planner")
-    except tracing.TracingConfigError as exc:
-        print(f"l2net planner: {exc}")
-        return 2
-    try:
-        asyncio.run(serve(args.nats, seed))
-    except bus.BusError as exc:
-        print(f"l2net planner: {exc}")
-        return 1
-    finally:
-        tracing.shutdown()
-    return 0
+    return runner.run(
+        lambda: serve(args.nats, seed), command="l2net planner", service="planner", errors="stdout"
+    )

@@ -876,7 +876,9 @@ class Planner:
 
     async def _store(self, batch: Batch) -> dict[tuple[str, str], int]:
         """Store a batch atomically; each object's new sequence (its revision)."""
-        with tracing.publish_span(subjects.ALL_SPECS, template="l2.spec.{kind}.{name}") as th:
+        with tracing.publish_span(
+            subjects.ALL_SPECS, template=subjects.spec("{kind}", "{name}")
+        ) as th:
             messages = [(s, d, {**h, **th}) for s, d, h in batch.messages]
             try:
                 last = await bus.publish_atomic(self.nc, messages, batch_id=batch.id)
@@ -963,7 +965,7 @@ class Planner:
         subject = subjects.intent(node)
         with tracing.publish_span(
             subject,
-            template="l2.intent.{node}",
+            template=subjects.intent("{node}"),
             attributes={"l2net.node": node, "l2net.generation": intent.generation},
         ) as headers:
             headers["Nats-Msg-Id"] = f"intent:{node}:{intent.generation}"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.auditor import cli as audit_cli
+from services.auditor import client as audit_client
 from services.auditor.service import Auditor
 from shared import bus, subjects
 from tests import keys
@@ -42,7 +42,7 @@ async def test_the_auditor_works_with_its_least_privilege_user(
     operator = await secured.connect("operator")
     try:
         await asyncio.wait_for(auditor.start(), 60)
-        reply = await audit_cli.check(operator, "node-1", live=True, timeout=30)
+        reply = await audit_client.check(operator, "node-1", live=True, timeout=30)
         assert reply.ok, reply.errors
         assert [(i.object, i.path) for i in reply.nodes[0].items] == [("oob-br", "mtu")]
         info = await operator.jetstream().stream_info(subjects.STREAM_DRIFT)

@@ -15,7 +15,12 @@ from pathlib import Path
 
 from tests.bench.common import Result
 
-PARTS = ("tests.bench.planner_bench", "tests.bench.executor_bench", "tests.bench.auditor_bench")
+PARTS = (
+    "tests.bench.cli_bench",
+    "tests.bench.planner_bench",
+    "tests.bench.executor_bench",
+    "tests.bench.auditor_bench",
+)
 
 
 def main() -> int:

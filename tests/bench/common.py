@@ -47,6 +47,23 @@ async def median_seconds(fn: Callable[[], Awaitable[object]], *, repeat: int) ->
     return statistics.median(samples)
 
 
+def median_process_seconds(
+    commands: dict[str, list[str]], *, repeat: int, env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Wall time from start to exit of each command (output discarded), median of
+    ``repeat`` runs after one run that is not counted (it warms the file and bytecode
+    caches); the commands take turns, so that a busy moment of the machine falls on all of
+    them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for round in range(repeat + 1):
+        for name, argv in commands.items():
+            start = time.perf_counter()
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            if round > 0:
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
