@@ -41,6 +41,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from shared import subjects
+from shared.errors import ErrorKind, Unavailable
 
 T = TypeVar("T")
 
@@ -448,7 +449,7 @@ def redact(url: str) -> str:
     return f"{scheme}{sep}{user}:***@{host}" if colon else f"{scheme}{sep}***@{host}"
 
 
-class BusError(RuntimeError):
+class BusError(Unavailable, RuntimeError):
     """NATS is unreachable or answered something l2net cannot use."""
 
 
@@ -474,6 +475,8 @@ def is_outage(exc: BaseException) -> bool:
 class ConflictError(BusError):
     """A write expected a subject's last sequence and another writer had moved it on
     (``Nats-Expected-Last-Subject-Sequence`` failed): catch up and try again."""
+
+    kind = ErrorKind.BUSY
 
 
 WRONG_LAST_SEQUENCE = 10071

@@ -40,6 +40,7 @@ from typing import Any
 import msgspec
 
 from shared import mgmtpath
+from shared.errors import BadInput
 from shared.model import (
     MGMT,
     HostVlanIntent,
@@ -105,7 +106,7 @@ BOND_OPTIONS: tuple[str, ...] = (
 """Bond options l2net sets and reads back, by the kernel's (sysfs) names."""
 
 
-class StateError(ValueError):
+class StateError(BadInput, ValueError):
     """A desired state that cannot be expressed (unknown bond option, bad VID...)."""
 
 

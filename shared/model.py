@@ -206,6 +206,18 @@ USER_KINDS: dict[str, type[Spec]] = {
 
 KIND_ORDER: tuple[str, ...] = tuple(USER_KINDS)
 
+
+def canonical_kind(kind: str) -> str | None:
+    """The kind as l2net spells it (``Network``) for a kind a person typed in a request, like
+    kubectl: any case, singular or plural (``network``, ``NETWORKS``); None if there is none.
+    Manifests and subjects always use the canonical spelling."""
+    wanted = kind.lower()
+    for known in (*USER_KINDS, "Node"):
+        if wanted in (known.lower(), known.lower() + "s"):
+            return known
+    return None
+
+
 MGMT = "mgmt"
 """The built-in cluster network: exists on every node, never created or changed by users."""
 

@@ -104,6 +104,8 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from shared.errors import BadInput
+
 __all__ = [
     "TracingConfigError",
     "annotate",
@@ -128,7 +130,7 @@ CLI_EXPORT_TIMEOUT_S: Final = 2.0
 _TRUE = ("true", "1", "yes")
 
 
-class TracingConfigError(ValueError):
+class TracingConfigError(BadInput, ValueError):
     """An OpenTelemetry environment variable or a ``setup`` argument has a bad value."""
 
 

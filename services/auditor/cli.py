@@ -208,7 +208,7 @@ async def audit_once(nc: Client, node: str, *, timeout: float = 30.0) -> list[Dr
     """The open findings of ``node`` after a live check by the running auditor."""
     reply = await check(nc, node, live=True, timeout=timeout)
     if not reply.ok:
-        raise AuditError("; ".join(reply.errors))
+        raise AuditError("; ".join(str(e) for e in reply.errors))
     return [item for n in reply.nodes for item in n.items]
 
 

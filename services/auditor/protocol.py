@@ -4,12 +4,16 @@
                         reply: :class:`CheckReply`
 ``l2.auditor.history``  body: :class:`HistoryRequest`   reply: :class:`HistoryReply`
 ``l2.auditor.desired``  body: :class:`DesiredRequest`   reply: :class:`DesiredReply`
+
+Requests refuse unknown fields; a failed request is answered ``ok: false`` with ``errors``,
+a list of :class:`shared.api.Problem` like every other service's.
 """
 
 from __future__ import annotations
 
 import msgspec
 
+from shared.api import Problem
 from shared.model import DriftItem, NodeIntent
 
 
@@ -50,7 +54,7 @@ class CheckReply(msgspec.Struct, kw_only=True, rename="camel"):
 
     ok: bool
     nodes: list[NodeAudit] = msgspec.field(default_factory=list)
-    errors: list[str] = msgspec.field(default_factory=list)
+    errors: list[Problem] = msgspec.field(default_factory=list)
     at: float = 0.0
     notes: list[str] = msgspec.field(default_factory=list)
     """Not drift, worth knowing: e.g. strays (intents for a node that never registered)."""
@@ -82,7 +86,7 @@ class HistoryReply(msgspec.Struct, kw_only=True, rename="camel"):
     ok: bool
     node: str = ""
     events: list[HistoryEvent] = msgspec.field(default_factory=list)
-    errors: list[str] = msgspec.field(default_factory=list)
+    errors: list[Problem] = msgspec.field(default_factory=list)
     matching_since: float | None = None
     """The node matches its desired state now, since this time."""
     last_matched: float | None = None
@@ -105,4 +109,4 @@ class DesiredReply(msgspec.Struct, kw_only=True, rename="camel"):
     """The node matches its desired state, since this time (None: it does not now)."""
     last_matched: float | None = None
     """The last time it stopped matching (None: never stopped, or never matched)."""
-    errors: list[str] = msgspec.field(default_factory=list)
+    errors: list[Problem] = msgspec.field(default_factory=list)

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.errors import Refused
+
 DEFAULT_CNI_PATH = "/usr/lib/cni"
 """Where Debian's containernetworking-plugins installs; ``$CNI_PATH`` overrides it."""
 NETNS_DIR = "/run/netns"
 
 
-class CniError(RuntimeError):
+class CniError(Refused, RuntimeError):
     """The plugin failed; the message carries its own error text."""
 
 

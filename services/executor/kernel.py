@@ -68,6 +68,7 @@ from tenacity import (
 
 from services.executor import cni
 from services.executor.planning import Step
+from shared.errors import ErrorKind, Refused
 from shared.l2state import (
     BOND_ENUMS,
     BOND_INT_OPTIONS,
@@ -118,7 +119,7 @@ namespace's record, then after its empty file; after the namespace is unmounted 
 its file is removed; after the CNI plugin's ADD and before the host veth is named."""
 
 
-class KernelError(RuntimeError):
+class KernelError(Refused, RuntimeError):
     """A step the kernel refused. ``str()`` names the step and quotes the kernel."""
 
     def __init__(self, step: Step, text: str, *, code: int | None = None) -> None:
@@ -126,6 +127,8 @@ class KernelError(RuntimeError):
         self.step = step
         self.text = text
         self.code = code
+        if code in (errno.EBUSY, errno.EAGAIN):
+            self.kind = ErrorKind.BUSY  # the same step may pass in a moment
 
 
 class Kernel(Protocol):

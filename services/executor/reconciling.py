@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from services.executor.kernel import Kernel, KernelError
 from services.executor.planning import PlanError, Step, plan
 from shared import tracing
+from shared.errors import Refused
 from shared.l2state import Difference, NodeL2State, StateError, diff, exact_desired
 from shared.model import ObjectResult
 
@@ -48,11 +49,11 @@ class Outcome:
     steps: list[Step] = field(default_factory=list)
 
 
-class ConfirmError(RuntimeError):
+class ConfirmError(Refused, RuntimeError):
     """The node lost its path to the control plane after the apply (the confirm's words)."""
 
 
-class VerifyError(RuntimeError):
+class VerifyError(Refused, RuntimeError):
     """Read-back after applying still differs from desired."""
 
     def __init__(self, items: list[Difference]) -> None:

@@ -79,7 +79,8 @@ from services.executor.kernel import Kernel
 from services.executor.nodestore import Loaded, NodeStore
 from services.executor.planning import Step
 from services.executor.reconciling import Outcome, converge
-from shared import bus, intents, metrics, names, signing, subjects, tracing
+from shared import api, bus, intents, metrics, names, signing, subjects, tracing
+from shared.errors import Code, Refused
 from shared.l2state import (
     MAX_GENERATION,
     StateError,
@@ -124,7 +125,7 @@ def backoff(attempt: int, *, first: float = 0.5) -> float:
     return float(min(BACKOFF_MAX_S, first * 2 ** max(0, min(attempt - 1, 10))))
 
 
-class IntentRefused(ValueError):
+class IntentRefused(Refused, ValueError):
     """An intent message that cannot be taken, ever (bad JSON, another node's, a value of
     the wrong type or out of range): a permanent failure. ``intent`` is the decoded intent
     when it decoded."""
@@ -926,15 +927,29 @@ class Executor:
                 log.warning("heartbeat: %s", exc)
 
     async def _on_state_request(self, req: Request) -> None:
+        body = api.decode_request(req.data, api.EmptyRequest)
+        if isinstance(body, api.Problem):
+            await req.respond(bus.encode(api.ErrorReply(errors=[body])))
+            return
         try:
             observed = await self.live_state("requested")
-        except Exception as exc:
+        except Exception as exc:  # a boundary: the client gets the error, the executor goes on
             log.error("state request: %s", exc)
-            await req.respond_error("500", f"reading the kernel failed: {exc}")
+            problem = api.Problem(
+                code=Code.UNAVAILABLE,
+                kind="Node",
+                name=self.node,
+                message=f"reading the kernel failed: {exc}",
+            )
+            await req.respond(bus.encode(api.ErrorReply(errors=[problem])))
             return
         await req.respond(bus.encode(observed))
 
     async def _on_reconcile_request(self, req: Request) -> None:
+        body = api.decode_request(req.data, api.EmptyRequest)
+        if isinstance(body, api.Problem):
+            await req.respond(bus.encode(api.ErrorReply(errors=[body])))
+            return
         status = await self.reconcile()
         await req.respond(bus.encode(status))
 

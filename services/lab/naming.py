@@ -18,6 +18,8 @@ import shlex
 from typing import NewType
 from urllib.parse import urlsplit, urlunsplit
 
+from shared.errors import BadInput
+
 LabId = NewType("LabId", str)
 
 MAX_NODES = 64
@@ -34,7 +36,7 @@ _LAB_ID_RE = re.compile(r"^[0-9a-f]{6}$")
 _NODE_RE = re.compile(r"^node-([1-9][0-9]*)$")
 
 
-class LabConfigError(ValueError):
+class LabConfigError(BadInput, ValueError):
     """A lab parameter is out of range; the message names the parameter and the limit."""
 
 

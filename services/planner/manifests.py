@@ -22,6 +22,7 @@ import yaml
 
 from shared import model
 from shared.api import Problem
+from shared.errors import BadInput
 
 MAX_MANIFEST_BYTES = 256 * 1024
 """Largest submission accepted (the NATS default payload limit is 1 MiB)."""
@@ -46,7 +47,7 @@ class Document:
     line: int
 
 
-class ManifestError(Exception):
+class ManifestError(BadInput):
     """The manifest cannot be read; ``problems`` says every reason found."""
 
     def __init__(self, problems: list[Problem]) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from services.planner.catalog import HOSTNAME_LABEL, Catalog, node_labels, selects
 from shared import mgmtpath, model, names
 from shared.api import Problem
+from shared.errors import Code
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
@@ -578,17 +579,18 @@ def check_delete(catalog: Catalog, kind: str, name: str) -> list[Problem]:
     """Rules for deleting one object from the current catalog."""
     problems: list[Problem] = []
 
-    def refuse(message: str, field: str = "") -> None:
-        problems.append(Problem(kind=kind, name=name, field=field, message=message))
+    def refuse(message: str, field: str = "", code: Code = Code.REFUSED) -> None:
+        problems.append(Problem(code=code, kind=kind, name=name, field=field, message=message))
 
     if kind not in model.USER_KINDS:
-        refuse(f"unknown kind {kind!r} (known: {', '.join(model.USER_KINDS)})")
+        known = ", ".join(model.USER_KINDS)
+        refuse(f"unknown kind {kind!r} (known: {known})", field="kind", code=Code.INVALID)
         return problems
     if kind == model.ClusterNetwork.kind and name == model.MGMT:
         refuse("mgmt is the built-in cluster network; it cannot be deleted")
         return problems
     if (kind, name) not in catalog.entries:
-        refuse("not found")
+        refuse("not found", code=Code.NOT_FOUND)
         return problems
     if kind == model.ClusterNetwork.kind:
         users = [

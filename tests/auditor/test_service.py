@@ -200,7 +200,7 @@ async def test_point_in_time_answers_from_the_history(
     assert now.intent == keys.sign(gen2)
     assert now.matching_since is None and now.last_matched == T0 + 5  # matched until then
     bad = auditor.desired("node-1", 7)
-    assert not bad.ok and "no generation 7" in bad.errors[0] and "1, 2" in bad.errors[0]
+    assert not bad.ok and "no generation 7" in str(bad.errors[0]) and "1, 2" in str(bad.errors[0])
     history = auditor.history("node-1")
     whats = [(e.what, e.generation) for e in history.events]
     assert ("intent", 1) in whats and ("intent", 2) in whats and ("drift", None) in whats
