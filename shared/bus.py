@@ -74,7 +74,13 @@ def decode(data: bytes, type: type[T]) -> T:
 def _stream(
     name: str, subject: str, description: str, *, per_subject: int, **extra: Any
 ) -> StreamConfig:
-    """A file-backed stream keeping the last ``per_subject`` messages of each subject."""
+    """A file-backed stream keeping the last ``per_subject`` messages of each subject.
+
+    Every stream allows direct gets, so that any client reads a subject's last message
+    (a node's last status, say) with one request, ``$JS.API.DIRECT.GET.<stream>`` with
+    ``{"last_by_subj": "<subject>"}``, from any replica (docs/events.md). Direct gets name
+    the subject in the API subject (``$JS.API.DIRECT.GET.L2_INTENTS.l2.intent.<node>``), so
+    NATS permissions can let a node read only its own intent."""
     return StreamConfig(
         name=name,
         subjects=[subject],
@@ -83,6 +89,7 @@ def _stream(
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.OLD,
+        allow_direct=True,
         **extra,
     )
 
@@ -102,9 +109,6 @@ STREAMS: dict[str, StreamConfig] = {
             subjects.ALL_INTENTS,
             "Compiled per-node desired L2 state, a generation per message",
             per_subject=100,
-            # Direct gets name the subject in the API subject ($JS.API.DIRECT.GET.L2_INTENTS.
-            # l2.intent.<node>), so NATS permissions can let a node read only its own intent.
-            allow_direct=True,
         ),
         _stream(subjects.STREAM_STATUS, subjects.ALL_STATUS, "Executor reports", per_subject=1000),
         _stream(
