@@ -318,10 +318,16 @@ Phase = Literal["Progressing", "Applied", "Failed", "RolledBack"]
 
 
 class ObjectResult(msgspec.Struct, kw_only=True, rename="camel"):
+    """One entry of a status's ``results``: ``action`` is for people; programs read the same
+    step from ``operation`` (``link.create``, ``link.set``, ``vlan.add``, ...; empty when the
+    entry is not a kernel step) on ``object`` with ``fields`` (camelCase names, JSON values)."""
+
     object: str
     action: str
     ok: bool = True
     error: str | None = None
+    operation: str = ""
+    fields: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class NodeStatus(msgspec.Struct, kw_only=True, rename="camel", tag="NodeStatus"):

@@ -78,7 +78,7 @@ from services.executor import mgmt
 from services.executor.kernel import Kernel
 from services.executor.nodestore import Loaded, NodeStore
 from services.executor.planning import Step
-from services.executor.reconciling import Outcome, converge
+from services.executor.reconciling import Outcome, converge, step_result
 from shared import api, bus, intents, metrics, names, signing, subjects, tracing
 from shared.errors import Code, Refused
 from shared.l2state import (
@@ -765,10 +765,7 @@ class Executor:
                         node=self.node,
                         phase="Progressing",
                         observed_generation=intent.generation,
-                        results=[
-                            ObjectResult(object=s.target, action=f"planned: {s.describe()}")
-                            for s in steps
-                        ],
+                        results=[step_result(s, prefix="planned: ") for s in steps],
                         at=time.time(),
                         intent_digest=digest,
                     )
