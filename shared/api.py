@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from shared.errors import Code, code_of
+from shared.model import EpochSeconds
 
 T = TypeVar("T")
 
@@ -212,6 +213,6 @@ class SpecRecord(msgspec.Struct, kw_only=True, rename="camel"):
     name: str
     submission: str
     spec: dict[str, Any] | None = None
-    at: float = 0.0
-    created: float = 0.0
+    at: EpochSeconds = 0.0
+    created: EpochSeconds = 0.0
     """When the object was first created (VM NICs are numbered in creation order)."""

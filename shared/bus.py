@@ -42,6 +42,7 @@ from nats.micro.service import Service
 
 from shared import subjects
 from shared.errors import ErrorKind, Unavailable
+from shared.model import EpochSeconds
 
 T = TypeVar("T")
 
@@ -146,8 +147,8 @@ class Health(msgspec.Struct, kw_only=True, rename="camel"):
     version: str = VERSION
     connected: bool
     server: str = ""
-    connected_since: float | None = None
-    started_at: float
+    connected_since: EpochSeconds | None = None
+    started_at: EpochSeconds
     outages: int = 0
     last_outage_seconds: float | None = None
 

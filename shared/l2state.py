@@ -197,7 +197,13 @@ class Difference(msgspec.Struct, kw_only=True, rename="camel", frozen=True):
 
     def __str__(self) -> str:
         where = f"{self.object}.{self.path}" if self.path else self.object
-        return f"{where}: desired {self.desired!r}, actual {self.actual!r}"
+        # JSON values, as on the wire (no Python reprs: a client in any language reads them).
+        desired, actual = _json(self.desired), _json(self.actual)
+        return f"{where}: desired {desired}, actual {actual}"
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 PRESENT = "present"

@@ -14,9 +14,27 @@ Everything is plain data: no I/O, no behaviour beyond small derived properties.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
+
+EpochSeconds = Annotated[
+    float,
+    msgspec.Meta(
+        description="a time: seconds since the Unix epoch (1970-01-01 UTC), with a fraction"
+    ),
+]
+"""Every time on the bus (``at``, ``issuedAt``, ``firstSeen``, ``heartbeatAt``, ...)."""
+
+JsonValue = Annotated[
+    Any,
+    msgspec.Meta(
+        description="a field's value: a string, number, boolean, null, or a list or object of "
+        'those (presence: "present"/"absent"; VLAN lists: strings like "100 PVID untagged")',
+        extra_json_schema={"type": ["string", "number", "boolean", "null", "array", "object"]},
+    ),
+]
+"""A drift item's ``desired``/``actual``: plain JSON values."""
 
 # ---------------------------------------------------------------------------
 # Specs (the edge where people submit: strict)
@@ -189,7 +207,7 @@ class Node(msgspec.Struct, kw_only=True, rename="camel"):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     nics: list[Nic] = msgspec.field(default_factory=list)
     mgmt_vlan: int | None = None
-    heartbeat_at: float = 0.0
+    heartbeat_at: EpochSeconds = 0.0
     executor_version: str = ""
     # The highest generation this node's executor has handled (kept on the node's disk across
     # restarts): a planner never issues a generation at or below it.
@@ -306,7 +324,7 @@ class NodeIntent(msgspec.Struct, kw_only=True, rename="camel", tag="NodeIntent")
     host_vlans: list[HostVlanIntent] = msgspec.field(default_factory=list)
     vm_ports: list[VmPortIntent] = msgspec.field(default_factory=list)
     spec_revision: int = 0
-    issued_at: float = 0.0
+    issued_at: EpochSeconds = 0.0
     signature: str | None = None
 
 
@@ -340,7 +358,7 @@ class NodeStatus(msgspec.Struct, kw_only=True, rename="camel", tag="NodeStatus")
     error: str | None = None
     netlink_writes: int = 0
     duration_s: float = 0.0
-    at: float = 0.0
+    at: EpochSeconds = 0.0
     # What was really applied: sha256 (hex) of the canonical bytes of the intent this status
     # is about (:func:`shared.intents.digest`), so that the auditor compares the node with the
     # intent it runs, not with the last one published.
@@ -355,7 +373,7 @@ class ObservedState(msgspec.Struct, kw_only=True, rename="camel", tag="ObservedS
     links: list[dict[str, Any]] = msgspec.field(default_factory=list)
     vlans: dict[str, list[VlanRange]] = msgspec.field(default_factory=dict)
     reason: str = ""
-    at: float = 0.0
+    at: EpochSeconds = 0.0
     # Added by the executor issue: VM namespaces present, and the node's mgmt VLAN (if any).
     namespaces: list[str] = msgspec.field(default_factory=list)
     mgmt_vlan: int | None = None
@@ -371,10 +389,10 @@ class DriftItem(msgspec.Struct, kw_only=True, rename="camel"):
 
     object: str
     path: str
-    desired: Any
-    actual: Any
-    first_seen: float
-    resolved_at: float | None = None
+    desired: JsonValue
+    actual: JsonValue
+    first_seen: EpochSeconds
+    resolved_at: EpochSeconds | None = None
 
 
 class DriftReport(msgspec.Struct, kw_only=True, rename="camel", tag="DriftReport"):
@@ -383,7 +401,7 @@ class DriftReport(msgspec.Struct, kw_only=True, rename="camel", tag="DriftReport
     node: str
     generation: int
     items: list[DriftItem] = msgspec.field(default_factory=list)
-    at: float = 0.0
+    at: EpochSeconds = 0.0
     # Added by the auditor issue: each report carries only the episodes that opened or
     # resolved (a finding is published once); these say where the node stands after it.
     open: int = 0

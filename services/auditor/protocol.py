@@ -14,7 +14,7 @@ from __future__ import annotations
 import msgspec
 
 from shared.api import Problem
-from shared.model import DriftItem, NodeIntent
+from shared.model import DriftItem, EpochSeconds, NodeIntent
 
 
 class CheckRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -38,11 +38,11 @@ class NodeAudit(msgspec.Struct, kw_only=True, rename="camel"):
     reporting: bool
     verified: bool
     """False when the node stopped reporting or did not answer a live check."""
-    heartbeat_at: float | None
-    observed_at: float | None
+    heartbeat_at: EpochSeconds | None
+    observed_at: EpochSeconds | None
     items: list[DriftItem] = msgspec.field(default_factory=list)
-    matching_since: float | None = None
-    last_matched: float | None = None
+    matching_since: EpochSeconds | None = None
+    last_matched: EpochSeconds | None = None
     heals: int = 0
     note: str = ""
     applied_digest: str | None = None
@@ -55,7 +55,7 @@ class CheckReply(msgspec.Struct, kw_only=True, rename="camel"):
     ok: bool
     nodes: list[NodeAudit] = msgspec.field(default_factory=list)
     errors: list[Problem] = msgspec.field(default_factory=list)
-    at: float = 0.0
+    at: EpochSeconds = 0.0
     notes: list[str] = msgspec.field(default_factory=list)
     """Not drift, worth knowing: e.g. strays (intents for a node that never registered)."""
 
@@ -74,7 +74,7 @@ class HistoryRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknow
 class HistoryEvent(msgspec.Struct, kw_only=True, rename="camel"):
     """``what``: intent | apply | drift | resolved | heal."""
 
-    at: float
+    at: EpochSeconds
     what: str
     generation: int | None = None
     text: str = ""
@@ -87,9 +87,9 @@ class HistoryReply(msgspec.Struct, kw_only=True, rename="camel"):
     node: str = ""
     events: list[HistoryEvent] = msgspec.field(default_factory=list)
     errors: list[Problem] = msgspec.field(default_factory=list)
-    matching_since: float | None = None
+    matching_since: EpochSeconds | None = None
     """The node matches its desired state now, since this time."""
-    last_matched: float | None = None
+    last_matched: EpochSeconds | None = None
     """The last time the node stopped matching its desired state."""
 
 
@@ -105,8 +105,8 @@ class DesiredReply(msgspec.Struct, kw_only=True, rename="camel"):
 
     ok: bool
     intent: NodeIntent | None = None
-    matching_since: float | None = None
+    matching_since: EpochSeconds | None = None
     """The node matches its desired state, since this time (None: it does not now)."""
-    last_matched: float | None = None
+    last_matched: EpochSeconds | None = None
     """The last time it stopped matching (None: never stopped, or never matched)."""
     errors: list[Problem] = msgspec.field(default_factory=list)
