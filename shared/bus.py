@@ -519,7 +519,7 @@ async def wait_for_streams(
             except NotFoundError:
                 missing.append(name)
                 failures = 0
-            except Exception as exc:
+            except Exception as exc:  # counted, then raised as BusError naming the stream
                 if is_outage(exc) and not js._nc.is_connected:  # nats-py keeps its client there
                     # NATS went away meanwhile: not this user's permissions; wait for it.
                     missing.append(name)

@@ -332,7 +332,7 @@ class NetlinkKernel:
             while True:
                 async for msg in sock.get():
                     yield str(msg.get("ifname") or msg.get("index") or "*")
-        except Exception:
+        except Exception:  # re-raised: whatever broke the socket, it is not used again
             # A socket that overflowed is useless: the next events() call opens a new one.
             sock.close()
             if self._events is sock:

@@ -168,7 +168,7 @@ async def rollback(
         current = await kernel.read()
         try:
             steps = plan(target, current)
-        except Exception as exc:
+        except Exception as exc:  # a bug included: reported as what the rollback left
             errors.append(_text(exc))
             break
         if not steps:
@@ -184,8 +184,8 @@ async def rollback(
         if vm in current.namespaces:
             try:
                 await kernel.apply(Step(op="netns.del", target=vm))
-            except Exception as exc:
-                errors.append(str(exc))
+            except Exception as exc:  # every created namespace is tried, whatever one raised
+                errors.append(_text(exc))
     return diff(target, await kernel.read()), errors
 
 

@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -301,7 +302,7 @@ class Executor:
                 delay = backoff(attempt)
                 log.warning("NATS went away during set-up (%s); again in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
-            except Exception as exc:
+            except Exception as exc:  # a boundary: whatever set-up met, try again, logged
                 delay = backoff(attempt)
                 log.warning(
                     "setting up on NATS: %s: %s; again in %.1f s", type(exc).__name__, exc, delay
@@ -607,7 +608,7 @@ class Executor:
             try:
                 await self._on_intent_msg(msg)
                 return
-            except Exception as exc:
+            except Exception as exc:  # a boundary: one message must never stop the follower
                 if bus.is_outage(exc) and not self._stopped.is_set():
                     # NATS went away while handling it (its status not stored): a nak would
                     # not get through either, and JetStream would redeliver it only after
@@ -832,7 +833,7 @@ class Executor:
         even if this fails (kept and published again with the next chance)."""
         try:
             await self._publish(subjects.status(self.node), "l2.status.{node}", status)
-        except Exception:
+        except Exception:  # kept whatever the failure, and raised on
             if keep:
                 self._pending.append(status)
             raise
@@ -908,7 +909,7 @@ class Executor:
                     await self.publish_observed(
                         "kernel event: " + ", ".join(sorted(names))[:200], only_if_changed=True
                     )
-                except Exception as exc:
+                except Exception as exc:  # a boundary: the pump lives on; next event retries
                     log.warning("publishing observed state: %s", exc)
         finally:
             pumper.cancel()
@@ -920,7 +921,7 @@ class Executor:
             await asyncio.sleep(self.config.heartbeat_s)
             try:
                 await self._publish_node()
-            except Exception as exc:
+            except Exception as exc:  # a boundary: the next heartbeat tries again
                 log.warning("heartbeat: %s", exc)
 
     async def _on_state_request(self, req: Request) -> None:
@@ -979,12 +980,12 @@ async def _nats_answers(server: str, *, timeout: float = 3.0) -> bool:
 def _deliveries(msg: Msg) -> int:
     try:
         return int(msg.metadata.num_delivered)
-    except Exception:
+    except (nats_errors.Error, ValueError, IndexError):  # not a JetStream message (no metadata)
         return 1
 
 
 def _seq(msg: Msg) -> object:
     try:
         return msg.metadata.sequence.stream
-    except Exception:
+    except (nats_errors.Error, ValueError, IndexError):
         return "?"
