@@ -81,7 +81,7 @@ from services.executor.nodestore import Loaded, NodeStore
 from services.executor.planning import Step
 from services.executor.reconciling import Outcome, converge, step_result
 from shared import api, bus, intents, metrics, names, signing, subjects, tracing
-from shared.errors import Code, Refused
+from shared.errors import Code, Refused, code_of
 from shared.l2state import (
     MAX_GENERATION,
     StateError,
@@ -948,7 +948,14 @@ class Executor:
         if isinstance(body, api.Problem):
             await req.respond(bus.encode(api.ErrorReply(errors=[body])))
             return
-        status = await self.reconcile()
+        try:
+            status = await self.reconcile()
+        except Exception as exc:  # a boundary: the client gets the error, the executor goes on
+            log.error("reconcile request: %s", exc)
+            code = Code.UNAVAILABLE if bus.is_outage(exc) else code_of(exc)
+            problem = api.Problem(code=code, kind="Node", name=self.node, message=str(exc))
+            await req.respond(bus.encode(api.ErrorReply(errors=[problem])))
+            return
         await req.respond(bus.encode(status))
 
 
