@@ -11,15 +11,29 @@ stored in ``L2_SPECS``. Any NATS client can speak this: JSON in, JSON out.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, TypeVar
 
 import msgspec
 
+from shared.errors import Code, code_of
+from shared.model import EpochSeconds
+
+T = TypeVar("T")
+
 
 class Problem(msgspec.Struct, kw_only=True, rename="camel"):
-    """One reason a submission was rejected, nmstate-style: where, and what is wrong."""
+    """One reason a request failed, nmstate-style: where, and what is wrong.
+
+    The one error shape of every service's replies (``ok: false``, ``errors: [Problem]``).
+    ``code`` says what kind of failure it is (:class:`shared.errors.Code`: ``bad-request``,
+    ``invalid``, ``refused``, ``not-found``, ``unavailable``, ``conflict``, ``internal``);
+    ``kind``/``name`` the object it is about, ``field`` the field (a dotted path),
+    ``document``/``line`` where in a submitted manifest (1-based).
+    """
 
     message: str
+    code: str = Code.INVALID
     document: int | None = None
     line: int | None = None
     kind: str = ""
@@ -39,6 +53,74 @@ class Problem(msgspec.Struct, kw_only=True, rename="camel"):
         return f"{head}{obj}{field}{self.message}"
 
 
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
+_MISSING_FIELD = re.compile(r"missing required field `([^`]*)`")
+_AT = re.compile(r" - at `\$(?:\.)?([^`]*)`$")
+
+
+def bad_request(exc: msgspec.DecodeError, body_type: type | None = None) -> Problem:
+    """The :class:`Problem` for a request body that does not decode: ``code`` bad-request,
+    ``field`` the field msgspec names (unknown, missing or of the wrong type), a message
+    without msgspec's ``$``-paths, listing the request's fields when one is unknown."""
+    text = str(exc)
+    field = ""
+    at = _AT.search(text)
+    if at:
+        text, field = text[: at.start()], at.group(1)
+    named = _UNKNOWN_FIELD.search(text) or _MISSING_FIELD.search(text)
+    if named:
+        field = f"{field}.{named.group(1)}" if field else named.group(1)
+    if text == "Input data was truncated":
+        text = "the body is not complete JSON (it ends too early)"
+    elif text.startswith("Object contains unknown field"):
+        known = ""
+        if body_type is not None and named and field == named.group(1):
+            names = [f.encode_name for f in msgspec.structs.fields(body_type)]
+            known = f" (fields: {', '.join(names) or 'none'})"
+        text = f"unknown field `{field}`{known}"
+    elif text.startswith("Object missing required field"):
+        text = f"missing required field `{field}`"
+    elif field:
+        text = f"{text} at `{field}`"
+    return Problem(code=Code.BAD_REQUEST, field=field, message=f"bad request: {text}")
+
+
+def decode_request(data: bytes, body_type: type[T]) -> T | Problem:
+    """A request body as ``body_type`` (an empty body is ``{}``), or the :class:`Problem`
+    saying why it does not decode."""
+    try:
+        return msgspec.json.decode(data if data.strip() else b"{}", type=body_type)
+    except RecursionError:
+        return Problem(code=Code.BAD_REQUEST, message="bad request: JSON nested too deeply")
+    except UnicodeDecodeError as exc:
+        return Problem(code=Code.BAD_REQUEST, message=f"bad request: invalid UTF-8 ({exc.reason})")
+    except msgspec.DecodeError as exc:
+        return bad_request(exc, body_type)
+
+
+def problem_of(exc: BaseException, **where: Any) -> Problem:
+    """A :class:`Problem` for an exception: its code from the error's kind (``internal``
+    for anything that is not an l2net error), its text as the message."""
+    return Problem(code=code_of(exc), message=str(exc), **where)
+
+
+def not_found(kind: str, name: str, what: str = "not found") -> Problem:
+    return Problem(code=Code.NOT_FOUND, kind=kind, name=name, message=what)
+
+
+class ErrorReply(msgspec.Struct, kw_only=True, rename="camel"):
+    """The reply of a request whose success reply has no ``errors`` (an executor's
+    ``state`` and ``reconcile``): ``{"ok": false, "errors": [Problem]}``."""
+
+    ok: bool = False
+    errors: list[Problem] = msgspec.field(default_factory=list)
+
+
+class EmptyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of a request that takes no fields (an executor's ``state``, ``reconcile``):
+    empty or ``{}``; any field is refused like every request's unknown fields."""
+
+
 class Change(msgspec.Struct, kw_only=True, rename="camel"):
     kind: str
     name: str
@@ -47,19 +129,26 @@ class Change(msgspec.Struct, kw_only=True, rename="camel"):
 
 
 class ApplyReply(msgspec.Struct, kw_only=True, rename="camel"):
+    """``generations``: every node's generation that holds the submission (unchanged nodes
+    at their current one); ``changed``: the nodes given a new intent by this request, each of
+    which will publish a new status for its generation (the others will not)."""
+
     ok: bool
     changes: list[Change] = msgspec.field(default_factory=list)
     errors: list[Problem] = msgspec.field(default_factory=list)
     generations: dict[str, int] = msgspec.field(default_factory=dict)
+    changed: list[str] = msgspec.field(default_factory=list)
     warnings: list[str] = msgspec.field(default_factory=list)
 
 
-class DeleteRequest(msgspec.Struct, kw_only=True, rename="camel"):
+class DeleteRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
     kind: str
     name: str
 
 
-class GetRequest(msgspec.Struct, kw_only=True, rename="camel"):
+class GetRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """``kind`` in any case, singular or plural (``network``, ``Networks``), like kubectl."""
+
     kind: str | None = None
     name: str | None = None
 
@@ -77,7 +166,7 @@ class GetReply(msgspec.Struct, kw_only=True, rename="camel"):
     errors: list[Problem] = msgspec.field(default_factory=list)
 
 
-class NadRequest(msgspec.Struct, kw_only=True, rename="camel"):
+class NadRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
     network: str
 
 
@@ -88,7 +177,7 @@ class NadReply(msgspec.Struct, kw_only=True, rename="camel"):
     errors: list[Problem] = msgspec.field(default_factory=list)
 
 
-class SwitchRequest(msgspec.Struct, kw_only=True, rename="camel"):
+class SwitchRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
     node: str | None = None
 
 
@@ -124,6 +213,6 @@ class SpecRecord(msgspec.Struct, kw_only=True, rename="camel"):
     name: str
     submission: str
     spec: dict[str, Any] | None = None
-    at: float = 0.0
-    created: float = 0.0
+    at: EpochSeconds = 0.0
+    created: EpochSeconds = 0.0
     """When the object was first created (VM NICs are numbered in creation order)."""

@@ -41,6 +41,8 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from shared import subjects
+from shared.errors import ErrorKind, Unavailable
+from shared.model import EpochSeconds
 
 T = TypeVar("T")
 
@@ -73,7 +75,13 @@ def decode(data: bytes, type: type[T]) -> T:
 def _stream(
     name: str, subject: str, description: str, *, per_subject: int, **extra: Any
 ) -> StreamConfig:
-    """A file-backed stream keeping the last ``per_subject`` messages of each subject."""
+    """A file-backed stream keeping the last ``per_subject`` messages of each subject.
+
+    Every stream allows direct gets, so that any client reads a subject's last message
+    (a node's last status, say) with one request, ``$JS.API.DIRECT.GET.<stream>`` with
+    ``{"last_by_subj": "<subject>"}``, from any replica (docs/events.md). Direct gets name
+    the subject in the API subject (``$JS.API.DIRECT.GET.L2_INTENTS.l2.intent.<node>``), so
+    NATS permissions can let a node read only its own intent."""
     return StreamConfig(
         name=name,
         subjects=[subject],
@@ -82,6 +90,7 @@ def _stream(
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.OLD,
+        allow_direct=True,
         **extra,
     )
 
@@ -101,9 +110,6 @@ STREAMS: dict[str, StreamConfig] = {
             subjects.ALL_INTENTS,
             "Compiled per-node desired L2 state, a generation per message",
             per_subject=100,
-            # Direct gets name the subject in the API subject ($JS.API.DIRECT.GET.L2_INTENTS.
-            # l2.intent.<node>), so NATS permissions can let a node read only its own intent.
-            allow_direct=True,
         ),
         _stream(subjects.STREAM_STATUS, subjects.ALL_STATUS, "Executor reports", per_subject=1000),
         _stream(
@@ -141,8 +147,8 @@ class Health(msgspec.Struct, kw_only=True, rename="camel"):
     version: str = VERSION
     connected: bool
     server: str = ""
-    connected_since: float | None = None
-    started_at: float
+    connected_since: EpochSeconds | None = None
+    started_at: EpochSeconds
     outages: int = 0
     last_outage_seconds: float | None = None
 
@@ -448,7 +454,7 @@ def redact(url: str) -> str:
     return f"{scheme}{sep}{user}:***@{host}" if colon else f"{scheme}{sep}***@{host}"
 
 
-class BusError(RuntimeError):
+class BusError(Unavailable, RuntimeError):
     """NATS is unreachable or answered something l2net cannot use."""
 
 
@@ -474,6 +480,8 @@ def is_outage(exc: BaseException) -> bool:
 class ConflictError(BusError):
     """A write expected a subject's last sequence and another writer had moved it on
     (``Nats-Expected-Last-Subject-Sequence`` failed): catch up and try again."""
+
+    kind = ErrorKind.BUSY
 
 
 WRONG_LAST_SEQUENCE = 10071
@@ -511,7 +519,7 @@ async def wait_for_streams(
             except NotFoundError:
                 missing.append(name)
                 failures = 0
-            except Exception as exc:
+            except Exception as exc:  # counted, then raised as BusError naming the stream
                 if is_outage(exc) and not js._nc.is_connected:  # nats-py keeps its client there
                     # NATS went away meanwhile: not this user's permissions; wait for it.
                     missing.append(name)

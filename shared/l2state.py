@@ -40,6 +40,7 @@ from typing import Any, TypeGuard
 import msgspec
 
 from shared import mgmtpath
+from shared.errors import BadInput
 from shared.model import (
     MGMT,
     BondIntent,
@@ -83,7 +84,7 @@ DEFAULT_PVID = VlanRange(vid=1, pvid=True, untagged=True)
 """What a port gets when it joins a VLAN-filtering bridge: VID 1, PVID, egress untagged."""
 
 
-class StateError(ValueError):
+class StateError(BadInput, ValueError):
     """A desired state that cannot be expressed (unknown bond option, bad VID...)."""
 
 
@@ -174,7 +175,13 @@ class Difference(msgspec.Struct, kw_only=True, rename="camel", frozen=True):
 
     def __str__(self) -> str:
         where = f"{self.object}.{self.path}" if self.path else self.object
-        return f"{where}: desired {self.desired!r}, actual {self.actual!r}"
+        # JSON values, as on the wire (no Python reprs: a client in any language reads them).
+        desired, actual = _json(self.desired), _json(self.actual)
+        return f"{where}: desired {desired}, actual {actual}"
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 PRESENT = "present"
@@ -677,13 +684,25 @@ def check_cni_config(port: VmPortIntent) -> None:
         )
 
 
+class Refusal(msgspec.Struct, frozen=True, kw_only=True):
+    """A part of an intent that :func:`desired_state` leaves out, and why: ``what`` and
+    ``name`` say whose part (``cluster network oob``, ``VM NIC vm1/eth0``)."""
+
+    what: str
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.what} {self.name}: {self.reason}"
+
+
 def desired_state(
     intent: NodeIntent,
     *,
     mgmt_vlan: int | None = None,
     mgmt: MgmtPath | None = None,
     guard_mgmt: bool = True,
-) -> tuple[NodeL2State, list[str]]:
+) -> tuple[NodeL2State, list[Refusal]]:
     """The state a node must reach for ``intent``, and what of the intent was refused.
 
     Refused (with a reason each, and left out of the state): anything that would create,
@@ -701,7 +720,7 @@ def desired_state(
     """
     check_intent(intent)
     protected = protected_links(mgmt_vlan)
-    refused: list[str] = []
+    refused: list[Refusal] = []
     if not guard_mgmt:
         mgmt = None
     links: dict[str, LinkState] = {}
@@ -712,8 +731,12 @@ def desired_state(
         if cn.name == MGMT or cn.bridge in protected or cn.bond_name in protected:
             if cn.managed or cn.bond is not None:
                 refused.append(
-                    f"cluster network {cn.name}: {cn.bridge} and {cn.bond_name} are protected;"
-                    " only the VIDs of its networks are applied"
+                    Refusal(
+                        what="cluster network",
+                        name=cn.name,
+                        reason=f"{cn.bridge} and {cn.bond_name} are protected;"
+                        " only the VIDs of its networks are applied",
+                    )
                 )
             uplink = cn.uplink_vlans
             if guard_mgmt:
@@ -725,8 +748,11 @@ def desired_state(
                     else:
                         vids = f"VIDs {r.vid}-{r.last}" if r.last != r.vid else f"VID {r.vid}"
                         refused.append(
-                            f"cluster network {cn.name}: {vids} not applied to {cn.bond_name}:"
-                            f" {why}"
+                            Refusal(
+                                what="cluster network",
+                                name=cn.name,
+                                reason=f"{vids} not applied to {cn.bond_name}: {why}",
+                            )
                         )
             vlans[cn.bond_name] = canonical_vlans([*base_mgmt, *uplink])
             continue
@@ -757,11 +783,23 @@ def desired_state(
         )
         for nic in bond.ports:
             if nic in protected:
-                refused.append(f"cluster network {cn.name}: {nic} is protected, not enslaved")
+                refused.append(
+                    Refusal(
+                        what="cluster network",
+                        name=cn.name,
+                        reason=f"{nic} is protected, not enslaved",
+                    )
+                )
                 continue
             nic_why = mgmtpath.nic_problem(nic, mgmt)
             if nic_why is not None:
-                refused.append(f"cluster network {cn.name}: {nic} not enslaved: {nic_why}")
+                refused.append(
+                    Refusal(
+                        what="cluster network",
+                        name=cn.name,
+                        reason=f"{nic} not enslaved: {nic_why}",
+                    )
+                )
                 continue
             links[nic] = LinkState(name=nic, master=bond.name, up=True, mtu=bond.mtu)
         vlans[bond.name] = canonical_vlans([DEFAULT_PVID, *cn.uplink_vlans])
@@ -769,11 +807,23 @@ def desired_state(
 
     for hv in intent.host_vlans:
         if hv.name in protected:
-            refused.append(f"host network {hv.host_network}: {hv.name} is protected, unchanged")
+            refused.append(
+                Refusal(
+                    what="host network",
+                    name=hv.host_network,
+                    reason=f"{hv.name} is protected, unchanged",
+                )
+            )
             continue
         hv_why = _host_vlan_problem(hv, mgmt=mgmt, guard=guard_mgmt)
         if hv_why is not None:
-            refused.append(f"host network {hv.host_network}: {hv.name} not applied: {hv_why}")
+            refused.append(
+                Refusal(
+                    what="host network",
+                    name=hv.host_network,
+                    reason=f"{hv.name} not applied: {hv_why}",
+                )
+            )
             continue
         links[hv.name] = LinkState(
             name=hv.name,
@@ -795,7 +845,9 @@ def desired_state(
         check_cni_config(vp)  # before any write: only the plugin and options l2net generates
         vp_why = _vm_port_problem(vp, mgmt_vlan=mgmt_vlan, mgmt=mgmt, guard=guard_mgmt)
         if vp_why is not None:
-            refused.append(f"VM NIC {vp.vm}/{vp.ifname}: not plugged: {vp_why}")
+            refused.append(
+                Refusal(what="VM NIC", name=f"{vp.vm}/{vp.ifname}", reason=f"not plugged: {vp_why}")
+            )
             continue
         port = VmPort(
             vm=vp.vm,

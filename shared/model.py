@@ -14,7 +14,7 @@ Everything is plain data: no I/O, no behaviour beyond small derived properties.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -28,6 +28,24 @@ from shared.vocabulary import (
     NetworkType,
     XmitHashPolicy,
 )
+
+EpochSeconds = Annotated[
+    float,
+    msgspec.Meta(
+        description="a time: seconds since the Unix epoch (1970-01-01 UTC), with a fraction"
+    ),
+]
+"""Every time on the bus (``at``, ``issuedAt``, ``firstSeen``, ``heartbeatAt``, ...)."""
+
+JsonValue = Annotated[
+    Any,
+    msgspec.Meta(
+        description="a field's value: a string, number, boolean, null, or a list or object of "
+        'those (presence: "present"/"absent"; VLAN lists: strings like "100 PVID untagged")',
+        extra_json_schema={"type": ["string", "number", "boolean", "null", "array", "object"]},
+    ),
+]
+"""A drift item's ``desired``/``actual``: plain JSON values."""
 
 # ---------------------------------------------------------------------------
 # Specs (the edge where people submit: strict)
@@ -176,7 +194,7 @@ class Node(msgspec.Struct, kw_only=True, rename="camel"):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     nics: list[Nic] = msgspec.field(default_factory=list)
     mgmt_vlan: int | None = None
-    heartbeat_at: float = 0.0
+    heartbeat_at: EpochSeconds = 0.0
     executor_version: str = ""
     # The highest generation this node's executor has handled (kept on the node's disk across
     # restarts): a planner never issues a generation at or below it.
@@ -192,6 +210,18 @@ USER_KINDS: dict[str, type[Spec]] = {
 """Kinds a person may submit, by name, in the order they are applied."""
 
 KIND_ORDER: tuple[str, ...] = tuple(USER_KINDS)
+
+
+def canonical_kind(kind: str) -> str | None:
+    """The kind as l2net spells it (``Network``) for a kind a person typed in a request, like
+    kubectl: any case, singular or plural (``network``, ``NETWORKS``); None if there is none.
+    Manifests and subjects always use the canonical spelling."""
+    wanted = kind.lower()
+    for known in (*USER_KINDS, "Node"):
+        if wanted in (known.lower(), known.lower() + "s"):
+            return known
+    return None
+
 
 MGMT = "mgmt"
 """The built-in cluster network: exists on every node, never created or changed by users."""
@@ -278,7 +308,7 @@ class NodeIntent(msgspec.Struct, kw_only=True, rename="camel", tag="NodeIntent")
     host_vlans: list[HostVlanIntent] = msgspec.field(default_factory=list)
     vm_ports: list[VmPortIntent] = msgspec.field(default_factory=list)
     spec_revision: int = 0
-    issued_at: float = 0.0
+    issued_at: EpochSeconds = 0.0
     signature: str | None = None
 
 
@@ -290,10 +320,16 @@ Phase = Literal["Progressing", "Applied", "Failed", "RolledBack"]
 
 
 class ObjectResult(msgspec.Struct, kw_only=True, rename="camel"):
+    """One entry of a status's ``results``: ``action`` is for people; programs read the same
+    step from ``operation`` (``link.create``, ``link.set``, ``vlan.add``, ...; empty when the
+    entry is not a kernel step) on ``object`` with ``fields`` (camelCase names, JSON values)."""
+
     object: str
     action: str
     ok: bool = True
     error: str | None = None
+    operation: str = ""
+    fields: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class NodeStatus(msgspec.Struct, kw_only=True, rename="camel", tag="NodeStatus"):
@@ -306,7 +342,7 @@ class NodeStatus(msgspec.Struct, kw_only=True, rename="camel", tag="NodeStatus")
     error: str | None = None
     netlink_writes: int = 0
     duration_s: float = 0.0
-    at: float = 0.0
+    at: EpochSeconds = 0.0
     # What was really applied: sha256 (hex) of the canonical bytes of the intent this status
     # is about (:func:`shared.intents.digest`), so that the auditor compares the node with the
     # intent it runs, not with the last one published.
@@ -321,7 +357,7 @@ class ObservedState(msgspec.Struct, kw_only=True, rename="camel", tag="ObservedS
     links: list[dict[str, Any]] = msgspec.field(default_factory=list)
     vlans: dict[str, list[VlanRange]] = msgspec.field(default_factory=dict)
     reason: str = ""
-    at: float = 0.0
+    at: EpochSeconds = 0.0
     # Added by the executor issue: VM namespaces present, and the node's mgmt VLAN (if any).
     namespaces: list[str] = msgspec.field(default_factory=list)
     mgmt_vlan: int | None = None
@@ -337,10 +373,10 @@ class DriftItem(msgspec.Struct, kw_only=True, rename="camel"):
 
     object: str
     path: str
-    desired: Any
-    actual: Any
-    first_seen: float
-    resolved_at: float | None = None
+    desired: JsonValue
+    actual: JsonValue
+    first_seen: EpochSeconds
+    resolved_at: EpochSeconds | None = None
 
 
 class DriftReport(msgspec.Struct, kw_only=True, rename="camel", tag="DriftReport"):
@@ -349,7 +385,7 @@ class DriftReport(msgspec.Struct, kw_only=True, rename="camel", tag="DriftReport
     node: str
     generation: int
     items: list[DriftItem] = msgspec.field(default_factory=list)
-    at: float = 0.0
+    at: EpochSeconds = 0.0
     # Added by the auditor issue: each report carries only the episodes that opened or
     # resolved (a finding is published once); these say where the node stands after it.
     open: int = 0

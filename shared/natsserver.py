@@ -17,8 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.errors import Unavailable
 
-class NatsServerError(RuntimeError):
+
+class NatsServerError(Unavailable, RuntimeError):
     """The embedded server could not be found or did not start."""
 
 

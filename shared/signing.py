@@ -20,18 +20,19 @@ import nacl.exceptions
 import nacl.signing
 import nkeys
 
+from shared.errors import BadInput, Refused
 from shared.intents import canonical_bytes
 from shared.model import NodeIntent
 
 _PREFIX = nkeys.PREFIX_BYTE_SERVER  # public keys read "N...", seeds "SN..."
 
 
-class SignatureError(ValueError):
+class SignatureError(Refused, ValueError):
     """An intent is unsigned, signed by a key not trusted, or its signature does not match.
     Permanent: the same message never becomes valid."""
 
 
-class KeyError_(ValueError):
+class KeyError_(BadInput, ValueError):
     """A seed or public key is not in nkeys format; the message names what is wrong."""
 
 

@@ -95,6 +95,7 @@ if TYPE_CHECKING:  # the SDK is imported when something is exported: a command s
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
+from shared.errors import BadInput
 
 __all__ = [
     "TracingConfigError",
@@ -120,7 +121,7 @@ CLI_EXPORT_TIMEOUT_S: Final = 2.0
 _TRUE = ("true", "1", "yes")
 
 
-class TracingConfigError(ValueError):
+class TracingConfigError(BadInput, ValueError):
     """An OpenTelemetry environment variable or a ``setup`` argument has a bad value."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from shared import bus, names, subjects
+from shared.errors import BadInput
 from shared.model import DriftReport, Node, NodeIntent, NodeStatus, ObservedState
 
 MAX_MESSAGE = 8 * 1024 * 1024
@@ -29,7 +30,7 @@ _TYPES: dict[str, type[Any]] = {
 }
 
 
-class BadMessage(ValueError):
+class BadMessage(BadInput, ValueError):
     """A message that is not an event the auditor can use (permanent: the same bytes never
     become good). The text says what is wrong, naming the subject."""
 

@@ -4,13 +4,17 @@
                         reply: :class:`CheckReply`
 ``l2.auditor.history``  body: :class:`HistoryRequest`   reply: :class:`HistoryReply`
 ``l2.auditor.desired``  body: :class:`DesiredRequest`   reply: :class:`DesiredReply`
+
+Requests refuse unknown fields; a failed request is answered ``ok: false`` with ``errors``,
+a list of :class:`shared.api.Problem` like every other service's.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from shared.model import DriftItem, NodeIntent
+from shared.api import Problem
+from shared.model import DriftItem, EpochSeconds, NodeIntent
 
 
 class CheckRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -34,11 +38,11 @@ class NodeAudit(msgspec.Struct, kw_only=True, rename="camel"):
     reporting: bool
     verified: bool
     """False when the node stopped reporting or did not answer a live check."""
-    heartbeat_at: float | None
-    observed_at: float | None
+    heartbeat_at: EpochSeconds | None
+    observed_at: EpochSeconds | None
     items: list[DriftItem] = msgspec.field(default_factory=list)
-    matching_since: float | None = None
-    last_matched: float | None = None
+    matching_since: EpochSeconds | None = None
+    last_matched: EpochSeconds | None = None
     heals: int = 0
     note: str = ""
     applied_digest: str | None = None
@@ -50,8 +54,8 @@ class CheckReply(msgspec.Struct, kw_only=True, rename="camel"):
 
     ok: bool
     nodes: list[NodeAudit] = msgspec.field(default_factory=list)
-    errors: list[str] = msgspec.field(default_factory=list)
-    at: float = 0.0
+    errors: list[Problem] = msgspec.field(default_factory=list)
+    at: EpochSeconds = 0.0
     notes: list[str] = msgspec.field(default_factory=list)
     """Not drift, worth knowing: e.g. strays (intents for a node that never registered)."""
 
@@ -70,7 +74,7 @@ class HistoryRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknow
 class HistoryEvent(msgspec.Struct, kw_only=True, rename="camel"):
     """``what``: intent | apply | drift | resolved | heal."""
 
-    at: float
+    at: EpochSeconds
     what: str
     generation: int | None = None
     text: str = ""
@@ -82,10 +86,10 @@ class HistoryReply(msgspec.Struct, kw_only=True, rename="camel"):
     ok: bool
     node: str = ""
     events: list[HistoryEvent] = msgspec.field(default_factory=list)
-    errors: list[str] = msgspec.field(default_factory=list)
-    matching_since: float | None = None
+    errors: list[Problem] = msgspec.field(default_factory=list)
+    matching_since: EpochSeconds | None = None
     """The node matches its desired state now, since this time."""
-    last_matched: float | None = None
+    last_matched: EpochSeconds | None = None
     """The last time the node stopped matching its desired state."""
 
 
@@ -101,8 +105,8 @@ class DesiredReply(msgspec.Struct, kw_only=True, rename="camel"):
 
     ok: bool
     intent: NodeIntent | None = None
-    matching_since: float | None = None
+    matching_since: EpochSeconds | None = None
     """The node matches its desired state, since this time (None: it does not now)."""
-    last_matched: float | None = None
+    last_matched: EpochSeconds | None = None
     """The last time it stopped matching (None: never stopped, or never matched)."""
-    errors: list[str] = msgspec.field(default_factory=list)
+    errors: list[Problem] = msgspec.field(default_factory=list)

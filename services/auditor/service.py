@@ -75,8 +75,15 @@ from opentelemetry import trace
 from services.auditor import events, protocol, snapshot
 from services.auditor.healing import HEAL_ALL, Healer, cluster_network_of
 from services.auditor.ledger import Ledger, report_id
-from services.auditor.view import FleetView, NodeView, Policy, is_kernel_key, iso
-from shared import bus, metrics, subjects, tracing
+from services.auditor.view import (
+    FleetView,
+    NodeView,
+    Policy,
+    is_kernel_key,
+    iso,
+)
+from shared import api, bus, metrics, subjects, tracing
+from shared.errors import Code
 from shared.model import DriftItem, DriftReport, Node, NodeIntent, NodeStatus, ObservedState
 
 log = logging.getLogger("l2net.auditor")
@@ -497,7 +504,8 @@ class Auditor:
         if node is not None and node not in registered:
             known = ", ".join(registered) or "none"
             why = self._stray_note(node) if node in strays else f"unknown node {node!r}"
-            return protocol.CheckReply(ok=False, errors=[f"{why} (nodes known: {known})"])
+            problem = api.not_found("Node", node, f"{why} (nodes known: {known})")
+            return protocol.CheckReply(ok=False, errors=[problem])
         names = [node] if node is not None else registered
         if live or heal:
             await asyncio.gather(*(self.check_live(n) for n in names))
@@ -562,7 +570,8 @@ class Auditor:
         """``node``'s generations, apply results, drift episodes and heals, oldest first."""
         v = self.view.nodes.get(node)
         if v is None or not v.registered:
-            return protocol.HistoryReply(ok=False, node=node, errors=[f"unknown node {node!r}"])
+            problem = api.not_found("Node", node, f"unknown node {node!r}")
+            return protocol.HistoryReply(ok=False, node=node, errors=[problem])
         events = [
             protocol.HistoryEvent(at=e.at, what=e.what, generation=e.generation, text=e.text)
             for e in v.history()
@@ -579,14 +588,24 @@ class Auditor:
         """``node``'s desired state at ``generation`` (the newest if None), and when it matched."""
         v = self.view.nodes.get(node)
         if v is None or not v.registered:
-            return protocol.DesiredReply(ok=False, errors=[f"unknown node {node!r}"])
+            problem = api.not_found("Node", node, f"unknown node {node!r}")
+            return protocol.DesiredReply(ok=False, errors=[problem])
         gen = generation if generation is not None else v.latest_generation
         intent = v.desired_at(gen)
         if intent is None:
             known = ", ".join(str(g) for g in sorted(v.intents)) or "none"
             return protocol.DesiredReply(
                 ok=False,
-                errors=[f"node {node!r} has no generation {gen} (generations known: {known})"],
+                errors=[
+                    api.Problem(
+                        code=Code.NOT_FOUND,
+                        kind="Node",
+                        name=node,
+                        field="generation",
+                        message=f"node {node!r} has no generation {gen} "
+                        f"(generations known: {known})",
+                    )
+                ],
             )
         return protocol.DesiredReply(
             ok=True,
@@ -636,15 +655,13 @@ class Auditor:
 
     # -- requests ---------------------------------------------------------------------------
 
+    # Each body decodes as its request (an empty body as ``{}``); one that does not, an
+    # unknown field included, is answered ``ok: false`` with a bad-request Problem.
+
     async def _handle_check(self, req: Request) -> None:
-        try:
-            body = (
-                bus.decode(req.data, protocol.CheckRequest)
-                if req.data.strip()
-                else protocol.CheckRequest()
-            )
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            reply = protocol.CheckReply(ok=False, errors=[f"bad request: {exc}"])
+        body = api.decode_request(req.data, protocol.CheckRequest)
+        if isinstance(body, api.Problem):
+            reply = protocol.CheckReply(ok=False, errors=[body])
         else:
             with tracing.process_span(subjects.AUDITOR_CHECK, req.headers) as span:
                 tracing.annotate(span, node=body.node)
@@ -652,19 +669,17 @@ class Auditor:
         await req.respond(bus.encode(reply))
 
     async def _handle_history(self, req: Request) -> None:
-        try:
-            body = bus.decode(req.data, protocol.HistoryRequest)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            reply = protocol.HistoryReply(ok=False, errors=[f"bad request: {exc}"])
+        body = api.decode_request(req.data, protocol.HistoryRequest)
+        if isinstance(body, api.Problem):
+            reply = protocol.HistoryReply(ok=False, errors=[body])
         else:
             reply = self.history(body.node)
         await req.respond(bus.encode(reply))
 
     async def _handle_desired(self, req: Request) -> None:
-        try:
-            body = bus.decode(req.data, protocol.DesiredRequest)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            desired = protocol.DesiredReply(ok=False, errors=[f"bad request: {exc}"])
+        body = api.decode_request(req.data, protocol.DesiredRequest)
+        if isinstance(body, api.Problem):
+            desired = protocol.DesiredReply(ok=False, errors=[body])
         else:
             desired = self.desired(body.node, body.generation)
         await req.respond(bus.encode(desired))

@@ -255,7 +255,10 @@ async def _get(args: argparse.Namespace) -> int:
         docs = [{"kind": i.kind, **i.spec} for i in reply.items]
         print(yaml.safe_dump_all(docs, sort_keys=False), end="")
         return 0
-    kinds = [args.kind] if args.kind else [*model.USER_KINDS, "Node"]
+    # The planner took the kind in any case (`network`); the table uses its spelling.
+    kinds = (
+        [model.canonical_kind(args.kind) or args.kind] if args.kind else [*model.USER_KINDS, "Node"]
+    )
     blocks: list[str] = []
     for kind in kinds:
         items = [i for i in reply.items if i.kind == kind]

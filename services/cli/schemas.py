@@ -15,7 +15,17 @@ from typing import Any
 import msgspec
 
 from services.auditor import protocol
+from services.planner.manifests import API_VERSIONS
 from shared import api, bus, model
+from shared.vocabulary import (
+    BOND_MODE_NAMES,
+    BOND_MODES,
+    MAX_ARP_TARGETS,
+    UPLINK_MTU_MAX,
+    UPLINK_MTU_MIN,
+    VID_MAX,
+    VID_MIN,
+)
 
 MESSAGES: dict[str, tuple[type[Any], str]] = {
     "node-intent": (model.NodeIntent, "l2.intent.<node> (stream L2_INTENTS), planner → executor"),
@@ -54,6 +64,114 @@ MESSAGES: dict[str, tuple[type[Any], str]] = {
 }
 
 
+VID = {"minimum": VID_MIN, "maximum": VID_MAX}
+NAME = {"pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
+MTU = {"anyOf": [{"const": 0}, {"minimum": UPLINK_MTU_MIN, "maximum": UPLINK_MTU_MAX}]}
+CONSTRAINTS: dict[str, dict[str, dict[str, Any]]] = {
+    # The constraints kinds.md documents that a schema can say and the structs' types do not
+    # (fields typed by a set of values in shared/vocabulary.py get their enum from msgspec);
+    # the planner checks them all, and those across objects too. Harvester's -1 ("unset") is
+    # allowed where it is.
+    "ClusterNetwork": {"name": {**NAME, "maxLength": 12}},
+    "VlanConfig": {"name": NAME},
+    "Network": {"name": NAME, "vlan": VID},
+    "TrunkRange": {"minID": VID, "maxID": VID, "id": VID},
+    "HostNetwork": {"name": NAME, "vlan": VID},
+    "VmNic": {"name": NAME, "vm": NAME},
+    "LinkAttributes": {"mtu": MTU, "txQLen": {"minimum": -1}},
+    "BondOptions": {
+        # a manifest may give the mode by the kernel's number too (read into its name)
+        "mode": {
+            "anyOf": [
+                {"enum": [*BOND_MODES, *(str(n) for n in BOND_MODE_NAMES)]},
+                {"type": "integer", "minimum": 0, "maximum": max(BOND_MODE_NAMES)},
+            ]
+        },
+        "arpIpTargets": {"maxItems": MAX_ARP_TARGETS},
+    },
+}
+
+
+def _constrain(defs: dict[str, Any]) -> None:
+    """Add :data:`CONSTRAINTS` to the struct definitions they name (an optional field's
+    ``anyOf`` of the type and null keeps null, and the value gets the constraint)."""
+    for name, fields in CONSTRAINTS.items():
+        props = defs.get(name, {}).get("properties", {})
+        for field, extra in fields.items():
+            prop = props.get(field)
+            if prop is None:
+                continue
+            options = prop.get("anyOf")
+            if options and {"type": "null"} in options:
+                typed = [o for o in options if o != {"type": "null"}]
+                prop["anyOf"] = [{"allOf": [*typed, extra]}, {"type": "null"}]
+            else:
+                if "anyOf" in extra:  # the constraint widens what the struct's type says
+                    prop.pop("enum", None)
+                    prop.pop("type", None)
+                prop.update(extra)
+
+
+def _harvester_form(kind: str, body_ref: str, defs: dict[str, Any]) -> dict[str, Any]:
+    """The Kubernetes form of a kind (as ``kubectl get -o yaml`` prints Harvester's objects):
+    ``apiVersion``, ``metadata.name``, ``spec`` with the flat form's fields but ``name``."""
+    body = defs[body_ref]
+    spec = {
+        **body,
+        "properties": {k: v for k, v in body["properties"].items() if k not in ("kind", "name")},
+        "required": [r for r in body.get("required", []) if r not in ("kind", "name")],
+    }
+    spec.pop("title", None)
+    defs[f"{body_ref}Spec"] = spec
+    required = ["apiVersion", "kind", "metadata"]
+    if kind != "ClusterNetwork":  # a ClusterNetwork's spec is optional
+        required.append("spec")
+    return {
+        "type": "object",
+        "description": f"{kind} in Kubernetes form (Harvester's objects apply unchanged)",
+        "properties": {
+            "apiVersion": {"enum": list(API_VERSIONS)},
+            "kind": {"const": kind},
+            "metadata": {
+                "type": "object",
+                "properties": {"name": {"type": "string", **NAME}},
+                "required": ["name"],
+                "description": "only name is read; labels, annotations and the rest are ignored",
+            },
+            "spec": {"$ref": f"#/$defs/{body_ref}Spec"},
+            "status": {"description": "ignored"},
+        },
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+def _typed_items(schema: dict[str, Any]) -> None:
+    """``items[].spec`` of the get reply: one of the kinds' fields (a Node's has its
+    ``generation`` too)."""
+    kinds: list[type[Any]] = [*model.USER_KINDS.values(), model.Node]
+    _, components = msgspec.json.schema_components(kinds)
+    schema["$defs"].update(components)
+    node = schema["$defs"]["Node"]
+    node["properties"]["generation"] = {
+        "type": "integer",
+        "description": "the node's newest intent generation (0: none yet)",
+    }
+    _constrain(schema["$defs"])
+    item = schema["$defs"]["Item"]
+    item["properties"]["kind"] = {"enum": [cls.__name__ for cls in kinds]}
+    item["properties"]["spec"]["description"] = (
+        "the object's fields, as its kind's schema says (without `kind`: the item has it)"
+    )
+    item["allOf"] = [
+        {
+            "if": {"properties": {"kind": {"const": cls.__name__}}},
+            "then": {"properties": {"spec": {"$ref": f"#/$defs/{cls.__name__}"}}},
+        }
+        for cls in kinds
+    ]
+
+
 def schema_of(cls: type[Any], description: str) -> dict[str, Any]:
     schema: dict[str, Any] = msgspec.json.schema(cls)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
@@ -61,10 +179,15 @@ def schema_of(cls: type[Any], description: str) -> dict[str, Any]:
     kind = getattr(cls, "kind", "")
     if isinstance(kind, str) and kind and cls in model.USER_KINDS.values():
         # The manifest's `kind` is a class-level constant, not a struct field.
-        ref = schema["$ref"].rsplit("/", 1)[-1]
-        body = schema["$defs"][ref]
+        ref = schema.pop("$ref").rsplit("/", 1)[-1]
+        defs = schema["$defs"]
+        body = defs[ref]
         body["properties"] = {"kind": {"const": kind}, **body["properties"]}
         body["required"] = ["kind", *body.get("required", [])]
+        _constrain(defs)
+        schema["anyOf"] = [{"$ref": f"#/$defs/{ref}"}, _harvester_form(kind, ref, defs)]
+    if cls is api.GetReply:
+        _typed_items(schema)
     return schema
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.errors import Refused
 from shared.vocabulary import CNI_PLUGIN
 
 DEFAULT_CNI_PATH = "/usr/lib/cni"
@@ -24,7 +25,7 @@ DEFAULT_CNI_PATH = "/usr/lib/cni"
 NETNS_DIR = "/run/netns"
 
 
-class CniError(RuntimeError):
+class CniError(Refused, RuntimeError):
     """The plugin failed; the message carries its own error text."""
 
 

@@ -68,6 +68,7 @@ from tenacity import (
 
 from services.executor import cni
 from services.executor.planning import Step
+from shared.errors import ErrorKind, Refused
 from shared.l2state import (
     MGMT_BRIDGE,
     UNFINISHED_ALIAS,
@@ -122,7 +123,7 @@ namespace's record, then after its empty file; after the namespace is unmounted 
 its file is removed; after the CNI plugin's ADD and before the host veth is named."""
 
 
-class KernelError(RuntimeError):
+class KernelError(Refused, RuntimeError):
     """A step the kernel refused. ``str()`` names the step and quotes the kernel."""
 
     def __init__(self, step: Step, text: str, *, code: int | None = None) -> None:
@@ -130,6 +131,8 @@ class KernelError(RuntimeError):
         self.step = step
         self.text = text
         self.code = code
+        if code in (errno.EBUSY, errno.EAGAIN):
+            self.kind = ErrorKind.BUSY  # the same step may pass in a moment
 
 
 class Kernel(Protocol):
@@ -333,7 +336,7 @@ class NetlinkKernel:
             while True:
                 async for msg in sock.get():
                     yield str(msg.get("ifname") or msg.get("index") or "*")
-        except Exception:
+        except Exception:  # re-raised: whatever broke the socket, it is not used again
             # A socket that overflowed is useless: the next events() call opens a new one.
             sock.close()
             if self._events is sock:

@@ -63,7 +63,7 @@ async def nats_addresses(nc: Client | None) -> list[str]:
         try:
             loop = asyncio.get_running_loop()
             infos = await asyncio.wait_for(loop.getaddrinfo(host, None), 2.0)
-        except Exception:
+        except (OSError, TimeoutError, UnicodeError):
             continue  # an unresolvable name cannot be routed to either
         out.update(str(info[4][0]) for info in infos)
     return sorted(out)
@@ -181,7 +181,7 @@ class Confirmer:
         while (left := deadline - time.monotonic()) > 0:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), left)
-            except Exception as exc:
+            except (OSError, TimeoutError) as exc:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 await asyncio.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
                 continue

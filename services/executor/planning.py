@@ -34,6 +34,7 @@ from typing import Any
 
 import msgspec
 
+from shared.errors import Refused
 from shared.l2state import (
     ABSENT,
     PRESENT,
@@ -80,7 +81,7 @@ def _range_text(r: VlanRange) -> str:
     return text + (" pvid" if r.pvid else "") + (" untagged" if r.untagged else "")
 
 
-class PlanError(ValueError):
+class PlanError(Refused, ValueError):
     """The desired state cannot be reached without touching what l2net must not touch."""
 
 

@@ -24,10 +24,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from services.executor.kernel import Kernel, KernelError
-from services.executor.planning import PlanError, Step, plan
+from services.executor.planning import Step, plan
 from shared import tracing
-from shared.l2state import Difference, NodeL2State, StateError, diff, exact_desired
+from shared.errors import L2netError, Refused
+from shared.l2state import Difference, NodeL2State, Refusal, diff, exact_desired
 from shared.model import ObjectResult, Phase
 
 StepHook = Callable[[Step], Awaitable[None]]
@@ -48,11 +51,11 @@ class Outcome:
     steps: list[Step] = field(default_factory=list)
 
 
-class ConfirmError(RuntimeError):
+class ConfirmError(Refused, RuntimeError):
     """The node lost its path to the control plane after the apply (the confirm's words)."""
 
 
-class VerifyError(RuntimeError):
+class VerifyError(Refused, RuntimeError):
     """Read-back after applying still differs from desired."""
 
     def __init__(self, items: list[Difference]) -> None:
@@ -66,7 +69,7 @@ async def converge(
     kernel: Kernel,
     desired: NodeL2State,
     *,
-    refused: list[str] | None = None,
+    refused: list[Refusal] | None = None,
     before_step: StepHook | None = None,
     on_planned: Callable[[list[Step]], Awaitable[None]] | None = None,
     confirm: Confirm | None = None,
@@ -81,8 +84,7 @@ async def converge(
     started = time.monotonic()
     writes0 = kernel.writes
     results = [
-        ObjectResult(object=_refused_object(r), action="refused", ok=False, error=r)
-        for r in refused or []
+        ObjectResult(object=r.name, action="refused", ok=False, error=str(r)) for r in refused or []
     ]
 
     def done(phase: Phase, **kw: object) -> Outcome:
@@ -118,7 +120,7 @@ async def converge(
                     await before_step(step)
                 await kernel.apply(step)
             applied.append(step)
-            results.append(ObjectResult(object=step.target, action=step.describe()))
+            results.append(step_result(step))
         with tracing.tracer().start_as_current_span("l2net.executor.verify") as span:
             left = diff(desired, await kernel.read())
             span.set_attribute("l2net.differences", len(left))
@@ -135,11 +137,7 @@ async def converge(
         # plugin that cannot start, a bug. Whatever it is, what was written is undone.
         failed = exc.step if isinstance(exc, KernelError) else None
         if failed is not None:
-            results.append(
-                ObjectResult(
-                    object=failed.target, action=failed.describe(), ok=False, error=str(exc)
-                )
-            )
+            results.append(step_result(failed, ok=False, error=str(exc)))
         with tracing.tracer().start_as_current_span("l2net.executor.rollback"):
             rollback_left, rollback_errors = await rollback(kernel, snapshot, applied)
         if rollback_left or rollback_errors:
@@ -170,7 +168,7 @@ async def rollback(
         current = await kernel.read()
         try:
             steps = plan(target, current)
-        except Exception as exc:
+        except Exception as exc:  # a bug included: reported as what the rollback left
             errors.append(_text(exc))
             break
         if not steps:
@@ -186,18 +184,38 @@ async def rollback(
         if vm in current.namespaces:
             try:
                 await kernel.apply(Step(op="netns.del", target=vm))
-            except Exception as exc:
-                errors.append(str(exc))
+            except Exception as exc:  # every created namespace is tried, whatever one raised
+                errors.append(_text(exc))
     return diff(target, await kernel.read()), errors
+
+
+def step_result(
+    step: Step, *, prefix: str = "", ok: bool = True, error: str | None = None
+) -> ObjectResult:
+    """A status entry for ``step``: its one-line text for people, and the same step
+    structured for programs (``operation``, ``object``, ``fields``)."""
+    fields = {
+        _camel(key): msgspec.to_builtins(value)
+        for key, value in step.args.items()
+        if key != "config"  # the whole CNI configuration: in the intent already
+    }
+    return ObjectResult(
+        object=step.target,
+        action=prefix + step.describe(),
+        ok=ok,
+        error=error,
+        operation=step.op,
+        fields=fields,
+    )
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 def _text(exc: BaseException) -> str:
     """An error for a status: l2net's own errors as they read, others with their type."""
-    if isinstance(exc, (KernelError, VerifyError, PlanError, StateError)):
+    if isinstance(exc, L2netError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
-
-
-def _refused_object(reason: str) -> str:
-    head = reason.split(":", 1)[0]
-    return head.split()[-1] if head else reason

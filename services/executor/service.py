@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -78,8 +79,9 @@ from services.executor import mgmt
 from services.executor.kernel import Kernel
 from services.executor.nodestore import Loaded, NodeStore
 from services.executor.planning import Step
-from services.executor.reconciling import Outcome, converge
-from shared import bus, intents, metrics, names, signing, subjects, tracing
+from services.executor.reconciling import Outcome, converge, step_result
+from shared import api, bus, intents, metrics, names, signing, subjects, tracing
+from shared.errors import Code, Refused, code_of
 from shared.l2state import (
     MAX_GENERATION,
     StateError,
@@ -124,7 +126,7 @@ def backoff(attempt: int, *, first: float = 0.5) -> float:
     return float(min(BACKOFF_MAX_S, first * 2 ** max(0, min(attempt - 1, 10))))
 
 
-class IntentRefused(ValueError):
+class IntentRefused(Refused, ValueError):
     """An intent message that cannot be taken, ever (bad JSON, another node's, a value of
     the wrong type or out of range): a permanent failure. ``intent`` is the decoded intent
     when it decoded."""
@@ -300,7 +302,7 @@ class Executor:
                 delay = backoff(attempt)
                 log.warning("NATS went away during set-up (%s); again in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
-            except Exception as exc:
+            except Exception as exc:  # a boundary: whatever set-up met, try again, logged
                 delay = backoff(attempt)
                 log.warning(
                     "setting up on NATS: %s: %s; again in %.1f s", type(exc).__name__, exc, delay
@@ -606,7 +608,7 @@ class Executor:
             try:
                 await self._on_intent_msg(msg)
                 return
-            except Exception as exc:
+            except Exception as exc:  # a boundary: one message must never stop the follower
                 if bus.is_outage(exc) and not self._stopped.is_set():
                     # NATS went away while handling it (its status not stored): a nak would
                     # not get through either, and JetStream would redeliver it only after
@@ -764,10 +766,7 @@ class Executor:
                         node=self.node,
                         phase="Progressing",
                         observed_generation=intent.generation,
-                        results=[
-                            ObjectResult(object=s.target, action=f"planned: {s.describe()}")
-                            for s in steps
-                        ],
+                        results=[step_result(s, prefix="planned: ") for s in steps],
                         at=time.time(),
                         intent_digest=digest,
                     )
@@ -834,7 +833,7 @@ class Executor:
         even if this fails (kept and published again with the next chance)."""
         try:
             await self._publish(subjects.status(self.node), subjects.status("{node}"), status)
-        except Exception:
+        except Exception:  # kept whatever the failure, and raised on
             if keep:
                 self._pending.append(status)
             raise
@@ -910,7 +909,7 @@ class Executor:
                     await self.publish_observed(
                         "kernel event: " + ", ".join(sorted(names))[:200], only_if_changed=True
                     )
-                except Exception as exc:
+                except Exception as exc:  # a boundary: the pump lives on; next event retries
                     log.warning("publishing observed state: %s", exc)
         finally:
             pumper.cancel()
@@ -922,20 +921,41 @@ class Executor:
             await asyncio.sleep(self.config.heartbeat_s)
             try:
                 await self._publish_node()
-            except Exception as exc:
+            except Exception as exc:  # a boundary: the next heartbeat tries again
                 log.warning("heartbeat: %s", exc)
 
     async def _on_state_request(self, req: Request) -> None:
+        body = api.decode_request(req.data, api.EmptyRequest)
+        if isinstance(body, api.Problem):
+            await req.respond(bus.encode(api.ErrorReply(errors=[body])))
+            return
         try:
             observed = await self.live_state("requested")
-        except Exception as exc:
+        except Exception as exc:  # a boundary: the client gets the error, the executor goes on
             log.error("state request: %s", exc)
-            await req.respond_error("500", f"reading the kernel failed: {exc}")
+            problem = api.Problem(
+                code=Code.UNAVAILABLE,
+                kind="Node",
+                name=self.node,
+                message=f"reading the kernel failed: {exc}",
+            )
+            await req.respond(bus.encode(api.ErrorReply(errors=[problem])))
             return
         await req.respond(bus.encode(observed))
 
     async def _on_reconcile_request(self, req: Request) -> None:
-        status = await self.reconcile()
+        body = api.decode_request(req.data, api.EmptyRequest)
+        if isinstance(body, api.Problem):
+            await req.respond(bus.encode(api.ErrorReply(errors=[body])))
+            return
+        try:
+            status = await self.reconcile()
+        except Exception as exc:  # a boundary: the client gets the error, the executor goes on
+            log.error("reconcile request: %s", exc)
+            code = Code.UNAVAILABLE if bus.is_outage(exc) else code_of(exc)
+            problem = api.Problem(code=code, kind="Node", name=self.node, message=str(exc))
+            await req.respond(bus.encode(api.ErrorReply(errors=[problem])))
+            return
         await req.respond(bus.encode(status))
 
 
@@ -967,12 +987,12 @@ async def _nats_answers(server: str, *, timeout: float = 3.0) -> bool:
 def _deliveries(msg: Msg) -> int:
     try:
         return int(msg.metadata.num_delivered)
-    except Exception:
+    except (nats_errors.Error, ValueError, IndexError):  # not a JetStream message (no metadata)
         return 1
 
 
 def _seq(msg: Msg) -> object:
     try:
         return msg.metadata.sequence.stream
-    except Exception:
+    except (nats_errors.Error, ValueError, IndexError):
         return "?"

@@ -136,7 +136,7 @@ async def serve(*, lab: str, node: str, address: str, url: str, cwd: str) -> Non
     async def do_exec(msg: Msg) -> None:
         try:
             req = decoder.decode(msg.data)
-        except msgspec.ValidationError as exc:
+        except msgspec.DecodeError as exc:  # ValidationError too: an unknown field, say
             reply = ExecReply(rc=255, error=f"bad exec request: {exc}")
         else:
             reply = (

@@ -54,6 +54,7 @@ from services.lab.naming import LabConfigError, LabId
 from services.lab.protocol import MAX_STDIN, ExecReply, ExecRequest, PingReply
 from services.lab.relay import Listener, RelayConfig, VlanBridge
 from shared import bus, config, natsserver, signing, subjects
+from shared.errors import Refused
 
 T = TypeVar("T")
 
@@ -63,7 +64,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LAB_DIR_ENV = "L2NET_LAB_DIR"
 
 
-class LabError(RuntimeError):
+class LabError(Refused, RuntimeError):
     """The lab cannot do what was asked; the message says what and what to do about it."""
 
 

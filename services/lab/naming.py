@@ -18,6 +18,7 @@ import shlex
 from typing import NewType
 from urllib.parse import urlsplit, urlunsplit
 
+from shared.errors import BadInput
 from shared.vocabulary import IFNAME_MAX, VID_MAX, VID_MIN
 
 LabId = NewType("LabId", str)
@@ -34,7 +35,7 @@ _LAB_ID_RE = re.compile(r"^[0-9a-f]{6}$")
 _NODE_RE = re.compile(r"^node-([1-9][0-9]*)$")
 
 
-class LabConfigError(ValueError):
+class LabConfigError(BadInput, ValueError):
     """A lab parameter is out of range; the message names the parameter and the limit."""
 
 

@@ -1,7 +1,9 @@
 """Messages between the host and a node's lab helper (request/reply on NATS, JSON).
 
 Kept to msgspec only: the helper imports this module inside the guest, where every import
-costs (starting Python under user-mode Linux is slow).
+costs (starting Python under user-mode Linux is slow). A lab tool, not part of l2net's
+contract (docs/events.md): its requests refuse unknown fields like every request, and its
+failures are ``ExecReply.error`` text.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ MAX_OUTPUT = 256 * 1024
 MAX_STDIN = 512 * 1024
 
 
-class ExecRequest(msgspec.Struct, kw_only=True):
+class ExecRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Run ``argv`` in the node (no shell), with ``stdin`` as input, for at most ``timeout``."""
 
     argv: list[str]

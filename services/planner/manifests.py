@@ -23,6 +23,7 @@ import yaml
 
 from shared import model
 from shared.api import Problem
+from shared.errors import BadInput, Code
 from shared.vocabulary import (
     AD_SELECTS,
     ARP_VALIDATES,
@@ -77,7 +78,7 @@ class Document:
     line: int
 
 
-class ManifestError(Exception):
+class ManifestError(BadInput):
     """The manifest cannot be read; ``problems`` says every reason found."""
 
     def __init__(self, problems: list[Problem]) -> None:
@@ -93,7 +94,8 @@ def parse(text: str | bytes) -> list[Document]:
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ManifestError([Problem(message=f"not UTF-8 text (byte {exc.start})")]) from exc
+            problem = Problem(code=Code.BAD_REQUEST, message=f"not UTF-8 text (byte {exc.start})")
+            raise ManifestError([problem]) from exc
     if len(text.encode("utf-8")) > MAX_MANIFEST_BYTES:
         raise ManifestError([_too_big(len(text.encode("utf-8")))])
 
@@ -186,19 +188,30 @@ def _load_yaml(text: str) -> list[tuple[yaml.Node, Any]]:
             out.append((node, loader.construct_document(node)))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         what = exc.problem or exc.context or "malformed"
-        raise ManifestError([Problem(message=f"malformed YAML/JSON at {where}{what}")]) from exc
+        # The line is the Problem's ``line`` (str() shows it first); the column stays here.
+        problem = Problem(
+            code=Code.BAD_REQUEST,
+            line=mark.line + 1 if mark else None,
+            message=f"malformed YAML/JSON at column {mark.column + 1}: {what}"
+            if mark
+            else f"malformed YAML/JSON: {what}",
+        )
+        raise ManifestError([problem]) from exc
     except yaml.YAMLError as exc:
-        raise ManifestError([Problem(message=f"malformed YAML/JSON: {exc}")]) from exc
+        raise ManifestError([_malformed(str(exc))]) from exc
     except RecursionError as exc:
-        raise ManifestError([Problem(message="malformed YAML/JSON: nested too deeply")]) from exc
+        raise ManifestError([_malformed("nested too deeply")]) from exc
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
-        raise ManifestError([Problem(message=f"malformed YAML/JSON: {exc}")]) from exc
+        raise ManifestError([_malformed(str(exc))]) from exc
     finally:
         if loader is not None:
             loader.dispose()
     return out
+
+
+def _malformed(why: str) -> Problem:
+    return Problem(code=Code.BAD_REQUEST, message=f"malformed YAML/JSON: {why}")
 
 
 def _expand_lists(node: yaml.Node, data: Any) -> list[tuple[yaml.Node, Any]]:

@@ -54,6 +54,7 @@ from nats.micro.service import Service
 from services.planner import compiling, manifests, validation
 from services.planner.catalog import Catalog, Entry
 from shared import api, bus, model, signing, subjects, tracing
+from shared.errors import Busy, Code
 
 log = logging.getLogger("l2net.planner")
 
@@ -96,7 +97,7 @@ class Batch:
     messages: list[tuple[str, bytes, dict[str, str]]]
 
 
-class Conflict(Exception):
+class Conflict(Busy):
     """Another writer got to a subject first: catch up, compile again, retry."""
 
 
@@ -558,10 +559,11 @@ class Planner:
                 reply = await answer()
             except (bus.BusError, OSError, TimeoutError, APIError) as exc:
                 log.warning("%s: %s", subject, exc)
-                reply = reply_type(
-                    ok=False,
-                    errors=[api.Problem(message=f"the planner cannot use JetStream now: {exc}")],
+                problem = api.Problem(
+                    code=Code.UNAVAILABLE,
+                    message=f"the planner cannot use JetStream now: {exc}",
                 )
+                reply = reply_type(ok=False, errors=[problem])
         await self._respond(req, reply)
 
     async def _handle_apply(self, req: Request) -> None:
@@ -576,13 +578,13 @@ class Planner:
         answer: Callable[[B], Awaitable[Any]],
     ) -> None:
         """Decode a JSON request body (empty: all defaults), answer it, reply in JSON; a body
-        that does not decode gets ``reply_type(ok=False, errors=[...])`` naming what is wrong."""
+        that does not decode (an unknown field included) gets ``reply_type(ok=False,
+        errors=[...])`` naming what is wrong (:func:`shared.api.bad_request`)."""
 
         async def run() -> Any:
-            try:
-                body = bus.decode(req.data if req.data.strip() else b"{}", body_type)
-            except msgspec.DecodeError as exc:
-                return reply_type(ok=False, errors=[api.Problem(message=f"bad request: {exc}")])
+            body = api.decode_request(req.data, body_type)
+            if isinstance(body, api.Problem):
+                return reply_type(ok=False, errors=[body])
             return await answer(body)
 
         await self._answer(req, subject, reply_type, run)
@@ -652,9 +654,10 @@ class Planner:
                     return refusal(
                         [
                             api.Problem(
+                                code=Code.INVALID,
                                 message=f"the submission changes {len(to_store)} objects; at "
                                 f"most {MAX_BATCH} are stored at once (JetStream's atomic "
-                                "batch limit): split it into several submissions"
+                                "batch limit): split it into several submissions",
                             )
                         ]
                     )
@@ -673,10 +676,17 @@ class Planner:
                     stored = max(seqs.values())
                 return await self._stored_reply(changes, stored=stored)
             return refusal(
-                [api.Problem(message=f"nothing was stored: {CONFLICT_MESSAGE}; submit again")]
+                [
+                    api.Problem(
+                        code=Code.CONFLICT,
+                        message=f"nothing was stored: {CONFLICT_MESSAGE}; submit again",
+                    )
+                ]
             )
 
     async def delete(self, kind: str, name: str) -> api.ApplyReply:
+        """Delete one object; ``kind`` in any case, singular or plural (``network``)."""
+        kind = model.canonical_kind(kind) or kind
         async with self._lock:
             for attempt in range(MAX_ATTEMPTS):
                 await _backoff(attempt)
@@ -699,14 +709,19 @@ class Planner:
                 )
                 return await self._stored_reply([change], stored=change.revision)
             return refusal(
-                [api.Problem(message=f"nothing was deleted: {CONFLICT_MESSAGE}; try again")]
+                [
+                    api.Problem(
+                        code=Code.CONFLICT,
+                        message=f"nothing was deleted: {CONFLICT_MESSAGE}; try again",
+                    )
+                ]
             )
 
     async def _stored_reply(self, changes: list[api.Change], *, stored: int) -> api.ApplyReply:
         """Publish every node's intent now that the submission is stored (``stored``: its
         last stream sequence, 0 if nothing changed); ok only then."""
         try:
-            generations = await self._publish_intents(sorted(self.nodes), stored=stored)
+            generations, changed = await self._publish_intents(sorted(self.nodes), stored=stored)
         except (Conflict, bus.BusError, OSError, TimeoutError, APIError) as exc:
             # Stored, so not a refusal of the content; but not ok either: the nodes do not
             # have it yet. This planner's worker keeps trying; submitting again shows it.
@@ -716,12 +731,13 @@ class Planner:
             listed = ", ".join(f"{c.kind} {c.name} revision {c.revision}" for c in changes[:3])
             more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
             problem = api.Problem(
+                code=Code.UNAVAILABLE,
                 message=f"stored ({listed}{more}), but the nodes' intents are not all "
                 f"published yet: {why}; the planner keeps trying (submit again to see "
-                "every node's generation)"
+                "every node's generation)",
             )
             return api.ApplyReply(ok=False, changes=changes, errors=[problem])
-        return api.ApplyReply(ok=True, changes=changes, generations=generations)
+        return api.ApplyReply(ok=True, changes=changes, generations=generations, changed=changed)
 
     def _changes(self, specs: list[model.Spec]) -> tuple[list[api.Change], list[model.Spec]]:
         """Each submitted object's action against the current state, and those to store."""
@@ -745,12 +761,19 @@ class Planner:
         return changes, to_store
 
     def get(self, kind: str | None, name: str | None = None) -> api.GetReply:
-        """The objects (and nodes) of the current state; call :meth:`catch_up` first."""
-        if kind is not None and kind not in model.USER_KINDS and kind != model.Node.kind:
-            known = ", ".join([*model.USER_KINDS, model.Node.kind])
-            return api.GetReply(
-                ok=False, errors=[api.Problem(message=f"unknown kind {kind!r} (known: {known})")]
-            )
+        """The objects (and nodes) of the current state; call :meth:`catch_up` first.
+        ``kind`` in any case, singular or plural, like kubectl (``network``, ``Networks``)."""
+        if kind is not None:
+            spelled = model.canonical_kind(kind)
+            if spelled is None:
+                known = ", ".join([*model.USER_KINDS, model.Node.kind])
+                problem = api.Problem(
+                    code=Code.INVALID,
+                    field="kind",
+                    message=f"unknown kind {kind!r} (known: {known})",
+                )
+                return api.GetReply(ok=False, errors=[problem])
+            kind = spelled
         catalog = self.catalog
         items: list[api.Item] = []
         if kind in (None, model.ClusterNetwork.kind) and name in (None, model.MGMT):
@@ -777,7 +800,7 @@ class Planner:
         if name is not None and not items:
             return api.GetReply(
                 ok=False,
-                errors=[api.Problem(kind=kind or "", name=name, message="not found")],
+                errors=[api.not_found(kind or "", name)],
             )
         return api.GetReply(ok=True, items=items)
 
@@ -787,7 +810,7 @@ class Planner:
         if net is None:
             return api.NadReply(
                 ok=False,
-                errors=[api.Problem(kind="Network", name=network, message="not found")],
+                errors=[api.not_found("Network", network)],
             )
         return api.NadReply(
             ok=True,
@@ -798,9 +821,7 @@ class Planner:
     def switch_config(self, node: str | None) -> api.SwitchReply:
         catalog = self.catalog
         if node is not None and node not in catalog.nodes:
-            return api.SwitchReply(
-                ok=False, errors=[api.Problem(kind="Node", name=node, message="not registered")]
-            )
+            return api.SwitchReply(ok=False, errors=[api.not_found("Node", node, "not registered")])
         nodes = [node] if node is not None else sorted(catalog.nodes)
         ports = [p for n in nodes for p in compiling.switch_config(catalog, n)]
         return api.SwitchReply(ok=True, ports=ports)
@@ -887,7 +908,9 @@ class Planner:
         first = last - len(batch.keys) + 1
         return {key: first + i for i, key in enumerate(batch.keys)}
 
-    async def _publish_intents(self, nodes: list[str], *, stored: int = 0) -> dict[str, int]:
+    async def _publish_intents(
+        self, nodes: list[str], *, stored: int = 0
+    ) -> tuple[dict[str, int], list[str]]:
         """Bring each node's intent to the current state: compile it from the caught-up
         catalog and publish a new generation where it differs from the subject's last intent.
 
@@ -895,10 +918,12 @@ class Planner:
         then only waits for the specs follower to reach it (every record stored before it is
         then read too), and a stale view of the intents shows as refused publications.
         Returns each node's generation that holds the current state (published here, or
-        already there). A node whose subject another planner wrote meanwhile is done again
-        after catching up; :class:`Conflict` after :data:`MAX_ATTEMPTS` rounds.
+        already there), and the nodes given a new generation here. A node whose subject
+        another planner wrote meanwhile is done again after catching up; :class:`Conflict`
+        after :data:`MAX_ATTEMPTS` rounds.
         """
         generations: dict[str, int] = {}
+        changed: list[str] = []
         todo = list(nodes)
         for attempt in range(MAX_ATTEMPTS):
             if stored and not attempt and self._followers:
@@ -949,8 +974,9 @@ class Planner:
                     raise result
                 else:
                     generations[intent.node] = intent.generation
+                    changed.append(intent.node)
             if not again:
-                return generations
+                return generations, sorted(changed)
             todo = again
         raise Conflict(f"the intents of {', '.join(todo)} kept being written by another planner")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from services.planner.catalog import HOSTNAME_LABEL, Catalog, node_labels, selects
 from shared import mgmtpath, model, names
 from shared.api import Problem
+from shared.errors import Code
 from shared.vocabulary import (
     BOND_INT_MAX,
     DEFAULT_MTU,
@@ -641,17 +642,18 @@ def check_delete(catalog: Catalog, kind: str, name: str) -> list[Problem]:
     """Rules for deleting one object from the current catalog."""
     problems: list[Problem] = []
 
-    def refuse(message: str, field: str = "") -> None:
-        problems.append(Problem(kind=kind, name=name, field=field, message=message))
+    def refuse(message: str, field: str = "", code: Code = Code.REFUSED) -> None:
+        problems.append(Problem(code=code, kind=kind, name=name, field=field, message=message))
 
     if kind not in model.USER_KINDS:
-        refuse(f"unknown kind {kind!r} (known: {', '.join(model.USER_KINDS)})")
+        known = ", ".join(model.USER_KINDS)
+        refuse(f"unknown kind {kind!r} (known: {known})", field="kind", code=Code.INVALID)
         return problems
     if kind == model.ClusterNetwork.kind and name == model.MGMT:
         refuse("mgmt is the built-in cluster network; it cannot be deleted")
         return problems
     if (kind, name) not in catalog.entries:
-        refuse("not found")
+        refuse("not found", code=Code.NOT_FOUND)
         return problems
     if kind == model.ClusterNetwork.kind:
         users = [

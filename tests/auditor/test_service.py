@@ -200,7 +200,7 @@ async def test_point_in_time_answers_from_the_history(
     assert now.intent == keys.sign(gen2)
     assert now.matching_since is None and now.last_matched == T0 + 5  # matched until then
     bad = auditor.desired("node-1", 7)
-    assert not bad.ok and "no generation 7" in bad.errors[0] and "1, 2" in bad.errors[0]
+    assert not bad.ok and "no generation 7" in str(bad.errors[0]) and "1, 2" in str(bad.errors[0])
     history = auditor.history("node-1")
     whats = [(e.what, e.generation) for e in history.events]
     assert ("intent", 1) in whats and ("intent", 2) in whats and ("drift", None) in whats
@@ -262,9 +262,13 @@ async def test_bad_requests_get_a_clear_error(nc: Client, auditors: AuditorFacto
     await auditors()
     msg = await nc.request(subjects.AUDITOR_CHECK, b'{"nodes": "x"}', timeout=5)
     body = json.loads(msg.data)
-    assert body["ok"] is False and "nodes" in body["errors"][0]
+    problem = body["errors"][0]
+    assert body["ok"] is False and problem["code"] == "bad-request" and problem["field"] == "nodes"
     msg = await nc.request(subjects.AUDITOR_HISTORY, b"not json", timeout=5)
     assert json.loads(msg.data)["ok"] is False
+    msg = await nc.request(subjects.AUDITOR_HISTORY, b"", timeout=5)
+    problem = json.loads(msg.data)["errors"][0]
+    assert problem["field"] == "node" and "missing required field" in problem["message"]
 
 
 async def test_report_only_policy_never_asks_an_executor_to_converge(

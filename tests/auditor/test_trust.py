@@ -231,7 +231,7 @@ async def test_an_intent_for_a_node_that_never_registered_is_a_stray_reported_on
             and len(reported) == 1
             and "never registered" in reported[0]
             and not one.ok
-            and "never registered" in one.errors[0]
+            and "never registered" in str(one.errors[0])
             and ghost in late.view.strays()
         )
         ok += good

@@ -94,7 +94,7 @@ def test_differences_read_like_nmstate() -> None:
         Difference(object="oob-bo", path="bond.mode", desired="802.3ad", actual="active-backup")
         in items
     )
-    assert str(items[0]) == "oob-bo.bond.mode: desired '802.3ad', actual 'active-backup'"
+    assert str(items[0]) == 'oob-bo.bond.mode: desired "802.3ad", actual "active-backup"'
 
 
 def test_a_bond_mode_change_releases_ports_and_downs_the_bond_first() -> None:

@@ -167,8 +167,12 @@ def test_refusals_that_need_a_bond_or_a_mgmt_vlan() -> None:
     )
     state, refused = desired_state(intent, mgmt_vlan=10, mgmt=mgmt)
     assert "eth0" not in state.links and "eth1" in state.links
-    assert any("eth0 not enslaved" in r and "member of mgmt-bo" in r for r in refused)
-    assert state.vm_ports == {} and any("management VLAN" in r for r in refused)
+    texts = [str(r) for r in refused]
+    assert any("eth0 not enslaved" in r and "member of mgmt-bo" in r for r in texts)
+    assert state.vm_ports == {} and any("management VLAN" in r for r in texts)
+    # Structured too: whose part was refused, without parsing the text.
+    assert ("cluster network", "oob") in [(r.what, r.name) for r in refused]
+    assert ("VM NIC", "vm1/eth0") in [(r.what, r.name) for r in refused]
     # The test-only switch lets it all through (and only it).
     state, refused = desired_state(intent, mgmt_vlan=10, mgmt=mgmt, guard_mgmt=False)
     assert "eth0" in state.links and state.vm_ports and refused == []

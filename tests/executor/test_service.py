@@ -211,6 +211,21 @@ async def test_state_request_answers_live_state(
     assert state.vm_ports == (await ex.kernel.read()).vm_ports
 
 
+async def test_state_and_reconcile_requests_refuse_fields_with_a_problem(
+    host_node: HostNode, nc: Client, start_executor: Callable[[], asyncio.Future[Executor]]
+) -> None:
+    """Like every request of every service: no field is ignored; ``{}`` is an empty body."""
+    await start_executor()
+    for verb in ("state", "reconcile"):
+        subject = subjects.executor_control(host_node.node, verb)
+        reply = json.loads((await nc.request(subject, b'{"force": true}', timeout=10)).data)
+        assert reply["ok"] is False, reply
+        (problem,) = reply["errors"]
+        assert problem["code"] == "bad-request" and problem["field"] == "force", problem
+    reply = await nc.request(subjects.executor_control(host_node.node, "state"), b"{}", timeout=10)
+    assert bus.decode(reply.data, ObservedState).node == host_node.node
+
+
 def test_executor_command_refuses_bad_arguments_with_a_clear_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -121,13 +121,15 @@ def test_bad_documents_are_named_with_field_and_line(text: str, expected: str) -
 
 def test_malformed_yaml_reports_line_and_column() -> None:
     (problem,) = problems_of("kind: Network\nname: n\nvlan: [1, 2\n")
-    assert "malformed YAML/JSON at line" in problem
-    assert "column" in problem
+    assert problem.startswith("line 4: malformed YAML/JSON at column"), problem
+    with pytest.raises(manifests.ManifestError) as info:
+        manifests.parse("kind: Network\nname: n\nvlan: [1, 2\n")
+    assert info.value.problems[0].line == 4 and info.value.problems[0].code == "bad-request"
 
 
 def test_malformed_json_reports_line_and_column() -> None:
     (problem,) = problems_of('{"kind": "Network",\n "name": "n",,}')
-    assert "line 2" in problem
+    assert problem.startswith("line 2: ") and "column" in problem
 
 
 def test_every_bad_document_is_reported_at_once() -> None:
