@@ -24,8 +24,8 @@ from shared import bus, natsserver, subjects
 from shared.model import DriftReport
 from tests import keys
 from tests.auditor.conftest import AuditorFactory, Bus, applied, converged
-from tests.executor.helpers import until
 from tests.executor.labkit import seed_intent
+from tests.kit import stop_process, until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -349,8 +349,7 @@ async def test_l2net_auditor_runs_as_a_process_and_stops_on_sigterm(
         result = await asyncio.to_thread(l2net, "audit", "--cached", url=nats_server.url)
         assert result.returncode == 2 and "- oob-bo.vlans: 200" in result.stdout
     finally:
-        proc.terminate()
-        code = await asyncio.to_thread(proc.wait, 30)
+        code = await asyncio.to_thread(stop_process, proc)
     assert code == 0, (tmp_path / "auditor.log").read_text()
     assert (tmp_path / "state" / "auditor" / "snapshot.json").exists()  # for the next start
 

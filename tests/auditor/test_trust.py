@@ -23,8 +23,8 @@ from shared.model import DriftItem, DriftReport, Node, NodeIntent, NodeStatus
 from tests import keys
 from tests.auditor.conftest import AuditorFactory, Bus, converged, heartbeat
 from tests.auditor.test_service import T0, l2net, mtu_1400
-from tests.executor.helpers import until
 from tests.executor.labkit import seed_intent
+from tests.kit import until
 
 pytestmark = pytest.mark.timeout(180)
 

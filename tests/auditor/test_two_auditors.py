@@ -17,8 +17,8 @@ from services.auditor.view import Policy, episode_id
 from shared import bus, subjects
 from tests.auditor.conftest import AuditorFactory, Bus, converged, stop
 from tests.auditor.test_service import T0, mtu_1400, no_vid_200
-from tests.executor.helpers import until
 from tests.executor.labkit import seed_intent
+from tests.kit import until
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -25,7 +25,7 @@ import asyncio
 import itertools
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -43,6 +43,7 @@ from tests.executor import crashkit
 from tests.executor.conftest import mgmt_cn
 from tests.executor.crashkit import FAIL_ENV, Driver
 from tests.executor.labkit import UNTAGGED, seed_intent
+from tests.kit import lab_fixture
 
 pytestmark = [
     pytest.mark.lab,
@@ -155,13 +156,7 @@ class Bench:
         return bus.decode(reply.data, ObservedState)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab.up(directory=tmp_path_factory.mktemp("crashlab"), nodes=1, executor=False)
-    try:
-        yield lab
-    finally:
-        lab.down()
+lab = lab_fixture("crashlab", nodes=1, executor=False)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

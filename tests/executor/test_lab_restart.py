@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,8 +31,9 @@ from services.lab.cli import main as lab_main
 from shared import bus, intents, subjects
 from shared.model import Node, NodeIntent, NodeStatus
 from tests import keys
-from tests.executor.helpers import final_status, statuses, until
+from tests.executor.helpers import final_status, statuses
 from tests.executor.labkit import seed_intent, sh, vm_ping
+from tests.kit import lab_fixture, until
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -40,13 +41,7 @@ NODES = ["node-1", "node-2"]
 VMS = {"vm100": "169.254.100", "vm200": "169.254.200", "vmu": "169.254.50"}
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab.up(directory=tmp_path_factory.mktemp("restartlab"), nodes=2, executor=True)
-    try:
-        yield lab
-    finally:
-        lab.down()
+lab = lab_fixture("restartlab", nodes=2, executor=True)
 
 
 @pytest.fixture
