@@ -62,9 +62,11 @@ async def nc(nats_server: natsserver.EmbeddedNats) -> AsyncIterator[Client]:
 
 @pytest.fixture
 async def labnc(lab: Lab) -> AsyncIterator[Client]:
-    """A NATS client on the lab's server; ``lab`` is the requesting module's own lab."""
+    """A NATS client on the lab's server; ``lab`` is the requesting module's own lab. A test
+    may close it early (before stopping the lab's server, say)."""
     client = await bus.connect([lab.nats_url], name="l2net-lab-test")
     try:
         yield client
     finally:
-        await client.drain()
+        if not client.is_closed:
+            await client.drain()

@@ -565,12 +565,21 @@ class Auditor:
                 self.save_snapshot()
                 saved = time.monotonic()
             try:
-                changed = self.view.tick(time.time())
-                if changed:
-                    await self.flush(changed)
-                self._schedule_heals()
+                await self.tick()
             except Exception as exc:  # NATS trouble: nats-py reconnects; try next tick
                 log.warning("tick: %s", exc)
+
+    async def tick(self) -> list[asyncio.Task[None]]:
+        """Apply time once, as the timer does every ``tick_s``: publish what opened or resolved
+        with it (a node stopped reporting, a generation stuck) and start the heals now due.
+
+        Returns those heals (the timer does not wait for them; a test may, to see one tick
+        whole instead of sleeping through a few).
+        """
+        changed = self.view.tick(time.time())
+        if changed:
+            await self.flush(changed)
+        return self._schedule_heals()
 
     # -- certainty --------------------------------------------------------------------------
 
@@ -721,9 +730,10 @@ class Auditor:
         cn = cluster_network_of(item, v.intents.get(v.observed.generation if v.observed else 0))
         return HEAL_ALL in self.config.heal or (cn is not None and cn in self.config.heal)
 
-    def _schedule_heals(self) -> None:
+    def _schedule_heals(self) -> list[asyncio.Task[None]]:
+        started: list[asyncio.Task[None]] = []
         if not self.config.heal or self.replaying:
-            return
+            return started
         for name, v in self.view.nodes.items():
             if name in self._healing or v.silent or not v.registered:
                 continue
@@ -734,6 +744,8 @@ class Auditor:
             ]
             if due:
                 self._healing[name] = asyncio.create_task(self._heal(name, due))
+                started.append(self._healing[name])
+        return started
 
     async def _heal(self, node: str, items: Iterable[DriftItem]) -> None:
         try:

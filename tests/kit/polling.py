@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def describe(check: Callable[[], object]) -> str:
@@ -39,8 +40,9 @@ async def until(
     timeout: float = 30.0,
     what: Described = None,
     every: float = 0.1,
-) -> None:
-    """Poll ``check`` (a plain or an async callable) until it returns something truthy.
+) -> Any:
+    """Poll ``check`` (a plain or an async callable) until it returns something truthy, and
+    return that.
 
     Fails with an :class:`AssertionError` naming ``what`` (a text, or a callable that gives
     it then; default: the check's source or name) when ``timeout`` seconds pass first;
@@ -52,7 +54,7 @@ async def until(
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return
+            return value
         if time.monotonic() > deadline:
             raise _failure(check, what, timeout)
         await asyncio.sleep(every)
@@ -64,10 +66,11 @@ def until_sync(
     timeout: float = 30.0,
     what: Described = None,
     every: float = 0.2,
-) -> None:
+) -> Any:
     """:func:`until` for code without an event loop (``check`` must be a plain callable)."""
     deadline = time.monotonic() + timeout
-    while not check():
+    while not (value := check()):
         if time.monotonic() > deadline:
             raise _failure(check, what, timeout)
         time.sleep(every)
+    return value
