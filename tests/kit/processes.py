@@ -27,7 +27,8 @@ def stop_process(
     group ``proc`` leads (it was started with ``start_new_session=True``).
 
     Returns the exit code (negative: the signal that ended it; None for a pid that is not
-    this process's child). A process already ended is left as it is.
+    this process's child). A process already ended is left as it is (with ``group``, what
+    remains of its group is still stopped).
     """
     pid = proc if isinstance(proc, int) else proc.pid
 
@@ -39,16 +40,23 @@ def stop_process(
                 os.kill(pid, sig)
 
     if isinstance(proc, int):
-        return _stop_pid(pid, send, timeout)
-    if proc.poll() is not None:
+        code = _stop_pid(pid, send, timeout)
+    elif proc.poll() is not None and not group:
         return proc.returncode
-    send(signal.SIGTERM)
-    try:
-        _wait(proc, timeout)
-    except subprocess.TimeoutExpired:
+    else:
+        send(signal.SIGTERM)
+        try:
+            _wait(proc, timeout)
+        except subprocess.TimeoutExpired:
+            send(signal.SIGKILL)
+            _wait(proc, None)
+        code = proc.returncode
+    # The leader may end first: the group is stopped when none of its members runs.
+    if group and not _ended(lambda: bool(_group_members(pid)), timeout):
         send(signal.SIGKILL)
-        _wait(proc, None)
-    return proc.returncode
+        if not _ended(lambda: bool(_group_members(pid)), 10):
+            raise AssertionError(f"process group {pid} still runs after SIGKILL")
+    return code
 
 
 def _wait(proc: subprocess.Popen[Any], timeout: float | None) -> None:
@@ -61,9 +69,9 @@ def _wait(proc: subprocess.Popen[Any], timeout: float | None) -> None:
 
 def _stop_pid(pid: int, send: Callable[[signal.Signals], None], timeout: float) -> int | None:
     send(signal.SIGTERM)
-    if not _ended(pid, timeout):
+    if not _ended(lambda: _running(pid), timeout):
         send(signal.SIGKILL)
-        if not _ended(pid, 10):
+        if not _ended(lambda: _running(pid), 10):
             raise AssertionError(f"pid {pid} still runs after SIGKILL")
     with contextlib.suppress(ChildProcessError):  # our child: reap it, and tell how it ended
         _, status = os.waitpid(pid, 0)
@@ -71,21 +79,37 @@ def _stop_pid(pid: int, send: Callable[[signal.Signals], None], timeout: float) 
     return None
 
 
-def _ended(pid: int, timeout: float) -> bool:
+def _ended(running: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _running(pid):
+    while running():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
     return True
 
 
+def _state(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
 def _running(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie (a zombie has ended; it awaits its
     parent's wait)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
+    fields = _state(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` still running (zombies have ended)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _state(int(entry))
+            if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(entry))
+    return members
