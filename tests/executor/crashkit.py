@@ -25,8 +25,6 @@ from typing import Any
 
 import msgspec
 
-from tests.kit.polling import until  # light: this module also runs inside a node
-
 FAIL_ENV = "L2NET_TEST_FAIL_AT"
 
 
@@ -220,6 +218,7 @@ class Driver:
         await self._wait(self.dir / "ready.json", 120)
 
     async def _wait(self, path: Path, timeout: float) -> dict[str, Any]:
+        from tests.kit import until  # the host's side only: the node's driver needs no pytest
 
         def no_answer() -> str:
             driver_log = self.dir / "driver.log"

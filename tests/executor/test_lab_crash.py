@@ -240,10 +240,10 @@ async def ended_or_done(bench: Bench, run: int, gen: int, *, after: int) -> str 
             return (None,)
         return None
 
-    settled = await until(
+    settled: tuple[str | None] = await until(
         outcome, timeout=240, what=f"run {run} to end or finish generation {gen}", every=0.05
     )
-    return settled[0]  # type: ignore[no-any-return]
+    return settled[0]
 
 
 async def crash_matrix(bench: Bench, *, every: bool) -> None:
