@@ -1,17 +1,22 @@
-"""Fixtures every test area shares: a real nats-server with JetStream on a free port, and the
-tests' intent signing key in the environment of every l2net process a test starts."""
+"""Fixtures every test area shares: a real nats-server with JetStream on a free port, the
+tests' intent signing key in the environment of every l2net process a test starts, and a NATS
+client on a module's lab (the lab itself: :func:`tests.kit.lab_fixture`)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from nats.aio.client import Client
 
 from shared import bus, natsserver
 from tests import keys
+
+if TYPE_CHECKING:
+    from services.lab import Lab
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,3 +58,15 @@ async def nc(nats_server: natsserver.EmbeddedNats) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.drain()
+
+
+@pytest.fixture
+async def labnc(lab: Lab) -> AsyncIterator[Client]:
+    """A NATS client on the lab's server; ``lab`` is the requesting module's own lab. A test
+    may close it early (before stopping the lab's server, say)."""
+    client = await bus.connect([lab.nats_url], name="l2net-lab-test")
+    try:
+        yield client
+    finally:
+        if not client.is_closed:
+            await client.drain()

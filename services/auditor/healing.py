@@ -127,10 +127,12 @@ class Healer:
         """Episodes (:func:`episode_id`) a heal was started for: never healed twice."""
         self._healing: dict[str, asyncio.Task[None]] = {}
 
-    def schedule(self) -> None:
-        """Start a heal on every node with findings in scope not healed yet (one per node)."""
+    def schedule(self) -> list[asyncio.Task[None]]:
+        """Start a heal on every node with findings in scope not healed yet (one per node);
+        returns the heals started."""
+        started: list[asyncio.Task[None]] = []
         if not self._heal:
-            return
+            return started
         for name, v in self._view.nodes.items():
             if name in self._healing or v.silent or not v.registered:
                 continue
@@ -141,6 +143,8 @@ class Healer:
             ]
             if due:
                 self._healing[name] = asyncio.create_task(self._heal_node(name, due))
+                started.append(self._healing[name])
+        return started
 
     def tasks(self) -> list[asyncio.Task[None]]:
         """The heals under way (to cancel at stop)."""

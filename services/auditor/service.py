@@ -461,12 +461,21 @@ class Auditor:
                 self.save_snapshot()
                 saved = time.monotonic()
             try:
-                changed = self.view.tick(time.time())
-                if changed:
-                    await self.flush(changed)
-                self._schedule_heals()
+                await self.tick()
             except Exception as exc:  # NATS trouble: nats-py reconnects; try next tick
                 log.warning("tick: %s", exc)
+
+    async def tick(self) -> list[asyncio.Task[None]]:
+        """Apply time once, as the timer does every ``tick_s``: publish what opened or resolved
+        with it (a node stopped reporting, a generation stuck) and start the heals now due.
+
+        Returns those heals (the timer does not wait for them; a test may, to see one tick
+        whole instead of sleeping through a few).
+        """
+        changed = self.view.tick(time.time())
+        if changed:
+            await self.flush(changed)
+        return self._schedule_heals()
 
     # -- certainty --------------------------------------------------------------------------
 
@@ -621,9 +630,8 @@ class Auditor:
         v = self.view.nodes.get(node)
         return len(v.heals) if v else 0
 
-    def _schedule_heals(self) -> None:
-        if not self.replaying:
-            self._healer.schedule()
+    def _schedule_heals(self) -> list[asyncio.Task[None]]:
+        return [] if self.replaying else self._healer.schedule()
 
     async def heal(self, node: str, items: list[DriftItem]) -> str:
         """Ask ``node``'s executor to re-converge because of ``items``; count and record it.

@@ -25,7 +25,8 @@ from tests.executor.conftest import (
     intent,
     untagged_port,
 )
-from tests.executor.helpers import final_status, publish_intent, until
+from tests.executor.helpers import final_status, publish_intent
+from tests.kit import until
 
 pytestmark = pytest.mark.timeout(180)
 

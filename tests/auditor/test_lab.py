@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -29,8 +29,9 @@ from shared import bus, subjects
 from shared.model import NodeStatus, ObservedState
 from tests.auditor import oracle
 from tests.auditor.conftest import auditor_factory
-from tests.executor.helpers import final_status, publish_intent, until
+from tests.executor.helpers import final_status, publish_intent
 from tests.executor.labkit import port_vids, seed_intent, sh
+from tests.kit import lab_fixture, until
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -39,22 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 _generation = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab.up(directory=tmp_path_factory.mktemp("auditlab"), nodes=2, executor=True)
-    try:
-        yield lab
-    finally:
-        lab.down()
-
-
-@pytest.fixture
-async def labnc(lab: Lab) -> AsyncIterator[Client]:
-    nc = await bus.connect([lab.nats_url], name="auditor-lab-test")
-    try:
-        yield nc
-    finally:
-        await nc.drain()
+lab = lab_fixture("auditlab", nodes=2, executor=True)
 
 
 LabAuditors = Callable[..., Awaitable[Auditor]]

@@ -24,8 +24,8 @@ from shared import bus, natsserver, subjects
 from shared.model import DriftReport
 from tests import keys
 from tests.auditor.conftest import AuditorFactory, Bus, applied, converged
-from tests.executor.helpers import until
 from tests.executor.labkit import seed_intent
+from tests.kit import stop_process, until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -120,14 +120,14 @@ async def test_two_auditors_started_at_different_times_report_the_same_findings(
 async def test_a_finding_is_published_once_and_its_end_once(
     events: Bus, auditors: AuditorFactory
 ) -> None:
-    await auditors()
+    auditor = await auditors()
     intent = seed_intent("node-1", 1)
     await events.intent(intent)
     for t in range(5):  # the same drift, reported by the executor five times
         await events.observed(converged(intent, at=T0 + t, change=mtu_1400))
     await events.observed(converged(intent, at=T0 + 9))
     await until(lambda: _count(events, 2))
-    await asyncio.sleep(1.5)  # ticks pass: nothing more is published
+    await auditor.tick()  # time passes: nothing more is published
     reports = await events.drift_reports()
     assert episodes_of(reports) == [
         ("node-1", "oob-br", "mtu", T0, None),
@@ -286,7 +286,7 @@ async def test_report_only_policy_never_asks_an_executor_to_converge(
     auditor = await auditors()
     await events.observed(converged(intent, at=time.time(), change=no_vid_200))
     await until(lambda: auditor.findings("node-1") != [])
-    await asyncio.sleep(1.5)
+    await asyncio.gather(*await auditor.tick())  # a tick, and any heal it would start
     assert asked == []
 
 
@@ -353,8 +353,7 @@ async def test_l2net_auditor_runs_as_a_process_and_stops_on_sigterm(
         result = await asyncio.to_thread(l2net, "audit", "--cached", url=nats_server.url)
         assert result.returncode == 2 and "- oob-bo.vlans: 200" in result.stdout
     finally:
-        proc.terminate()
-        code = await asyncio.to_thread(proc.wait, 30)
+        code = await asyncio.to_thread(stop_process, proc)
     assert code == 0, (tmp_path / "auditor.log").read_text()
     assert (tmp_path / "state" / "auditor" / "snapshot.json").exists()  # for the next start
 

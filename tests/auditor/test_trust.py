@@ -23,8 +23,8 @@ from shared.model import DriftItem, DriftReport, Node, NodeIntent, NodeStatus
 from tests import keys
 from tests.auditor.conftest import AuditorFactory, Bus, converged, heartbeat
 from tests.auditor.test_service import T0, l2net, mtu_1400
-from tests.executor.helpers import until
 from tests.executor.labkit import seed_intent
+from tests.kit import until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -217,7 +217,8 @@ async def test_an_intent_for_a_node_that_never_registered_is_a_stray_reported_on
     )
     await events.js.publish(subjects.drift("ghost-0"), bus.encode(old))
     auditor = await auditors(AuditorConfig(policy=Policy(grace_s=0.5)))
-    await asyncio.sleep(1.5)  # ticks pass the grace: a judged node would now be "stuck"
+    await asyncio.sleep(0.6)  # past the grace: after a tick a judged node would be "stuck"
+    await auditor.tick()
     late = await auditors(AuditorConfig(policy=Policy(grace_s=0.5)))  # replays them
     ok = 0
     for ghost in ghosts:

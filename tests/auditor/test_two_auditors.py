@@ -17,8 +17,8 @@ from services.auditor.view import Policy, episode_id
 from shared import bus, subjects
 from tests.auditor.conftest import AuditorFactory, Bus, converged, stop
 from tests.auditor.test_service import T0, mtu_1400, no_vid_200
-from tests.executor.helpers import until
 from tests.executor.labkit import seed_intent
+from tests.kit import until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -95,7 +95,8 @@ async def test_two_auditors_publish_every_finding_once_and_answer_alike(
         return True
 
     await until(caught_up, timeout=60)
-    await asyncio.sleep(1.5)  # ticks pass: nothing more may be published
+    for auditor in alive:  # time passes: nothing more may be published
+        await auditor.tick()
     reports = await events.drift_reports()
     opened = Counter(
         episode_id(r.node, i) for r in reports for i in r.items if i.resolved_at is None

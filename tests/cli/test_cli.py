@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from services.cli.demo import demo_node
 from shared import bus, natsserver, subjects
 from shared.natsserver import EmbeddedNats
+from tests.kit import stop_process, until_sync
 
 SEED = Path(__file__).resolve().parents[2] / "docs" / "examples" / "seed.yaml"
 L2NET = [sys.executable, "-m", "services.cli.main"]
@@ -43,22 +43,15 @@ def planner_process(nats_server: EmbeddedNats, tmp_path: Path) -> Iterator[subpr
         _register_nodes(nats_server.url, ("node-1", "node-2"))
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
         log.close()
 
 
 def _wait_for_planner(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if l2net("get", "ClusterNetwork", url=url).returncode == 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError("the planner never answered")
+    until_sync(
+        lambda: l2net("get", "ClusterNetwork", url=url).returncode == 0,
+        what="the planner to answer",
+    )
 
 
 def _register_nodes(url: str, names: tuple[str, ...]) -> None:
@@ -73,13 +66,10 @@ def _register_nodes(url: str, names: tuple[str, ...]) -> None:
         await nc.drain()
 
     asyncio.run(go())
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        out = l2net("get", "Node", url=url).stdout
-        if all(n in out for n in names):
-            return
-        time.sleep(0.2)
-    raise AssertionError("nodes never appeared")
+    until_sync(
+        lambda: all(n in l2net("get", "Node", url=url).stdout for n in names),
+        what=f"nodes {', '.join(names)} to appear",
+    )
 
 
 def test_apply_get_nad_delete(nats_server: EmbeddedNats, planner_process: object) -> None:

@@ -8,6 +8,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+# The demo boots three nodes (a lab test); its own bound (900 s) stays below the test's.
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(960)]
+
 
 def test_demo_converges_the_seed_on_three_nodes_with_isolation() -> None:
     result = subprocess.run(

@@ -23,6 +23,7 @@ import pytest
 
 from services.cli import demo
 from shared import bus, natsserver, signing, subjects
+from tests.kit import stop_process, until
 from tests.shared import otlp_receiver
 from tests.shared.otlp_receiver import OtlpReceiver, ReceivedSpan
 
@@ -70,15 +71,17 @@ async def _register_nodes(url: str) -> None:
 
 async def _wait_for_planner(url: str, proc: subprocess.Popen[str]) -> None:
     nc = await bus.connect([url], name="test-wait")
+
+    async def answers() -> bool:
+        assert proc.poll() is None, "the planner exited"
+        try:
+            await nc.request(subjects.API_GET, b"", timeout=1)
+        except Exception:
+            return False
+        return True
+
     try:
-        for _ in range(300):
-            assert proc.poll() is None, "the planner exited"
-            try:
-                await nc.request(subjects.API_GET, b"", timeout=1)
-                return
-            except Exception:
-                await asyncio.sleep(0.1)
-        raise AssertionError("the planner never answered on l2.api.get")
+        await until(answers, timeout=60, what="the planner to answer on l2.api.get")
     finally:
         await nc.drain()
 
@@ -112,13 +115,8 @@ def control_plane(tmp_path: Path) -> Iterator[ControlPlane]:
             asyncio.run(_wait_for_planner(server.url, planner))
             yield ControlPlane(server, receiver, planner)
     finally:
-        if planner is not None and planner.poll() is None:
-            planner.send_signal(signal.SIGTERM)
-            try:
-                planner.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                planner.kill()
-                planner.communicate()
+        if planner is not None:
+            stop_process(planner, timeout=20)
         server.stop()
 
 

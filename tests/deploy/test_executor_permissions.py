@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,7 +31,8 @@ from shared.model import Node
 from tests import keys
 from tests.deploy.test_nats import SecuredNats, secured  # noqa: F401  (the fixture)
 from tests.executor.conftest import HostNode, _build_node, intent, untagged_port
-from tests.executor.helpers import final_status, statuses, until
+from tests.executor.helpers import final_status, statuses
+from tests.kit import stop_process, until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -80,14 +80,7 @@ class Executor:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 def violations(server: SecuredNats, user: str) -> list[str]:

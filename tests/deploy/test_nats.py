@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -28,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
 from shared import bus, natsserver, subjects
+from tests.kit import stop_process
 
 NATS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "nats"
 USERS = ["planner", "auditor", "operator", "node-1", "node-2", "sys"]
@@ -136,13 +136,7 @@ def secured(tmp_path: Path) -> Iterator[SecuredNats]:
             pytest.fail(f"nats-server did not start with deploy/nats config: {err.decode()}")
         yield SecuredNats(port=port, ca=tmp_path / "ca.pem", passwords=passwords, log=log)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout=10)
 
 
 @pytest.fixture

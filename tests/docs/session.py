@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.kit import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -141,19 +142,8 @@ class Shell:
         """``kill %N ...``: SIGTERM each job by its recorded pid, in the order given."""
         for word in command.split()[1:]:
             assert word.startswith("%"), command
-            stop(self.jobs[int(word[1:]) - 1])
+            stop_process(self.jobs[int(word[1:]) - 1])  # SIGTERM: services flush spans
 
     def stop_all(self) -> None:
         for proc in reversed(self.jobs):
-            stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (services flush their spans), then SIGKILL if it does not end."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            stop_process(proc)

@@ -13,6 +13,7 @@ from services.cli import schemas
 from services.planner import manifests
 from shared.natsserver import EmbeddedNats
 from tests.cli.test_cli import _register_nodes, _wait_for_planner, l2net
+from tests.kit import stop_process
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 ROOT = DOCS.parent
@@ -59,8 +60,7 @@ def test_cli_example_session_prints_what_the_page_shows(
             ran += 1
         assert ran == 4
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc, timeout=10)
 
 
 def _start_planner(url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
@@ -90,8 +90,7 @@ def test_plain_nats_py_sample_submits(nats_server: EmbeddedNats, tmp_path: Path)
             env=dict(os.environ),
         )
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc, timeout=10)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("True None") or result.stdout.startswith("True [")
 
@@ -112,8 +111,7 @@ def test_rejection_example_of_the_kinds_guide_is_what_apply_prints(
         result = l2net("apply", "-f", "-", url=nats_server.url, stdin=manifest)
         stored = l2net("get", "Network", url=nats_server.url)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc, timeout=10)
     assert result.returncode == 1
     assert (result.stdout + result.stderr).splitlines() == shown.splitlines()
     assert "vlan200" not in stored.stdout, "a rejected submission stores nothing"

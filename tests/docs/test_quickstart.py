@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from services.lab import Lab
 from services.lab.fleet import LabError
 from shared import bus, subjects
 from tests.docs.session import DOCS, REPO, Shell, Step, base_env, fenced, session
+from tests.kit import until_sync
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -57,10 +57,7 @@ def _free_port() -> int:
 
 
 def _until(check: Callable[[], bool], what: str, timeout: float, shell: Shell) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}{shell.diagnostics()}"
-        time.sleep(0.3)
+    until_sync(check, timeout=timeout, what=lambda: f"{what}{shell.diagnostics()}", every=0.3)
 
 
 def _answers(url: str, subject: str, body: bytes = b"") -> bool:

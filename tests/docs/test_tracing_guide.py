@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import re
 import shlex
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from services.lab import Lab
 from services.lab.fleet import LabError
 from tests.docs.session import DOCS, REPO, Shell, base_env, fenced, script
 from tests.docs.test_quickstart import _answers
+from tests.kit import until_sync
 from tests.shared import otlp_receiver
 from tests.shared.otlp_receiver import OtlpReceiver, ReceivedSpan
 
@@ -109,10 +109,12 @@ def test_the_guide_gives_one_trace_through_planner_lab_executors_and_auditor(
                     if "planner" in command
                     else ("l2.auditor.history", b'{"node": "x"}')
                 )
-                deadline = time.monotonic() + 60
-                while not _answers(shell.env["NATS_URL"], subject, body):
-                    assert time.monotonic() < deadline, f"{command}{shell.diagnostics()}"
-                    time.sleep(0.3)
+                until_sync(
+                    lambda s=subject, b=body: _answers(shell.env["NATS_URL"], s, b),
+                    timeout=60,
+                    what=lambda c=command: f"{c}{shell.diagnostics()}",
+                    every=0.3,
+                )
                 continue
             result = shell.run(command)
             assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"

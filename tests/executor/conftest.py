@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from nats.aio.client import Client
 from pyroute2 import AsyncIPRoute
 from pyroute2 import netns as pyroute2_netns
 
 from services.executor.kernel import OWNED_NETNS_DIR, NetlinkKernel
 from services.executor.service import Executor, ExecutorConfig
-from services.lab import Lab
-from shared import bus, natsserver
+from shared import natsserver
 from shared.model import ClusterNetworkIntent, NodeIntent, VlanRange, VmPortIntent
 from tests import keys
 
@@ -173,13 +171,3 @@ def intent(node: HostNode, generation: int, ports: list[VmPortIntent]) -> NodeIn
     return NodeIntent(
         node=node.node, generation=generation, cluster_networks=[mgmt_cn()], vm_ports=ports
     )
-
-
-@pytest.fixture
-async def labnc(lab: Lab) -> AsyncIterator[Client]:
-    """A NATS client on the lab's server; ``lab`` is the module's own (module-scoped) lab."""
-    nc = await bus.connect([lab.nats_url], name="executor-lab-test")
-    try:
-        yield nc
-    finally:
-        await nc.drain()

@@ -218,13 +218,14 @@ class Driver:
         await self._wait(self.dir / "ready.json", 120)
 
     async def _wait(self, path: Path, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while not path.exists():
-            if time.monotonic() > deadline:
-                driver_log = self.dir / "driver.log"
-                log = driver_log.read_text() if driver_log.exists() else ""
-                raise AssertionError(f"{path.name}: no answer from the driver\n{log[-2000:]}")
-            await asyncio.sleep(0.05)
+        from tests.kit import until  # the host's side only: the node's driver needs no pytest
+
+        def no_answer() -> str:
+            driver_log = self.dir / "driver.log"
+            log = driver_log.read_text() if driver_log.exists() else ""
+            return f"{path.name}: no answer from the driver\n{log[-2000:]}"
+
+        await until(path.exists, timeout=timeout, what=no_answer, every=0.05)
         result: dict[str, Any] = json.loads(path.read_text())
         return result
 

@@ -1,10 +1,7 @@
-"""Polling the bus in executor tests: statuses in JetStream, conditions with generous bounds."""
+"""Reading the bus in executor tests: statuses in JetStream, intents published as a planner does
+(waiting for a condition: :func:`tests.kit.until`)."""
 
 from __future__ import annotations
-
-import asyncio
-import time
-from collections.abc import Callable
 
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
@@ -12,20 +9,6 @@ from nats.js.errors import NotFoundError
 from shared import bus, subjects
 from shared.model import NodeIntent, NodeStatus
 from tests import keys
-
-
-async def until(check: Callable[[], object], *, timeout: float = 30.0) -> None:
-    """Poll ``check`` (sync or async) until truthy; generous bounds, no timing asserted."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.1)
 
 
 async def statuses(nc: Client, node: str) -> list[NodeStatus]:

@@ -21,7 +21,8 @@ from services.executor.service import Executor, ExecutorConfig
 from shared import natsserver
 from tests import keys
 from tests.executor.conftest import HostNode, intent, untagged_port
-from tests.executor.helpers import final_status, publish_intent, until
+from tests.executor.helpers import final_status, publish_intent
+from tests.kit import until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -24,7 +24,8 @@ from shared import bus, signing, subjects
 from shared.model import NodeIntent, NodeStatus
 from tests import keys
 from tests.executor.conftest import ExecutorFactory, HostNode, intent, untagged_port
-from tests.executor.helpers import final_status, statuses, until
+from tests.executor.helpers import final_status, statuses
+from tests.kit import until
 
 pytestmark = pytest.mark.timeout(180)
 

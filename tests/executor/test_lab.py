@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from nats.aio.client import Client
 from services.lab import Lab
 from shared import bus, subjects
 from shared.model import HostVlanIntent, NodeIntent, NodeStatus, ObservedState
-from tests.executor.helpers import final_status, publish_intent, until
+from tests.executor.helpers import final_status, publish_intent
 from tests.executor.labkit import (
     mgmt_only_intent,
     port_vids,
@@ -29,6 +28,7 @@ from tests.executor.labkit import (
     vm_address,
     vm_ping,
 )
+from tests.kit import lab_fixture, until
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -37,13 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 _generation = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab.up(directory=tmp_path_factory.mktemp("exlab"), nodes=3, executor=True)
-    try:
-        yield lab
-    finally:
-        lab.down()
+lab = lab_fixture("exlab", nodes=3, executor=True)
 
 
 async def apply_all(nc: Client, make: object, nodes: list[str] = NODES) -> dict[str, NodeStatus]:

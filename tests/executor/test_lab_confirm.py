@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Iterator
 
 import pytest
 from nats.aio.client import Client
@@ -24,8 +23,9 @@ from shared import bus, subjects
 from shared.model import HostVlanIntent, Node, NodeIntent, VlanRange
 from tests import keys
 from tests.executor.conftest import mgmt_cn
-from tests.executor.helpers import final_status, publish_intent, until
+from tests.executor.helpers import final_status, publish_intent
 from tests.executor.labkit import sh
+from tests.kit import lab_fixture, until
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -33,13 +33,7 @@ NODE = "node-1"
 CONFIRM_S = 5.0
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab.up(directory=tmp_path_factory.mktemp("exlab-confirm"), nodes=1, executor=False)
-    try:
-        yield lab
-    finally:
-        lab.down()
+lab = lab_fixture("exlab-confirm", nodes=1, executor=False)
 
 
 async def start_unguarded_executor(lab: Lab, nc: Client) -> None:

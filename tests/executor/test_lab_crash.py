@@ -21,11 +21,9 @@ every kind, from a converged seed) runs in the default suite.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import shutil
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -43,6 +41,7 @@ from tests.executor import crashkit
 from tests.executor.conftest import mgmt_cn
 from tests.executor.crashkit import FAIL_ENV, Driver
 from tests.executor.labkit import UNTAGGED, seed_intent
+from tests.kit import lab_fixture, until
 
 pytestmark = [
     pytest.mark.lab,
@@ -109,14 +108,13 @@ class Statuses:
 
     async def wait(self, gen: int, *, after: int = 0, timeout: float = 240) -> NodeStatus:
         """The first final status of ``gen`` among those published after index ``after``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for st in self.final[after:]:
-                if st.observed_generation == gen:
-                    return st
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no final status for generation {gen} in {timeout}s")
-            await asyncio.sleep(0.05)
+        found: NodeStatus = await until(
+            lambda: next((st for st in self.final[after:] if st.observed_generation == gen), None),
+            timeout=timeout,
+            what=f"a final status for generation {gen}",
+            every=0.05,
+        )
+        return found
 
 
 class Bench:
@@ -155,13 +153,7 @@ class Bench:
         return bus.decode(reply.data, ObservedState)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab.up(directory=tmp_path_factory.mktemp("crashlab"), nodes=1, executor=False)
-    try:
-        yield lab
-    finally:
-        lab.down()
+lab = lab_fixture("crashlab", nodes=1, executor=False)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -239,15 +231,19 @@ def differences(want: Any, got: Any, path: str = "") -> str:
 
 async def ended_or_done(bench: Bench, run: int, gen: int, *, after: int) -> str | None:
     """How run ``run`` ended, or None when it reported generation ``gen`` done instead."""
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+
+    def outcome() -> tuple[str | None] | None:
         how = bench.driver.ended(run)
         if how is not None:
-            return how
+            return (how,)
         if any(st.observed_generation == gen for st in bench.statuses.final[after:]):
-            return None
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"run {run} neither ended nor finished generation {gen}")
+            return (None,)
+        return None
+
+    settled: tuple[str | None] = await until(
+        outcome, timeout=240, what=f"run {run} to end or finish generation {gen}", every=0.05
+    )
+    return settled[0]
 
 
 async def crash_matrix(bench: Bench, *, every: bool) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from nats.aio.client import Client
@@ -11,26 +10,16 @@ from nats.aio.client import Client
 from services.lab import Lab
 from shared import bus, subjects
 from shared.model import HostVlanIntent, Node, NodeIntent, ObservedState
-from tests.executor.helpers import final_status, publish_intent, until
+from tests.executor.helpers import final_status, publish_intent
 from tests.executor.labkit import port_vids, seed_intent, sh
+from tests.kit import lab_fixture, until
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
 MGMT_VLAN = 10
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab.up(
-        directory=tmp_path_factory.mktemp("exlab-vlan"),
-        nodes=1,
-        mgmt_vlan=MGMT_VLAN,
-        executor=True,
-    )
-    try:
-        yield lab
-    finally:
-        lab.down()
+lab = lab_fixture("exlab-vlan", nodes=1, mgmt_vlan=MGMT_VLAN, executor=True)
 
 
 def hostile_intent(generation: int) -> NodeIntent:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,8 +30,9 @@ from services.lab.cli import main as lab_main
 from shared import bus, intents, subjects
 from shared.model import Node, NodeIntent, NodeStatus
 from tests import keys
-from tests.executor.helpers import final_status, statuses, until
+from tests.executor.helpers import final_status, statuses
 from tests.executor.labkit import seed_intent, sh, vm_ping
+from tests.kit import lab_fixture, until, until_sync
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -40,23 +40,7 @@ NODES = ["node-1", "node-2"]
 VMS = {"vm100": "169.254.100", "vm200": "169.254.200", "vmu": "169.254.50"}
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab.up(directory=tmp_path_factory.mktemp("restartlab"), nodes=2, executor=True)
-    try:
-        yield lab
-    finally:
-        lab.down()
-
-
-@pytest.fixture
-async def client(lab: Lab) -> AsyncIterator[Client]:
-    nc = await bus.connect([lab.nats_url], name="lab-restart-test")
-    try:
-        yield nc
-    finally:
-        if not nc.is_closed:
-            await nc.close()
+lab = lab_fixture("restartlab", nodes=2, executor=True)
 
 
 async def publish(nc: Client, it: NodeIntent) -> None:
@@ -85,16 +69,16 @@ def answered_since(log: Path, offset: int) -> set[str]:
         return {line.split()[0] for line in f.read().decode().splitlines() if line.strip()}
 
 
-async def test_a_node_restarted_without_nats_gets_its_vms_back(lab: Lab, client: Client) -> None:
+async def test_a_node_restarted_without_nats_gets_its_vms_back(lab: Lab, labnc: Client) -> None:
     # Every VM of every node gets its address from the node's own file (its "guest OS").
     for i, node in enumerate(NODES, start=1):
         lines = [f"{vm} {prefix}.{i}/24" for vm, prefix in VMS.items()]
         (lab.node_dir(node) / "vm-addresses").write_text("\n".join(lines) + "\n")
     for node in NODES:
-        await publish(client, seed_intent(node, 1))
+        await publish(labnc, seed_intent(node, 1))
     for node in NODES:
-        await until(lambda n=node: final_status(client, n, 1), timeout=300)
-        status = await final_status(client, node, 1)
+        await until(lambda n=node: final_status(labnc, n, 1), timeout=300)
+        status = await final_status(labnc, node, 1)
         assert status is not None and status.phase == "Applied", status
     # The init of each node gives the VMs their addresses within a few seconds.
     await until(lambda: vm_ping(lab, "node-2", "vm100", "169.254.100.1"), timeout=120)
@@ -110,7 +94,7 @@ async def test_a_node_restarted_without_nats_gets_its_vms_back(lab: Lab, client:
         f"sh -c '{probe_script(log)}' > /dev/null 2>&1 < /dev/null & echo $! > {pidfile}",
     )
     await until(lambda: answered_since(log, 0) == set(VMS), timeout=120)
-    await client.close()
+    await labnc.close()
 
     lab.stop_nats()
     lab.stop_node("node-1")
@@ -200,7 +184,4 @@ def test_lab_down_stops_the_node_the_command_line_restarted(lab: Lab) -> None:
 
     assert lab_processes(), "the lab's nodes should be running before down"
     lab.down()
-    deadline = time.monotonic() + 30
-    while lab_processes() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert lab_processes() == []
+    until_sync(lambda: lab_processes() == [], what="the lab's UML processes to end")

@@ -28,7 +28,8 @@ from shared.l2state import desired_state, diff
 from shared.model import Node, NodeIntent, NodeStatus
 from tests import keys
 from tests.executor.conftest import HostNode, intent, untagged_port
-from tests.executor.helpers import final_status, statuses, until
+from tests.executor.helpers import final_status, statuses
+from tests.kit import until
 
 pytestmark = pytest.mark.timeout(300)
 

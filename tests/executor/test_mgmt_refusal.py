@@ -31,7 +31,8 @@ from shared.model import (
 )
 from tests import keys
 from tests.executor.conftest import ExecutorFactory, HostNode, mgmt_cn, untagged_port
-from tests.executor.helpers import final_status, publish_intent, until
+from tests.executor.helpers import final_status, publish_intent
+from tests.kit import until
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -41,7 +41,8 @@ from shared.model import (
 )
 from tests import keys
 from tests.executor.conftest import HostNode, intent, mgmt_cn, untagged_port
-from tests.executor.helpers import final_status, until
+from tests.executor.helpers import final_status
+from tests.kit import until
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -16,7 +16,8 @@ from shared import bus, natsserver, subjects
 from shared.l2state import state_from_observed
 from shared.model import Node, NodeStatus, ObservedState
 from tests.executor.conftest import ExecutorFactory, HostNode, intent, untagged_port
-from tests.executor.helpers import final_status, publish_intent, statuses, until
+from tests.executor.helpers import final_status, publish_intent, statuses
+from tests.kit import until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,8 @@ from nats.aio.client import Client
 from shared import bus, natsserver, subjects
 from tests import keys
 from tests.executor.conftest import HostNode, intent, untagged_port
-from tests.executor.helpers import final_status, until
+from tests.executor.helpers import final_status
+from tests.kit import stop_process, until
 from tests.shared.otlp_receiver import OtlpReceiver, running
 
 pytestmark = pytest.mark.timeout(180)
@@ -81,8 +81,7 @@ async def test_an_apply_is_one_trace_from_the_planners_publish_to_each_kernel_st
             )
             await until(lambda: final_status(nc, host_node.node, 1))
         finally:
-            proc.send_signal(signal.SIGTERM)  # the executor flushes its spans on the way out
-            proc.wait(timeout=30)
+            stop_process(proc)  # SIGTERM: the executor flushes its spans on the way out
         assert proc.returncode == 0, (tmp_path / "executor.log").read_text()
 
         def has_steps(r: OtlpReceiver) -> bool:
@@ -120,8 +119,7 @@ async def test_an_apply_is_one_trace_from_the_planners_publish_to_each_kernel_st
 
             assert receiver.wait_for(started), (tmp_path / "executor-again.log").read_text()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            stop_process(proc)
         (begin,) = [s for s in receiver.spans() if s.name == "l2net.executor.start"]
         assert begin.parent_span_id == "" and begin.trace_id != trace_id
         assert begin.attributes["l2net.generation"] == 1

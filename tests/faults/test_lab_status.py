@@ -7,24 +7,18 @@ is there, its NATS connection answers nothing), then thawed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from services.lab import Lab
+from tests.kit import lab_fixture
 from tests.lab.conftest import lab_cli
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab.up(directory=tmp_path_factory.mktemp("lab"), nodes=1, data_nics=0, executor=True)
-    try:
-        yield lab
-    finally:
-        lab.down()
+lab = lab_fixture("lab", nodes=1, data_nics=0, executor=True)
 
 
 def node_line(stdout: str, node: str) -> str:

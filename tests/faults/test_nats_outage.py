@@ -49,7 +49,7 @@ from tests.executor.conftest import (
     _build_node,
     executors,  # noqa: F401  (a fixture, shared)
 )
-from tests.executor.helpers import until
+from tests.kit import until
 
 pytestmark = pytest.mark.timeout(420)
 

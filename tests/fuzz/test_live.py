@@ -32,6 +32,7 @@ from tests import keys
 from tests.executor.conftest import ExecutorFactory, HostNode
 from tests.fuzz.hostile import arbitrary_bytes, mutated
 from tests.fuzz.test_decoders import INTENTS, NODES, OBSERVED, SEED_DOCS, STATUSES, plain
+from tests.kit import until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -183,10 +184,7 @@ async def test_live_services_answer_hostile_requests_and_refuse_poison_once(
         info = await js.consumer_info(subjects.STREAM_INTENTS, consumer)
         return info.delivered.stream_seq >= max(intent_seqs) and info.num_ack_pending == 0
 
-    deadline = asyncio.get_running_loop().time() + 60
-    while not await all_handled():
-        assert asyncio.get_running_loop().time() < deadline, "the executor did not handle them"
-        await asyncio.sleep(0.2)
+    await until(all_handled, timeout=60, what="the executor to handle them", every=0.2)
     await asyncio.sleep(3)  # longer than a nak's redelivery delay (2 s): a loop would show
     info = await js.consumer_info(subjects.STREAM_INTENTS, consumer)
     loops = info.num_redelivered

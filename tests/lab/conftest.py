@@ -1,18 +1,9 @@
 """Lab fixtures: one real user-mode Linux lab per test module, booted by the real CLI.
 
-Other test areas copy :func:`lab` (or call ``Lab.up`` directly). A lab that cannot boot
-makes the tests FAIL, never skip: CI must not pass without the kernel features under test.
-
-Example for another area (executor tests would pass ``executor=True``)::
-
-    @pytest.fixture(scope="module")
-    def lab(tmp_path_factory):
-        lab = Lab.up(directory=tmp_path_factory.mktemp("lab"), nodes=2, executor=False)
-        yield lab
-        lab.down()
-
-    def test_something(lab):
-        rc, out, err = lab.exec("node-1", ["ip", "-br", "link"])
+Other test areas boot theirs with :func:`tests.kit.lab_fixture` (the Python API, ``Lab.up``);
+this area boots through ``l2net lab up`` because the command is what it tests. A lab that
+cannot boot makes the tests FAIL, never skip: CI must not pass without the kernel features
+under test.
 """
 
 from __future__ import annotations

@@ -45,17 +45,6 @@ async def register(nc: Client, node: model.Node) -> None:
     await js.publish(subjects.node(node.name), bus.encode(node))
 
 
-async def wait_until(predicate: object, *, timeout: float = 20.0) -> None:
-    import asyncio
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 @pytest.fixture
 async def planner(nc: Client) -> AsyncIterator[Planner]:
     p = Planner(nc, signing_seed=keys.SEED)

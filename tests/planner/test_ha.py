@@ -24,7 +24,8 @@ from services.planner.service import Planner
 from shared import api, bus, model, natsserver, subjects
 from shared.natsserver import EmbeddedNats
 from tests import keys
-from tests.planner.conftest import make_node, register, wait_until
+from tests.kit import until
+from tests.planner.conftest import make_node, register
 
 NODES = ["node-1", "node-2", "node-3"]
 SUBMISSIONS = 40
@@ -85,7 +86,7 @@ async def test_two_planners_lose_no_accepted_submission(
         for name in NODES:
             await register(clients[0], make_node(name))
         for p in two_planners:
-            await wait_until(lambda p=p: all(n in p.intents for n in NODES))  # type: ignore[misc]
+            await until(lambda p=p: all(n in p.intents for n in NODES))  # type: ignore[misc]
         reply = bus.decode(
             await request(clients[0], subjects.API_APPLY, seed_text.encode()), api.ApplyReply
         )
@@ -218,7 +219,7 @@ async def test_a_refused_write_is_retried_against_the_new_state(
     checks: list[bool] = []
     try:
         await register(nc, make_node("node-1"))
-        await wait_until(lambda: "node-1" in rival.intents)
+        await until(lambda: "node-1" in rival.intents)
         assert (await rival.apply(seed_text)).ok
 
         # 1. The rival changes the very object: ours is stored after it, on top of it.
@@ -304,7 +305,7 @@ async def test_a_refused_write_is_retried_against_the_new_state(
 async def test_generations_stay_above_what_the_node_applied(nc: Client, planner: Planner) -> None:
     """L2_INTENTS lost (purged): the node's reported appliedGeneration is the floor."""
     await register(nc, make_node("node-1"))
-    await wait_until(lambda: "node-1" in planner.intents)
+    await until(lambda: "node-1" in planner.intents)
     await planner.stop()
     await nc.jetstream().purge_stream(subjects.STREAM_INTENTS)
     node = make_node("node-1")
@@ -313,13 +314,13 @@ async def test_generations_stay_above_what_the_node_applied(nc: Client, planner:
     again = Planner(nc, signing_seed=keys.SEED)
     await again.start()
     try:
-        await wait_until(lambda: "node-1" in again.intents)
+        await until(lambda: "node-1" in again.intents)
         assert again.intents["node-1"].generation == 42
         # A node that reports having applied more than the stream shows (a lost or forged
         # intent) gets a new generation above it.
         node.applied_generation = 50
         await register(nc, node)
-        await wait_until(lambda: again.intents["node-1"].generation == 51)
+        await until(lambda: again.intents["node-1"].generation == 51)
     finally:
         await again.stop()
 
@@ -347,14 +348,14 @@ async def test_stored_but_not_published_is_never_ok(nc: Client, seed_text: str) 
     await planner.start()
     try:
         await register(nc, make_node("node-1"))
-        await wait_until(lambda: "node-1" in planner.intents)  # the join's generation 1
+        await until(lambda: "node-1" in planner.intents)  # the join's generation 1
         planner.armed = service.MAX_ATTEMPTS  # outrun every round of the next publication
         reply = await planner.apply(seed_text)
         stored = [c for c in reply.changes if c.revision]
         assert planner.armed == 0 and not reply.ok and len(stored) == 5, reply
         print(f"\nstored, not yet published: {reply.errors[0].message[:120]}...")
         assert "not all published yet" in reply.errors[0].message
-        await wait_until(lambda: covers(planner.intents["node-1"], "oob", 200))
+        await until(lambda: covers(planner.intents["node-1"], "oob", 200))
         last = await nc.jetstream().get_last_msg(subjects.STREAM_INTENTS, "l2.intent.node-1")
         assert covers(bus.decode(last.data or b"", model.NodeIntent), "oob", 200)
     finally:
@@ -375,7 +376,7 @@ async def test_the_planner_follows_again_after_a_nats_restart(
     try:
         await planner.start()
         await register(nc, make_node("node-1"))
-        await wait_until(lambda: "node-1" in planner.intents)
+        await until(lambda: "node-1" in planner.intents)
         assert (await planner.apply(seed_text)).ok
         server.stop()
         back = natsserver.start(tmp_path / "nats", port=server.port)

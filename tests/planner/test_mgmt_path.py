@@ -14,7 +14,8 @@ from nats.aio.client import Client
 
 from services.planner.service import Planner
 from shared import model, subjects
-from tests.planner.conftest import make_node, register, wait_until
+from tests.kit import until
+from tests.planner.conftest import make_node, register
 from tests.planner.test_service import apply, last_intent, stream_messages
 
 NODE1_MGMT = model.MgmtPath(
@@ -209,7 +210,7 @@ CUTS: list[tuple[str, str, str, str, str]] = [
 async def seeded(nc: Client, planner: Planner, seed_text: str) -> Client:
     for node in nodes():
         await register(nc, node)
-    await wait_until(
+    await until(
         lambda: all(
             (n := planner.catalog.nodes.get(name)) is not None and n.mgmt is not None
             for name in ("node-1", "node-2", "node-3")

@@ -8,7 +8,8 @@ from nats.aio.client import Client
 from services.planner.service import Planner
 from shared import api, bus, model, subjects
 from tests import keys
-from tests.planner.conftest import make_node, register, wait_until
+from tests.kit import until
+from tests.planner.conftest import make_node, register
 
 POISON: list[tuple[str, bytes]] = [
     ("l2.spec.Network.vlan200", b"\x00\xffnot json"),
@@ -56,7 +57,7 @@ async def test_poison_last_messages_neither_stop_nor_mislead_the_planner(
     await first.start()
     for name in ("node-1", "node-2", "node-3"):
         await register(nc, make_node(name))
-    await wait_until(lambda: all(n in first.intents for n in ("node-1", "node-2", "node-3")))
+    await until(lambda: all(n in first.intents for n in ("node-1", "node-2", "node-3")))
     assert (await first.apply(seed_text)).ok
     before = {n: first.intents[n].generation for n in ("node-1", "node-2", "node-3")}
     await first.stop()
@@ -91,13 +92,13 @@ async def test_poison_last_messages_neither_stop_nor_mislead_the_planner(
         # node-2's and node-3's last node messages are bad: unknown until they report again.
         await register(nc, make_node("node-2"))
         await register(nc, make_node("node-3"))
-        await wait_until(
+        await until(
             lambda: (
                 planner.intents.get("node-3", model.NodeIntent(node="", generation=0)).generation
                 > before["node-3"]
             )
         )
-        await wait_until(
+        await until(
             lambda: (
                 planner.intents.get("node-2", model.NodeIntent(node="", generation=0)).generation
                 > before["node-2"]

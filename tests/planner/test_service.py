@@ -12,7 +12,8 @@ from services.planner.service import Planner
 from shared import api, bus, model, subjects
 from shared.natsserver import EmbeddedNats
 from tests import keys
-from tests.planner.conftest import make_node, register, wait_until
+from tests.kit import until
+from tests.planner.conftest import make_node, register
 
 VMS = "---\nkind: VmNic\nname: nic-a\nvm: vm-a\nnode: node-1\nnetwork: vlan200\n"
 
@@ -40,7 +41,7 @@ async def test_any_nats_client_submits_without_l2net_code(
     plain = await nats.connect(nats_server.url)
     try:
         await register(plain, make_node("node-1"))
-        await wait_until(lambda: "node-1" in planner.catalog.nodes)
+        await until(lambda: "node-1" in planner.catalog.nodes)
         reply = json.loads((await plain.request("l2.api.apply", seed_text.encode(), 10)).data)
         assert reply["ok"] is True
         assert {c["name"] for c in reply["changes"]} == {
@@ -69,7 +70,7 @@ async def test_rejected_submission_stores_nothing_and_names_every_reason(
     nc: Client, planner: Planner, seed_text: str
 ) -> None:
     await register(nc, make_node("node-1"))
-    await wait_until(lambda: "node-1" in planner.catalog.nodes)
+    await until(lambda: "node-1" in planner.catalog.nodes)
     bad = seed_text + (
         "---\nkind: Network\nname: big\nclusterNetwork: oob\nvlan: 4095\n"
         "---\nkind: Network\nname: lost\nclusterNetwork: nowhere\nvlan: 5\n"
@@ -93,7 +94,7 @@ async def test_reapplying_the_same_manifest_changes_nothing(
     nc: Client, planner: Planner, seed_text: str
 ) -> None:
     await register(nc, make_node("node-1"))
-    await wait_until(lambda: "node-1" in planner.catalog.nodes)
+    await until(lambda: "node-1" in planner.catalog.nodes)
     first = await apply(nc, seed_text)
     assert first.ok and first.generations == {"node-1": 2}
     stored = await stream_messages(nc, subjects.STREAM_SPECS)
@@ -109,7 +110,7 @@ async def test_planner_rebuilds_from_jetstream_after_restart(
     nc: Client, planner: Planner, seed_text: str
 ) -> None:
     await register(nc, make_node("node-1"))
-    await wait_until(lambda: "node-1" in planner.catalog.nodes)
+    await until(lambda: "node-1" in planner.catalog.nodes)
     assert (await apply(nc, seed_text + VMS)).ok
     assert (await apply(nc, seed_text.replace("vlan: 200", "vlan: 201"))).ok
     await planner.stop()
@@ -120,7 +121,7 @@ async def test_planner_rebuilds_from_jetstream_after_restart(
         assert set(restarted.catalog.entries) == set(planner.catalog.entries)
         net = restarted.catalog.get(model.Network, "vlan200")
         assert net is not None and net.vlan == 201
-        await wait_until(lambda: "node-1" in restarted.catalog.nodes)
+        await until(lambda: "node-1" in restarted.catalog.nodes)
         assert restarted.intents["node-1"].generation == 3
         # Generations continue where they were.
         reply = await apply(nc, seed_text.replace("vlan: 200", "vlan: 202"))
@@ -135,17 +136,17 @@ async def test_node_join_and_label_change_recompile(
 ) -> None:
     selective = seed_text.replace("uplink:", "nodeSelector: {rack: a}\nuplink:")
     await register(nc, make_node("node-1", labels={"rack": "a"}))
-    await wait_until(lambda: "node-1" in planner.catalog.nodes)
+    await until(lambda: "node-1" in planner.catalog.nodes)
     assert (await apply(nc, selective)).ok
 
     await register(nc, make_node("node-2", labels={"rack": "b"}))
-    await wait_until(lambda: "node-2" in planner.intents)
+    await until(lambda: "node-2" in planner.intents)
     assert [cn.name for cn in (await last_intent(nc, "node-2")).cluster_networks] == ["mgmt"]
 
     # A heartbeat (same labels and NICs) publishes nothing new.
     await register(nc, make_node("node-2", labels={"rack": "b"}))
     await register(nc, make_node("node-2", labels={"rack": "a"}))
-    await wait_until(lambda: planner.intents["node-2"].generation == 2)
+    await until(lambda: planner.intents["node-2"].generation == 2)
     intent = await last_intent(nc, "node-2")
     assert [cn.name for cn in intent.cluster_networks] == ["mgmt", "oob"]
     assert intent.generation == 2
@@ -156,7 +157,7 @@ async def test_delete_refuses_objects_in_use_and_removes_the_rest(
     nc: Client, planner: Planner, seed_text: str
 ) -> None:
     await register(nc, make_node("node-1"))
-    await wait_until(lambda: "node-1" in planner.catalog.nodes)
+    await until(lambda: "node-1" in planner.catalog.nodes)
     assert (await apply(nc, seed_text + VMS)).ok
 
     async def delete(kind: str, name: str) -> api.ApplyReply:

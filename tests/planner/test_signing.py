@@ -14,7 +14,8 @@ from services.planner.service import Planner
 from shared import bus, model, signing, subjects
 from shared.intents import canonical_bytes
 from tests import keys
-from tests.planner.conftest import make_node, register, wait_until
+from tests.kit import until
+from tests.planner.conftest import make_node, register
 from tests.planner.test_service import VMS, apply
 
 
@@ -23,7 +24,7 @@ async def test_every_published_intent_is_signed_by_the_planners_key(
 ) -> None:
     for name in ("node-1", "node-2"):
         await register(nc, make_node(name))
-    await wait_until(lambda: {"node-1", "node-2"} <= set(planner.catalog.nodes))
+    await until(lambda: {"node-1", "node-2"} <= set(planner.catalog.nodes))
     assert (await apply(nc, seed_text + VMS)).ok
     js = nc.jetstream()
     info = await js.stream_info(subjects.STREAM_INTENTS)

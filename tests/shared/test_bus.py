@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from nats.micro.request import Request
 
 from shared import bus, natsserver, subjects
-from tests.executor.helpers import until
+from tests.kit import until
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,8 +22,8 @@ from services.auditor.service import CHECK_SPAN, Auditor
 from shared import bus, subjects, tracing
 from shared.model import NodeStatus
 from tests.auditor.conftest import applied
-from tests.executor.helpers import until
 from tests.executor.labkit import seed_intent
+from tests.kit import until
 from tests.trace.conftest import in_memory_spans
 
 pytestmark = pytest.mark.timeout(120)

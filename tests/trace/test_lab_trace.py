@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ import pytest
 
 from services.lab import Lab
 from shared import bus, subjects
+from tests.kit import stop_process, until
 from tests.shared import otlp_receiver
 from tests.shared.otlp_receiver import OtlpReceiver, ReceivedSpan
 
@@ -81,31 +80,21 @@ def _start(role: str, fleet: Fleet, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM by its own pid (the service flushes its spans on the way out)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 async def _wait_for_services(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
     """Until the planner answers ``l2.api.get`` and the auditor ``l2.auditor.history``."""
     nc = await bus.connect([url], name="trace-test-wait")
     try:
         for subject, body in ((subjects.API_GET, b""), (subjects.AUDITOR_HISTORY, b'{"node":"x"}')):
-            deadline = time.monotonic() + 120
-            while True:
+
+            async def answers(subject: str = subject, body: bytes = body) -> bool:
                 assert all(p.poll() is None for p in procs), "a service exited"
                 try:
                     await nc.request(subject, body, timeout=1)
-                    break
                 except Exception:
-                    assert time.monotonic() < deadline, f"nothing answers on {subject}"
-                    await asyncio.sleep(0.2)
+                    return False
+                return True
+
+            await until(answers, timeout=120, what=f"an answer on {subject}", every=0.2)
     finally:
         await nc.drain()
 
@@ -165,8 +154,8 @@ def test_a_submission_is_one_trace_from_the_cli_through_lab_executors_to_the_aud
         assert "Network/vlan200 created" in applied.stdout
         complete = fleet.receiver.wait_for(_complete, timeout=240)
     finally:
-        _stop(planner)
-        _stop(auditor)
+        stop_process(planner)  # SIGTERM: each flushes its spans on the way out
+        stop_process(auditor)
     logs = "".join(
         f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("*.log"))
     )
