@@ -636,6 +636,14 @@ def check_cni_config(port: VmPortIntent) -> None:
     cfg: Any = port.cni_config
     if not isinstance(cfg, dict):
         raise StateError(f"{where} is not an object")
+    _check_cni_identity(port, cfg, where)
+    _check_cni_link(cfg, where)
+    _check_cni_vlans(port, cfg, where)
+
+
+def _check_cni_identity(port: VmPortIntent, cfg: dict[str, Any], where: str) -> None:
+    """Only keys l2net writes; the bridge plugin on the port's own bridge, named after its
+    network, in a version l2net knows."""
     unknown = sorted(str(k) for k in cfg if k not in CNI_KEYS)
     if unknown:
         raise StateError(f"{where} has keys l2net never generates: {', '.join(unknown)}")
@@ -654,6 +662,10 @@ def check_cni_config(port: VmPortIntent) -> None:
         raise StateError(f"{where}.cniVersion is {version!r}, not a version like '0.3.1'")
     if cfg.get("name") != port.network:
         raise StateError(f"{where}.name is {cfg.get('name')!r}, not the network {port.network!r}")
+
+
+def _check_cni_link(cfg: dict[str, Any], where: str) -> None:
+    """No addresses; a boolean promiscMode; an MTU the kernel takes."""
     if not isinstance(cfg.get("promiscMode", True), bool):
         raise StateError(f"{where}.promiscMode is {cfg['promiscMode']!r}, not true or false")
     if cfg.get("ipam", {}) != {}:
@@ -665,19 +677,21 @@ def check_cni_config(port: VmPortIntent) -> None:
         or not KERNEL_MTU_MIN <= mtu <= KERNEL_MTU_MAX
     ):
         raise StateError(f"{where}.mtu is {mtu!r}, not an MTU {KERNEL_MTU_MIN}-{KERNEL_MTU_MAX}")
-    ports = expand_vlans(port.vlans)
+
+
+def _check_cni_vlans(port: VmPortIntent, cfg: dict[str, Any], where: str) -> None:
+    """The VLAN or trunk the config gives is exactly the port's VIDs."""
     if "vlan" in cfg and "vlanTrunk" in cfg:
         raise StateError(f"{where} has both vlan and vlanTrunk")
     if "vlan" in cfg:
-        vid = _vid(cfg["vlan"], f"{where}.vlan")
-        expected = {vid: (True, True)}
+        expected = {_vid(cfg["vlan"], f"{where}.vlan"): (True, True)}
     elif "vlanTrunk" in cfg:
         expected = dict.fromkeys(
             _trunk_vids(cfg["vlanTrunk"], f"{where}.vlanTrunk"), (False, False)
         )
     else:
         expected = {1: (True, True)}  # an untagged network rides the PVID, VID 1
-    if ports != expected:
+    if expand_vlans(port.vlans) != expected:
         raise StateError(
             f"{where} gives VLANs {format_vlans(compress_vlans(expected))}, the port's VLANs"
             f" are {format_vlans(port.vlans)}"

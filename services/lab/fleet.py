@@ -1002,17 +1002,7 @@ class Lab:
 def teardown(st: state.LabState, *, remove_files: bool = True) -> list[str]:
     """Stop a lab's processes and remove its namespace and taps (by recorded pids and
     names only), then, with ``remove_files``, its files. Safe to run twice."""
-    done: list[str] = []
-    for n in st.nodes:
-        if n.proc is not None and (state.alive(n.proc) or state.session_members(n.proc)):
-            state.kill(n.proc, session=True)
-            done.append(f"{n.name} (pid {n.proc.pid})")
-    if state.alive(st.relay):
-        state.kill(st.relay)
-        done.append(f"relay (pid {st.relay.pid if st.relay else '?'})")
-    if st.nats_owned and state.alive(st.nats):
-        state.kill(st.nats, grace=5.0)
-        done.append(f"nats-server (pid {st.nats.pid if st.nats else '?'})")
+    done = _stop_processes(st)
     if _netns_exists(st.netns):
         taps = [t for n in st.nodes for t in n.taps] + st.extra_taps
         batch = "".join(f"link del {t}\n" for t in taps)
@@ -1026,18 +1016,38 @@ def teardown(st: state.LabState, *, remove_files: bool = True) -> list[str]:
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
     if remove_files:
-        d = Path(st.dir)
-        for sub in ("nodes", "uml", "nats"):
-            if (d / sub).is_dir():
-                shutil.rmtree(d / sub, ignore_errors=True)
-        files = ("init.sh", "relay.json", "relay.log", "relay.ready", SIGNING_SEED_FILE)
-        for name in (*files, state.STATE_FILE):
-            (d / name).unlink(missing_ok=True)
-        (d / (state.STATE_FILE.removesuffix(".json") + ".tmp")).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # not empty: files that are not the lab's stay
-            d.rmdir()
-        done.append(f"state in {d}")
+        done.append(_remove_files(Path(st.dir)))
     return done
+
+
+def _stop_processes(st: state.LabState) -> list[str]:
+    """Stop the nodes' UML sessions, the relay and an owned nats-server, by recorded pids."""
+    done: list[str] = []
+    for n in st.nodes:
+        if n.proc is not None and (state.alive(n.proc) or state.session_members(n.proc)):
+            state.kill(n.proc, session=True)
+            done.append(f"{n.name} (pid {n.proc.pid})")
+    if state.alive(st.relay):
+        state.kill(st.relay)
+        done.append(f"relay (pid {st.relay.pid if st.relay else '?'})")
+    if st.nats_owned and state.alive(st.nats):
+        state.kill(st.nats, grace=5.0)
+        done.append(f"nats-server (pid {st.nats.pid if st.nats else '?'})")
+    return done
+
+
+def _remove_files(d: Path) -> str:
+    """Remove the files a lab wrote in ``d`` (others there stay, and so does ``d``)."""
+    for sub in ("nodes", "uml", "nats"):
+        if (d / sub).is_dir():
+            shutil.rmtree(d / sub, ignore_errors=True)
+    files = ("init.sh", "relay.json", "relay.log", "relay.ready", SIGNING_SEED_FILE)
+    for name in (*files, state.STATE_FILE):
+        (d / name).unlink(missing_ok=True)
+    (d / (state.STATE_FILE.removesuffix(".json") + ".tmp")).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: files that are not the lab's stay
+        d.rmdir()
+    return f"state in {d}"
 
 
 def down(directory: Path | str | None = None) -> list[str]:
