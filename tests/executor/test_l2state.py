@@ -11,8 +11,11 @@ from shared.l2state import (
     DEFAULT_PVID,
     UNFINISHED_ALIAS,
     Difference,
+    Field,
     LinkState,
     NodeL2State,
+    ObjectKind,
+    Op,
     StateError,
     build_actual,
     canonical_vlans,
@@ -90,10 +93,11 @@ def test_converged_node_has_no_differences_and_no_steps() -> None:
 def test_differences_read_like_nmstate() -> None:
     desired, _ = desired_state(seed_intent("node-1", 1, mode="802.3ad"))
     items = diff(desired, converged_seed_node())
-    assert (
-        Difference(object="oob-bo", path="bond.mode", desired="802.3ad", actual="active-backup")
-        in items
+    mode = Difference.changed(
+        ObjectKind.LINK, "oob-bo", Field.BOND_MODE, desired="802.3ad", actual="active-backup"
     )
+    assert mode in items
+    assert (mode.op, mode.object, mode.path) == (Op.CHANGE, "oob-bo", "bond.mode")
     assert str(items[0]) == "oob-bo.bond.mode: desired '802.3ad', actual 'active-backup'"
 
 
@@ -339,9 +343,11 @@ def test_a_vm_nic_moved_to_another_bridge_by_hand_is_put_back() -> None:
         namespaces=actual.namespaces,
     )
     desired, _ = desired_state(seed_intent("node-1", 1))
-    assert Difference(
-        object="vm/vmu/eth0", path="bridge", desired="oob-br", actual="mgmt-br"
-    ) in diff(desired, actual)
+    moved = Difference.changed(
+        ObjectKind.VM_PORT, "vmu/eth0", Field.BRIDGE, desired="oob-br", actual="mgmt-br"
+    )
+    assert moved in diff(desired, actual)
+    assert str(moved) == "vm/vmu/eth0.bridge: desired 'oob-br', actual 'mgmt-br'"
     assert [s.describe() for s in plan(desired, actual)] == [
         "link.set veth1 (master=oob-br)",
         "vm.vlans vm/vmu/eth0 (vlans=1 pvid untagged)",
