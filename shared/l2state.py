@@ -12,7 +12,8 @@ A node's L2 state is three things the kernel holds:
 The same :class:`NodeL2State` describes what a node *should* look like (built from a
 :class:`~shared.model.NodeIntent` by :func:`desired_state`, where ``None`` fields mean "no
 opinion") and what it *does* look like (read from the kernel, every field filled). The one
-:func:`diff` turns the pair into :class:`Difference` items in nmstate's style (object, field
+:func:`diff` turns the pair into :class:`Difference` items: typed for programs (an
+operation, the object's kind and name, the field) and read in nmstate's style (object, field
 path, desired, actual): the executor plans its steps from them and the auditor reports them as
 drift, so the two can never disagree about what "converged" means.
 
@@ -1216,8 +1217,8 @@ def _link_field_items(
     for attr, field in _LINK_FIELDS:
         wanted = getattr(want, attr)
         got = getattr(have, attr)
-        if exact and field is Field.MAC and want.kind in ("bridge", "bond"):
-            continue  # follows their ports' MACs: returns with the ports
+        if exact and field is Field.MAC and want.kind == "bridge":
+            continue  # follows its ports' MACs: returns with the ports
         # None is "no opinion" (except in a snapshot), but a bridge is never enslaved.
         bridge_master = field is Field.MASTER and want.kind == "bridge"
         if wanted is None and not exact and not bridge_master:
@@ -1274,7 +1275,8 @@ def _port_vlan_items(desired: NodeL2State, actual: NodeL2State) -> list[Differen
                 out.append(Difference.added(_LINK, name))
             continue  # a desired link's absence is already an item
         want = desired.vlans.get(name, [])
-        out += _vlan_items(_LINK, name, want, actual, bridge=_bridge_of(name, actual))
+        bridge = _bridge_of(name, actual)
+        out += _vlan_items(_LINK, name, want, actual, bridge=bridge, exact=desired.exact)
     return out
 
 
@@ -1293,7 +1295,13 @@ def _vm_port_items(desired: NodeL2State, actual: NodeL2State) -> list[Difference
             )
         if want.vlans is not None and have.host_ifname:
             out += _vlan_items(
-                kind, key, want.vlans, actual, bridge=have.bridge, port=have.host_ifname
+                kind,
+                key,
+                want.vlans,
+                actual,
+                bridge=have.bridge,
+                port=have.host_ifname,
+                exact=desired.exact,
             )
     extra = sorted(set(actual.vm_ports) - set(desired.vm_ports))
     return out + [Difference.removed(kind, key) for key in extra]
@@ -1347,23 +1355,27 @@ def _vlan_items(
     *,
     bridge: str | None,
     port: str | None = None,
+    exact: bool = False,
 ) -> list[Difference]:
     port = port or name
     want_c = canonical_vlans(want)
     have_c = canonical_vlans(actual.vlans.get(port, []))
-    bridge_link = actual.links.get(bridge) if bridge else None
-    if bridge_link is not None and bridge_link.vlan_filtering is False:
-        if want_c in ([], [DEFAULT_PVID]):
-            return []
-        return [
+    vids = []
+    if want_c != have_c:
+        vids.append(
             Difference.changed(
-                _LINK, bridge_link.name, Field.VLAN_FILTERING, desired=True, actual=False
+                kind, name, Field.VLANS, desired=format_vlans(want_c), actual=format_vlans(have_c)
             )
-        ]
-    if want_c == have_c:
-        return []
-    return [
-        Difference.changed(
-            kind, name, Field.VLANS, desired=format_vlans(want_c), actual=format_vlans(have_c)
         )
-    ]
+    bridge_link = actual.links.get(bridge) if bridge else None
+    # Back to a snapshot, the VIDs count as they are (the bridge's filtering is compared as
+    # its own field). Else a bridge that does not filter must, unless the port wants only
+    # what such a bridge does anyway; the VIDs it keeps meanwhile count too.
+    if not exact and bridge_link is not None and bridge_link.vlan_filtering is False:
+        if want_c in ([], [DEFAULT_PVID]):
+            return [] if have_c in ([], want_c) else vids  # none: the kernel cannot filter
+        filtering = Difference.changed(
+            _LINK, bridge_link.name, Field.VLAN_FILTERING, desired=True, actual=False
+        )
+        return [filtering, *vids]
+    return vids

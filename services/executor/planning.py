@@ -2,13 +2,18 @@
 
 :func:`plan` is pure. It takes the desired and the actual :class:`~shared.l2state.NodeL2State`,
 asks :func:`shared.l2state.diff` what differs (the same diff the auditor reports as drift),
-and turns the items into :class:`Step` objects in the safe order of DESIGN.md:
+and turns the items into :class:`Step` objects in the safe order of DESIGN.md.
 
-removals first, in reverse (host VLAN interfaces, VIDs, ports released, bonds and bridges
-deleted), then additions and changes: bond with mode and options → ports down → enslave →
-MTU → up → bridge with ``vlan_filtering`` → bond as bridge port → VIDs (ranges, one request
-each) → host VLAN interfaces with the ``self`` VID → VM namespaces and NICs (bridge CNI, then
-exact VIDs). VM NICs to unplug (CNI DEL) and their emptied namespaces come last.
+The items are typed (:class:`~shared.l2state.Difference`: an operation, an object kind and
+name, a field) and indexed by object (:class:`Changes`); the plan reads as its phases, each a
+small function whose results the next ones take explicitly (:class:`BondPhase`,
+:class:`EnslavePhase`): **removals** in reverse order of creation (host VLAN interfaces,
+VIDs, ports released, bonds and bridges deleted, NICs given back) → **bonds** (created,
+rebuilt for a mode or MAC, options) → **enslave** (ports down, then into their bond) →
+**link fields** (MTU, txqlen, MAC, alias; then up) → **bridges** (with ``vlan_filtering``,
+their ports, up; then VIDs, one request per range) → **VLAN links** (host VLAN interfaces,
+their addresses) → **VM ports** (namespaces, bridge CNI, exact VIDs) → **unplug** (CNI DEL
+and the namespaces left empty).
 
 Kernel surprises the order encodes: a bond's mode (and MAC, which it passes to its ports) can
 only change with no ports and the bond down; a port is enslaved while down; a bridge takes
@@ -209,6 +214,7 @@ def plan(desired: NodeL2State, actual: NodeL2State) -> list[Step]:
         *_link_fields(changes, groups, enslaved=enslave.enslaved, rebuilt=bonds.rebuilt),
         *_ups(changes, [*groups.others, *groups.bonds], downed=bonds.rebuilt | enslave.downed),
         *_bridges(changes, groups, released=bonds.released),
+        *_addresses(changes, [*groups.bonds, *groups.others, *groups.bridges]),
         # Ports that just joined a bridge got VID 1 PVID untagged from the kernel: set exactly.
         *vid_additions,
         *_vlan_links(changes, groups),
@@ -326,12 +332,14 @@ def _bond_phase(changes: Changes, groups: Groups, released: frozenset[str]) -> B
         want = changes.desired.links[name]
         if changes.missing(name):
             steps.append(Step(op="link.create", target=name, args=_create_args(want)))
-        elif changes.changed(name, Field.BOND_MODE) or changes.changed(name, Field.MAC):
+            continue
+        if changes.changed(name, Field.BOND_MODE) or changes.changed(name, Field.MAC):
             ports = _bond_ports(changes.actual, name, exclude=out)
             steps += _rebuild_bond(changes, name, ports)
             rebuilt.add(name)
             out.update(ports)
-        elif options := changes.bond_options(name):
+        options = changes.bond_options(name)
+        if options and not changes.changed(name, Field.BOND_MODE):  # a new mode sets them all
             steps.append(Step(op="link.set", target=name, args={"bond_options": options}))
     return BondPhase(steps=steps, rebuilt=frozenset(rebuilt), released=frozenset(out))
 
@@ -460,13 +468,32 @@ def _vlan_links(changes: Changes, groups: Groups) -> list[Step]:
             steps.append(Step(op="link.create", target=name, args=_create_args(want)))
         elif fields := changes.settable(name):
             steps.append(Step(op="link.set", target=name, args=fields))
-        have_addresses = [] if new else changes.actual.links[name].addresses or []
-        add, delete = _address_changes(want.addresses or [], have_addresses)
-        steps += [Step(op="addr.del", target=name, args={"address": a}) for a in delete]
-        steps += [Step(op="addr.add", target=name, args={"address": a}) for a in add]
+        steps += _address_steps(changes, name, want.addresses or [], new=new)
         if _wants_up(want, None if recreate else changes.actual.links.get(name), False):
             steps.append(Step(op="link.set", target=name, args={"up": True}))
     return steps
+
+
+def _addresses(changes: Changes, names: list[str]) -> list[Step]:
+    """Addresses of links other than VLAN interfaces: only a snapshot (rollback) has an
+    opinion on them, and a link made again has none."""
+    steps: list[Step] = []
+    for name in names:
+        want = changes.desired.links[name].addresses
+        if want is not None and (changes.missing(name) or changes.changed(name, Field.ADDRESSES)):
+            steps += _address_steps(changes, name, want, new=changes.missing(name))
+    return steps
+
+
+def _address_steps(changes: Changes, name: str, want: list[str], *, new: bool) -> list[Step]:
+    """Deletions, then additions, that give ``name`` the addresses ``want`` (``new``: a
+    link made by this plan, without any)."""
+    have = [] if new else changes.actual.links[name].addresses or []
+    add, delete = _address_changes(want, have)
+    return [
+        *(Step(op="addr.del", target=name, args={"address": a}) for a in delete),
+        *(Step(op="addr.add", target=name, args={"address": a}) for a in add),
+    ]
 
 
 def _downs(changes: Changes) -> list[Step]:

@@ -457,3 +457,58 @@ def test_a_bridge_keeps_its_mtu_when_its_bond_changes_its_own() -> None:
     bond.mtu = 1450
     steps = [s.describe() for s in plan(desired_state(intent)[0], actual)]
     assert steps.index("link.set oob-bo (mtu=1450)") < steps.index("link.set oob-br (mtu=1500)")
+
+
+# Found by the fake-kernel properties (tests/executor/test_fake_kernel.py).
+
+
+def test_a_bond_mac_change_sets_the_changed_options_too() -> None:
+    actual = converged_seed_node()
+    intent = seed_intent("node-1", 1, bond_options={"miimon": 200})
+    bond = intent.cluster_networks[1].bond
+    assert bond is not None
+    bond.hwaddr = "02:00:00:00:01:01"
+    steps = [s.describe() for s in plan(desired_state(intent)[0], actual)]
+    assert steps[3:5] == [
+        "link.set oob-bo (mac=02:00:00:00:01:01)",
+        "link.set oob-bo (bond_options={'miimon': 200})",
+    ]
+
+
+def test_a_rollback_gives_a_bond_its_mac_back() -> None:
+    snapshot = converged_seed_node()
+    snapshot.links["oob-bo"].mac = "52:54:00:00:00:01"
+    now = converged_seed_node()
+    now.links["oob-bo"].mac = "02:00:00:00:01:01"  # set by the attempt: it stays
+    assert [str(d) for d in diff(exact_desired(snapshot), now)] == [
+        "oob-bo.mac: desired '52:54:00:00:00:01', actual '02:00:00:00:01:01'"
+    ]
+
+
+def test_a_snapshot_with_a_bridge_that_does_not_filter_is_its_own_fixed_point() -> None:
+    snapshot = converged_seed_node()
+    snapshot.links["oob-br"].vlan_filtering = False  # turned off by hand; the VIDs stay
+    assert diff(exact_desired(snapshot), snapshot) == []
+
+
+def test_vids_on_a_bridge_that_does_not_filter_are_fixed_with_its_filtering() -> None:
+    actual = converged_seed_node()
+    actual.links["oob-br"].vlan_filtering = False
+    actual.vlans["oob-bo"] = [DEFAULT_PVID, vr(200), vr(300)]
+    desired, _ = desired_state(seed_intent("node-1", 1))
+    steps = [s.describe() for s in plan(desired, actual)]
+    assert steps == [
+        "vlan.del oob-bo (ranges=300, self=False)",
+        "link.set oob-br (vlan_filtering=True)",
+    ]
+
+
+def test_a_rollback_gives_a_bond_its_addresses_back() -> None:
+    snapshot = converged_seed_node()
+    snapshot.links["oob-bo"].addresses = ["10.9.0.1/24"]
+    now = converged_seed_node()
+    del now.links["oob-bo"]
+    steps = [s.describe() for s in plan(exact_desired(snapshot), now)]
+    assert steps.index("addr.add oob-bo (address=10.9.0.1/24)") > steps.index(
+        next(s for s in steps if s.startswith("link.create oob-bo"))
+    )
