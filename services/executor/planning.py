@@ -176,6 +176,8 @@ class Groups:
 
 @dataclass(frozen=True)
 class BondPhase:
+    """What the bonds phase did, for the phases after it."""
+
     steps: list[Step]
     rebuilt: frozenset[str]
     """Bonds emptied and downed for a mode or MAC change."""
@@ -185,6 +187,8 @@ class BondPhase:
 
 @dataclass(frozen=True)
 class EnslavePhase:
+    """What the enslave phase did, for the phases after it."""
+
     steps: list[Step]
     enslaved: frozenset[str]
     downed: frozenset[str]
