@@ -12,7 +12,8 @@ A node's L2 state is three things the kernel holds:
 The same :class:`NodeL2State` describes what a node *should* look like (built from a
 :class:`~shared.model.NodeIntent` by :func:`desired_state`, where ``None`` fields mean "no
 opinion") and what it *does* look like (read from the kernel, every field filled). The one
-:func:`diff` turns the pair into :class:`Difference` items in nmstate's style (object, field
+:func:`diff` turns the pair into :class:`Difference` items: typed for programs (an
+operation, the object's kind and name, the field) and read in nmstate's style (object, field
 path, desired, actual): the executor plans its steps from them and the auditor reports them as
 drift, so the two can never disagree about what "converged" means.
 
@@ -32,6 +33,8 @@ Everything here is pure: no I/O.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -160,18 +163,118 @@ class NodeL2State(msgspec.Struct, kw_only=True, rename="camel"):
     """A snapshot to return to (rollback): every field counts, ``None`` included."""
 
 
-class Difference(msgspec.Struct, kw_only=True, rename="camel", frozen=True):
+class Op(enum.StrEnum):
+    """What a :class:`Difference` asks for: an object added or removed, or a field changed."""
+
+    ADD = "add"
+    REMOVE = "remove"
+    CHANGE = "change"
+
+
+class ObjectKind(enum.StrEnum):
+    """What a :class:`Difference` is about; the value is the prefix of its object's name."""
+
+    LINK = ""
+    VM_PORT = "vm/"
+    NETNS = "netns/"
+    RECORD = "record"
+    """Not the kernel's: an intent or observed state the auditor cannot judge (its name is
+    ``intent`` or ``observed``, written without a prefix)."""
+
+
+class Field(enum.StrEnum):
+    """A field a :class:`Difference` changes; the value is how its path reads."""
+
+    KIND = "kind"
+    ALIAS = "alias"
+    MASTER = "master"
+    UP = "up"
+    MTU = "mtu"
+    MAC = "mac"
+    TXQLEN = "txqlen"
+    BOND_MODE = "bond.mode"
+    BOND_OPTION = "bond.options"
+    """One bond option, named by :attr:`Difference.key`."""
+    VLAN_FILTERING = "bridge.vlanFiltering"
+    VLAN_ID = "vlan.id"
+    VLAN_LINK = "vlan.link"
+    ADDRESSES = "addresses"
+    VLANS = "vlans"
+    BRIDGE = "bridge"
+    """A VM NIC's bridge."""
+    GENERATION = "generation"
+    """A record's generation, :attr:`Difference.key` (the auditor's findings)."""
+
+
+class Difference(msgspec.Struct, kw_only=True, frozen=True):
     """One way actual differs from desired, in nmstate's words.
 
-    ``object`` is a link name, ``vm/<vm>/<ifname>`` for a VM NIC or ``netns/<vm>`` for a
-    VM namespace; ``path`` is the field (``""`` for the object's presence); ``desired`` and
-    ``actual`` are plain JSON values (``"present"``/``"absent"`` for presence).
+    Structured for programs: ``op`` (add, remove, change), the object (``kind`` and
+    ``name``: a link name, ``<vm>/<ifname>`` for a VM NIC, a VM name for its namespace) and
+    the ``field`` it changes (None for the object's presence; ``key`` names a bond option).
+    ``desired`` and ``actual`` are plain JSON values (``"present"``/``"absent"`` for
+    presence). Rendered for people (drift items, status texts) as :attr:`object` (``oob-bo``,
+    ``vm/<vm>/<ifname>``, ``netns/<vm>``) and :attr:`path` (``bond.options.miimon``, ``""``
+    for presence).
     """
 
-    object: str
-    path: str
+    op: Op
+    kind: ObjectKind
+    name: str
+    field: Field | None = None
+    key: str | None = None
     desired: Any
     actual: Any
+
+    @classmethod
+    def added(cls, kind: ObjectKind, name: str) -> Difference:
+        """``name`` is missing and must be made."""
+        return cls(op=Op.ADD, kind=kind, name=name, desired=PRESENT, actual=ABSENT)
+
+    @classmethod
+    def removed(cls, kind: ObjectKind, name: str) -> Difference:
+        """``name`` is extra and must go."""
+        return cls(op=Op.REMOVE, kind=kind, name=name, desired=ABSENT, actual=PRESENT)
+
+    @classmethod
+    def changed(
+        cls,
+        kind: ObjectKind,
+        name: str,
+        field: Field,
+        *,
+        desired: Any,
+        actual: Any,
+        key: str | None = None,
+    ) -> Difference:
+        """``name``'s ``field`` (bond option ``key``) is ``actual`` and must be ``desired``."""
+        return cls(
+            op=Op.CHANGE,
+            kind=kind,
+            name=name,
+            field=field,
+            key=key,
+            desired=desired,
+            actual=actual,
+        )
+
+    @property
+    def object(self) -> str:
+        """The object as people read it: ``oob-bo``, ``vm/<vm>/<ifname>``, ``netns/<vm>``."""
+        if self.kind is ObjectKind.RECORD:
+            return self.name
+        return f"{self.kind.value}{self.name}"
+
+    @property
+    def path(self) -> str:
+        """The field as people read it: ``bond.options.miimon``; ``""`` for presence."""
+        if self.field is None:
+            return ""
+        if self.field is Field.GENERATION:
+            return f"{self.field.value} {self.key}"
+        if self.key is not None:
+            return f"{self.field.value}.{self.key}"
+        return self.field.value
 
     def __str__(self) -> str:
         where = f"{self.object}.{self.path}" if self.path else self.object
@@ -733,48 +836,89 @@ def desired_state(
     back by the executor's confirm (``--test-only-allow-mgmt-cuts``).
     """
     check_intent(intent)
-    protected = protected_links(mgmt_vlan)
-    refused: list[Refusal] = []
-    if not guard_mgmt:
-        mgmt = None
-    links: dict[str, LinkState] = {}
-    vlans: dict[str, list[VlanRange]] = {}
-    base_mgmt = [DEFAULT_PVID] + ([VlanRange(vid=mgmt_vlan)] if mgmt_vlan else [])
-
+    state = _DesiredBuilder(
+        protected=protected_links(mgmt_vlan),
+        mgmt_vlan=mgmt_vlan,
+        mgmt=mgmt if guard_mgmt else None,
+        guard=guard_mgmt,
+    )
     for cn in intent.cluster_networks:
-        if cn.name == MGMT or cn.bridge in protected or cn.bond_name in protected:
-            if cn.managed or cn.bond is not None:
-                refused.append(
+        state.add_cluster_network(cn)
+    for hv in intent.host_vlans:
+        state.add_host_vlan(hv)
+    for vp in intent.vm_ports:
+        state.add_vm_port(vp)
+    return (
+        NodeL2State(
+            node=intent.node,
+            links=state.links,
+            vlans=state.vlans,
+            namespaces=sorted({p.vm for p in state.vm_ports.values()}),
+            vm_ports=state.vm_ports,
+            protected=state.protected,
+            mgmt_vlan=mgmt_vlan,
+        ),
+        state.refused,
+    )
+
+
+@dataclasses.dataclass
+class _DesiredBuilder:
+    """A desired state being built from an intent's parts, with what was refused on the way
+    (see :func:`desired_state`)."""
+
+    protected: list[str]
+    mgmt_vlan: int | None
+    mgmt: MgmtPath | None
+    guard: bool
+    links: dict[str, LinkState] = dataclasses.field(default_factory=dict)
+    vlans: dict[str, list[VlanRange]] = dataclasses.field(default_factory=dict)
+    vm_ports: dict[str, VmPort] = dataclasses.field(default_factory=dict)
+    refused: list[Refusal] = dataclasses.field(default_factory=list)
+
+    @property
+    def base_mgmt(self) -> list[VlanRange]:
+        """What ``mgmt-br`` and ``mgmt-bo`` carry whatever the intent: VID 1, the mgmt VLAN."""
+        return [DEFAULT_PVID] + ([VlanRange(vid=self.mgmt_vlan)] if self.mgmt_vlan else [])
+
+    def add_cluster_network(self, cn: ClusterNetworkIntent) -> None:
+        if cn.name == MGMT or cn.bridge in self.protected or cn.bond_name in self.protected:
+            self._add_protected_network(cn)
+        elif cn.managed and cn.bond is not None:
+            self._add_bond_and_bridge(cn, cn.bond)
+        # else: the planner has no uplink for this cluster network on this node.
+
+    def _add_protected_network(self, cn: ClusterNetworkIntent) -> None:
+        """mgmt: only the VIDs of its networks, on its bond."""
+        if cn.managed or cn.bond is not None:
+            self.refused.append(
+                Refusal(
+                    what="cluster network",
+                    name=cn.name,
+                    reason=f"{cn.bridge} and {cn.bond_name} are protected;"
+                    " only the VIDs of its networks are applied",
+                )
+            )
+        uplink = cn.uplink_vlans
+        if self.guard:
+            uplink = []
+            for r in cn.uplink_vlans:
+                why = mgmtpath.vid_problem(r.vid, r.last, mgmt_vlan=None)
+                if why is None:
+                    uplink.append(r)
+                    continue
+                vids = f"VIDs {r.vid}-{r.last}" if r.last != r.vid else f"VID {r.vid}"
+                self.refused.append(
                     Refusal(
                         what="cluster network",
                         name=cn.name,
-                        reason=f"{cn.bridge} and {cn.bond_name} are protected;"
-                        " only the VIDs of its networks are applied",
+                        reason=f"{vids} not applied to {cn.bond_name}: {why}",
                     )
                 )
-            uplink = cn.uplink_vlans
-            if guard_mgmt:
-                uplink = []
-                for r in cn.uplink_vlans:
-                    why = mgmtpath.vid_problem(r.vid, r.last, mgmt_vlan=None)
-                    if why is None:
-                        uplink.append(r)
-                    else:
-                        vids = f"VIDs {r.vid}-{r.last}" if r.last != r.vid else f"VID {r.vid}"
-                        refused.append(
-                            Refusal(
-                                what="cluster network",
-                                name=cn.name,
-                                reason=f"{vids} not applied to {cn.bond_name}: {why}",
-                            )
-                        )
-            vlans[cn.bond_name] = canonical_vlans([*base_mgmt, *uplink])
-            continue
-        if not cn.managed or cn.bond is None:
-            # The planner has no uplink for this cluster network on this node.
-            continue
-        bond = cn.bond
-        links[cn.bridge] = LinkState(
+        self.vlans[cn.bond_name] = canonical_vlans([*self.base_mgmt, *uplink])
+
+    def _add_bond_and_bridge(self, cn: ClusterNetworkIntent, bond: BondIntent) -> None:
+        self.links[cn.bridge] = LinkState(
             name=cn.bridge,
             kind="bridge",
             alias=owner_alias(cn=cn.name),
@@ -783,7 +927,7 @@ def desired_state(
             vlan_filtering=True,
             master=None,
         )
-        links[bond.name] = LinkState(
+        self.links[bond.name] = LinkState(
             name=bond.name,
             kind="bond",
             alias=owner_alias(cn=cn.name),
@@ -796,50 +940,41 @@ def desired_state(
             bond_options=normalize_bond_options(bond.options),
         )
         for nic in bond.ports:
-            if nic in protected:
-                refused.append(
-                    Refusal(
-                        what="cluster network",
-                        name=cn.name,
-                        reason=f"{nic} is protected, not enslaved",
-                    )
+            why = (
+                "is protected, not enslaved"
+                if nic in self.protected
+                else _not_enslaved(mgmtpath.nic_problem(nic, self.mgmt))
+            )
+            if why is not None:
+                self.refused.append(
+                    Refusal(what="cluster network", name=cn.name, reason=f"{nic} {why}")
                 )
                 continue
-            nic_why = mgmtpath.nic_problem(nic, mgmt)
-            if nic_why is not None:
-                refused.append(
-                    Refusal(
-                        what="cluster network",
-                        name=cn.name,
-                        reason=f"{nic} not enslaved: {nic_why}",
-                    )
-                )
-                continue
-            links[nic] = LinkState(name=nic, master=bond.name, up=True, mtu=bond.mtu)
-        vlans[bond.name] = canonical_vlans([DEFAULT_PVID, *cn.uplink_vlans])
-        vlans[cn.bridge] = [DEFAULT_PVID]
+            self.links[nic] = LinkState(name=nic, master=bond.name, up=True, mtu=bond.mtu)
+        self.vlans[bond.name] = canonical_vlans([DEFAULT_PVID, *cn.uplink_vlans])
+        self.vlans[cn.bridge] = [DEFAULT_PVID]
 
-    for hv in intent.host_vlans:
-        if hv.name in protected:
-            refused.append(
+    def add_host_vlan(self, hv: HostVlanIntent) -> None:
+        if hv.name in self.protected:
+            self.refused.append(
                 Refusal(
                     what="host network",
                     name=hv.host_network,
                     reason=f"{hv.name} is protected, unchanged",
                 )
             )
-            continue
-        hv_why = _host_vlan_problem(hv, mgmt=mgmt, guard=guard_mgmt)
-        if hv_why is not None:
-            refused.append(
+            return
+        why = _host_vlan_problem(hv, mgmt=self.mgmt, guard=self.guard)
+        if why is not None:
+            self.refused.append(
                 Refusal(
                     what="host network",
                     name=hv.host_network,
-                    reason=f"{hv.name} not applied: {hv_why}",
+                    reason=f"{hv.name} not applied: {why}",
                 )
             )
-            continue
-        links[hv.name] = LinkState(
+            return
+        self.links[hv.name] = LinkState(
             name=hv.name,
             kind="vlan",
             alias=owner_alias(hostnet=hv.host_network),
@@ -850,19 +985,18 @@ def desired_state(
             addresses=sorted(hv.addresses),
         )
         # The bridge's own (self) VID, so the VLAN interface hears its VLAN.
-        base = base_mgmt if hv.bridge == MGMT_BRIDGE else [DEFAULT_PVID]
-        current = vlans.get(hv.bridge, base)
-        vlans[hv.bridge] = canonical_vlans([*current, VlanRange(vid=hv.vlan)])
+        base = self.base_mgmt if hv.bridge == MGMT_BRIDGE else [DEFAULT_PVID]
+        current = self.vlans.get(hv.bridge, base)
+        self.vlans[hv.bridge] = canonical_vlans([*current, VlanRange(vid=hv.vlan)])
 
-    vm_ports: dict[str, VmPort] = {}
-    for vp in intent.vm_ports:
+    def add_vm_port(self, vp: VmPortIntent) -> None:
         check_cni_config(vp)  # before any write: only the plugin and options l2net generates
-        vp_why = _vm_port_problem(vp, mgmt_vlan=mgmt_vlan, mgmt=mgmt, guard=guard_mgmt)
-        if vp_why is not None:
-            refused.append(
-                Refusal(what="VM NIC", name=f"{vp.vm}/{vp.ifname}", reason=f"not plugged: {vp_why}")
+        why = _vm_port_problem(vp, mgmt_vlan=self.mgmt_vlan, mgmt=self.mgmt, guard=self.guard)
+        if why is not None:
+            self.refused.append(
+                Refusal(what="VM NIC", name=f"{vp.vm}/{vp.ifname}", reason=f"not plugged: {why}")
             )
-            continue
+            return
         port = VmPort(
             vm=vp.vm,
             ifname=vp.ifname,
@@ -872,20 +1006,11 @@ def desired_state(
             cni_config=vp.cni_config,
             mac=vp.mac,
         )
-        vm_ports[port.key] = port
-    namespaces = sorted({p.vm for p in vm_ports.values()})
-    return (
-        NodeL2State(
-            node=intent.node,
-            links=links,
-            vlans=vlans,
-            namespaces=namespaces,
-            vm_ports=vm_ports,
-            protected=protected,
-            mgmt_vlan=mgmt_vlan,
-        ),
-        refused,
-    )
+        self.vm_ports[port.key] = port
+
+
+def _not_enslaved(why: str | None) -> str | None:
+    return None if why is None else f"not enslaved: {why}"
 
 
 def _host_vlan_problem(hv: HostVlanIntent, *, mgmt: MgmtPath | None, guard: bool) -> str | None:
@@ -1038,30 +1163,28 @@ def state_from_observed(observed: ObservedState) -> NodeL2State:
 # The diff
 # ---------------------------------------------------------------------------
 
-_LINK_FIELDS: tuple[str, ...] = (
-    "kind",
-    "alias",
-    "master",
-    "up",
-    "mtu",
-    "mac",
-    "txqlen",
-    "bond_mode",
-    "vlan_filtering",
-    "vlan_id",
-    "vlan_link",
-    "addresses",
+_LINK_FIELDS: tuple[tuple[str, Field], ...] = (
+    ("kind", Field.KIND),
+    ("alias", Field.ALIAS),
+    ("master", Field.MASTER),
+    ("up", Field.UP),
+    ("mtu", Field.MTU),
+    ("mac", Field.MAC),
+    ("txqlen", Field.TXQLEN),
+    ("bond_mode", Field.BOND_MODE),
+    ("vlan_filtering", Field.VLAN_FILTERING),
+    ("vlan_id", Field.VLAN_ID),
+    ("vlan_link", Field.VLAN_LINK),
+    ("addresses", Field.ADDRESSES),
 )
-_FIELD_PATHS: dict[str, str] = {
-    "bond_mode": "bond.mode",
-    "vlan_filtering": "bridge.vlanFiltering",
-    "vlan_id": "vlan.id",
-    "vlan_link": "vlan.link",
-}
+"""The :class:`LinkState` attributes the diff compares, in its order, and their fields."""
+
+_LINK = ObjectKind.LINK
 
 
-def _field_path(name: str) -> str:
-    return _FIELD_PATHS.get(name, name)
+def owned_links(state: NodeL2State) -> set[str]:
+    """The links l2net created (by their alias), VM NICs' host veths aside."""
+    return {n for n, lk in state.links.items() if is_owned(lk) and not is_vm_port(lk)}
 
 
 def diff(desired: NodeL2State, actual: NodeL2State) -> list[Difference]:
@@ -1077,43 +1200,73 @@ def diff(desired: NodeL2State, actual: NodeL2State) -> list[Difference]:
     * VM NICs by ``<vm>/<ifname>``: present, on the desired bridge, exact VIDs; an owned VM
       NIC not desired is extra. VM namespaces: desired ones must exist.
     """
+    items = [
+        *_link_items(desired, actual),
+        *_extra_link_items(desired, actual),
+        *_port_vlan_items(desired, actual),
+        *_vm_port_items(desired, actual),
+        *_namespace_items(desired, actual),
+        *_released_nic_items(desired, actual),
+    ]
+    # Several VM NICs on one bridge without VLAN filtering report that bridge once.
+    unique: dict[tuple[ObjectKind, str, Field | None, str | None], Difference] = {}
+    for item in items:
+        unique.setdefault((item.kind, item.name, item.field, item.key), item)
+    return list(unique.values())
+
+
+def _link_items(desired: NodeL2State, actual: NodeL2State) -> list[Difference]:
+    """Desired links: missing, or with fields (bond options too) that differ."""
     out: list[Difference] = []
     for name, want in desired.links.items():
         have = actual.links.get(name)
         if have is None:
-            out.append(Difference(object=name, path="", desired=PRESENT, actual=ABSENT))
+            out.append(Difference.added(_LINK, name))
             continue
-        for field in _LINK_FIELDS:
-            wanted = getattr(want, field)
-            got = getattr(have, field)
-            if desired.exact and field == "mac" and want.kind in ("bridge", "bond"):
-                continue  # follows their ports' MACs: returns with the ports
-            # None is "no opinion" (except in a snapshot), but a bridge is never enslaved.
-            bridge_master = field == "master" and want.kind == "bridge"
-            if wanted is None and not desired.exact and not bridge_master:
-                continue
-            if wanted != got:
-                out.append(
-                    Difference(object=name, path=_field_path(field), desired=wanted, actual=got)
-                )
-        if want.bond_options is not None:
-            have_opts = have.bond_options or {}
-            keys = set(want.bond_options) | (set(have_opts) if desired.exact else set())
-            for key in sorted(keys):
-                value = want.bond_options.get(key)
-                if have_opts.get(key) != value:
-                    out.append(
-                        Difference(
-                            object=name,
-                            path=f"bond.options.{key}",
-                            desired=value,
-                            actual=have_opts.get(key),
-                        )
-                    )
+        out += _link_field_items(name, want, have, exact=desired.exact)
+        out += _bond_option_items(name, want, have, exact=desired.exact)
+    return out
 
-    owned = {n for n, lk in actual.links.items() if is_owned(lk) and not is_vm_port(lk)}
-    for name in sorted(owned - set(desired.links)):
-        out.append(Difference(object=name, path="", desired=ABSENT, actual=PRESENT))
+
+def _link_field_items(
+    name: str, want: LinkState, have: LinkState, *, exact: bool
+) -> list[Difference]:
+    out = []
+    for attr, field in _LINK_FIELDS:
+        wanted = getattr(want, attr)
+        got = getattr(have, attr)
+        if exact and field is Field.MAC and want.kind == "bridge":
+            continue  # follows its ports' MACs: returns with the ports
+        # None is "no opinion" (except in a snapshot), but a bridge is never enslaved.
+        bridge_master = field is Field.MASTER and want.kind == "bridge"
+        if wanted is None and not exact and not bridge_master:
+            continue
+        if wanted != got:
+            out.append(Difference.changed(_LINK, name, field, desired=wanted, actual=got))
+    return out
+
+
+def _bond_option_items(
+    name: str, want: LinkState, have: LinkState, *, exact: bool
+) -> list[Difference]:
+    if want.bond_options is None:
+        return []
+    wanted = want.bond_options
+    got = have.bond_options or {}
+    keys = set(wanted) | (set(got) if exact else set())
+    return [
+        Difference.changed(
+            _LINK, name, Field.BOND_OPTION, key=key, desired=wanted.get(key), actual=got.get(key)
+        )
+        for key in sorted(keys)
+        if got.get(key) != wanted.get(key)
+    ]
+
+
+def _extra_link_items(desired: NodeL2State, actual: NodeL2State) -> list[Difference]:
+    """Owned links desired does not name, and ports of owned links it does not name."""
+    owned = owned_links(actual)
+    out = [Difference.removed(_LINK, name) for name in sorted(owned - set(desired.links))]
     for name, link in sorted(actual.links.items()):
         if (
             name not in desired.links
@@ -1121,68 +1274,86 @@ def diff(desired: NodeL2State, actual: NodeL2State) -> list[Difference]:
             and link.master in owned
             and not is_vm_port(link)
         ):
-            out.append(Difference(object=name, path="master", desired=None, actual=link.master))
+            out.append(
+                Difference.changed(_LINK, name, Field.MASTER, desired=None, actual=link.master)
+            )
+    return out
 
-    vlan_ports = list(desired.vlans)
+
+def _port_vlan_items(desired: NodeL2State, actual: NodeL2State) -> list[Difference]:
+    """The VIDs of every port (and bridge) desired names."""
+    ports = list(desired.vlans)
     if desired.exact:
         # Returning to a snapshot: a port that had no VIDs must have none again.
-        vlan_ports += sorted(
-            n for n in actual.vlans if n not in desired.vlans and n in desired.links
-        )
-    for name in vlan_ports:
+        ports += sorted(n for n in actual.vlans if n not in desired.vlans and n in desired.links)
+    out: list[Difference] = []
+    for name in ports:
         if name not in actual.links:
             if name not in desired.links:  # a port l2net does not create (mgmt-bo)
-                out.append(Difference(object=name, path="", desired=PRESENT, actual=ABSENT))
+                out.append(Difference.added(_LINK, name))
             continue  # a desired link's absence is already an item
-        want_vlans = desired.vlans.get(name, [])
-        out.extend(_vlan_items(name, want_vlans, actual, bridge=_bridge_of(name, actual)))
+        want = desired.vlans.get(name, [])
+        bridge = _bridge_of(name, actual)
+        out += _vlan_items(_LINK, name, want, actual, bridge=bridge, exact=desired.exact)
+    return out
 
-    for key, want_port in desired.vm_ports.items():
-        obj = f"vm/{key}"
-        have_port = actual.vm_ports.get(key)
-        if have_port is None:
-            out.append(Difference(object=obj, path="", desired=PRESENT, actual=ABSENT))
+
+def _vm_port_items(desired: NodeL2State, actual: NodeL2State) -> list[Difference]:
+    """VM NICs: missing, on another bridge, with other VIDs, or extra."""
+    kind = ObjectKind.VM_PORT
+    out: list[Difference] = []
+    for key, want in desired.vm_ports.items():
+        have = actual.vm_ports.get(key)
+        if have is None:
+            out.append(Difference.added(kind, key))
             continue
-        if want_port.bridge is not None and have_port.bridge != want_port.bridge:
+        if want.bridge is not None and have.bridge != want.bridge:
             out.append(
-                Difference(
-                    object=obj, path="bridge", desired=want_port.bridge, actual=have_port.bridge
-                )
+                Difference.changed(kind, key, Field.BRIDGE, desired=want.bridge, actual=have.bridge)
             )
-        if want_port.vlans is not None and have_port.host_ifname:
-            out.extend(
-                _vlan_items(
-                    obj,
-                    want_port.vlans,
-                    actual,
-                    bridge=have_port.bridge,
-                    port=have_port.host_ifname,
-                )
+        if want.vlans is not None and have.host_ifname:
+            out += _vlan_items(
+                kind,
+                key,
+                want.vlans,
+                actual,
+                bridge=have.bridge,
+                port=have.host_ifname,
+                exact=desired.exact,
             )
-    for key in sorted(set(actual.vm_ports) - set(desired.vm_ports)):
-        out.append(Difference(object=f"vm/{key}", path="", desired=ABSENT, actual=PRESENT))
+    extra = sorted(set(actual.vm_ports) - set(desired.vm_ports))
+    return out + [Difference.removed(kind, key) for key in extra]
 
-    for ns in desired.namespaces:
-        if ns not in actual.namespaces:
-            out.append(Difference(object=f"netns/{ns}", path="", desired=PRESENT, actual=ABSENT))
-    for ns in actual.owned_namespaces:
-        if ns not in desired.namespaces:
-            out.append(Difference(object=f"netns/{ns}", path="", desired=ABSENT, actual=PRESENT))
-    if not desired.exact:
-        # A NIC l2net released for good gets back what l2net found (a snapshot compares
-        # aliases anyway).
-        for name, link in sorted(actual.links.items()):
-            record = parse_port_record(link.alias)
-            wanted = desired.links.get(name)
-            if record is not None and (wanted is None or wanted.master is None):
-                out.append(
-                    Difference(object=name, path="alias", desired=record.alias, actual=link.alias)
+
+def _namespace_items(desired: NodeL2State, actual: NodeL2State) -> list[Difference]:
+    """VM namespaces desired and missing, and those l2net made that no VM wants."""
+    kind = ObjectKind.NETNS
+    return [
+        *(Difference.added(kind, ns) for ns in desired.namespaces if ns not in actual.namespaces),
+        *(
+            Difference.removed(kind, ns)
+            for ns in actual.owned_namespaces
+            if ns not in desired.namespaces
+        ),
+    ]
+
+
+def _released_nic_items(desired: NodeL2State, actual: NodeL2State) -> list[Difference]:
+    """A NIC l2net released for good gets back what l2net found (a snapshot compares
+    aliases anyway)."""
+    if desired.exact:
+        return []
+    out = []
+    for name, link in sorted(actual.links.items()):
+        record = parse_port_record(link.alias)
+        wanted = desired.links.get(name)
+        if record is not None and (wanted is None or wanted.master is None):
+            out.append(
+                Difference.changed(
+                    _LINK, name, Field.ALIAS, desired=record.alias, actual=link.alias
                 )
-    # Several VM NICs on one bridge without VLAN filtering report that bridge once.
-    unique: dict[tuple[str, str], Difference] = {}
-    for item in out:
-        unique.setdefault((item.object, item.path), item)
-    return list(unique.values())
+            )
+    return out
 
 
 def _bridge_of(name: str, state: NodeL2State) -> str | None:
@@ -1195,33 +1366,34 @@ def _bridge_of(name: str, state: NodeL2State) -> str | None:
 
 
 def _vlan_items(
-    obj: str,
+    kind: ObjectKind,
+    name: str,
     want: list[VlanRange],
     actual: NodeL2State,
     *,
     bridge: str | None,
     port: str | None = None,
+    exact: bool = False,
 ) -> list[Difference]:
-    port = port or obj
-    have = actual.vlans.get(port, [])
+    port = port or name
     want_c = canonical_vlans(want)
-    have_c = canonical_vlans(have)
-    bridge_link = actual.links.get(bridge) if bridge else None
-    if bridge_link is not None and bridge_link.vlan_filtering is False:
-        if want_c in ([], [DEFAULT_PVID]):
-            return []
-        return [
-            Difference(
-                object=bridge_link.name,
-                path=_field_path("vlan_filtering"),
-                desired=True,
-                actual=False,
+    have_c = canonical_vlans(actual.vlans.get(port, []))
+    vids = []
+    if want_c != have_c:
+        vids.append(
+            Difference.changed(
+                kind, name, Field.VLANS, desired=format_vlans(want_c), actual=format_vlans(have_c)
             )
-        ]
-    if want_c == have_c:
-        return []
-    return [
-        Difference(
-            object=obj, path="vlans", desired=format_vlans(want_c), actual=format_vlans(have_c)
         )
-    ]
+    bridge_link = actual.links.get(bridge) if bridge else None
+    # Back to a snapshot, the VIDs count as they are (the bridge's filtering is compared as
+    # its own field). Else a bridge that does not filter must, unless the port wants only
+    # what such a bridge does anyway; the VIDs it keeps meanwhile count too.
+    if not exact and bridge_link is not None and bridge_link.vlan_filtering is False:
+        if want_c in ([], [DEFAULT_PVID]):
+            return [] if have_c in ([], want_c) else vids  # none: the kernel cannot filter
+        filtering = Difference.changed(
+            _LINK, bridge_link.name, Field.VLAN_FILTERING, desired=True, actual=False
+        )
+        return [filtering, *vids]
+    return vids

@@ -41,7 +41,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import intents, signing
-from shared.l2state import Difference, StateError, desired_state, diff, state_from_observed
+from shared.l2state import (
+    Difference,
+    Field,
+    ObjectKind,
+    StateError,
+    desired_state,
+    diff,
+    state_from_observed,
+)
 from shared.model import DriftItem, Node, NodeIntent, NodeStatus, ObservedState
 
 NODE_PREFIX = "node/"
@@ -74,10 +82,12 @@ def kernel_differences(intent: NodeIntent, observed: ObservedState) -> list[Diff
         desired, _refused = desired_state(intent, mgmt_vlan=observed.mgmt_vlan)
     except StateError as exc:
         return [
-            Difference(
+            Difference.changed(
                 # Judged with the kernel's findings, so a later observed state ends it.
-                object="intent",
-                path=f"generation {intent.generation}",
+                ObjectKind.RECORD,
+                "intent",
+                Field.GENERATION,
+                key=str(intent.generation),
                 desired="an intent the node can apply",
                 actual=str(exc),
             )
@@ -88,9 +98,11 @@ def kernel_differences(intent: NodeIntent, observed: ObservedState) -> list[Diff
         # An observed state that does not read as a node's state: judged as one finding,
         # never a crash of the auditor (the executor's next report ends it).
         return [
-            Difference(
-                object="observed",
-                path=f"generation {observed.generation}",
+            Difference.changed(
+                ObjectKind.RECORD,
+                "observed",
+                Field.GENERATION,
+                key=str(observed.generation),
                 desired="a readable observed state",
                 actual=f"{type(exc).__name__}: {exc}"[:300],
             )

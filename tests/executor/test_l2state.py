@@ -11,8 +11,11 @@ from shared.l2state import (
     DEFAULT_PVID,
     UNFINISHED_ALIAS,
     Difference,
+    Field,
     LinkState,
     NodeL2State,
+    ObjectKind,
+    Op,
     StateError,
     build_actual,
     canonical_vlans,
@@ -90,10 +93,11 @@ def test_converged_node_has_no_differences_and_no_steps() -> None:
 def test_differences_read_like_nmstate() -> None:
     desired, _ = desired_state(seed_intent("node-1", 1, mode="802.3ad"))
     items = diff(desired, converged_seed_node())
-    assert (
-        Difference(object="oob-bo", path="bond.mode", desired="802.3ad", actual="active-backup")
-        in items
+    mode = Difference.changed(
+        ObjectKind.LINK, "oob-bo", Field.BOND_MODE, desired="802.3ad", actual="active-backup"
     )
+    assert mode in items
+    assert (mode.op, mode.object, mode.path) == (Op.CHANGE, "oob-bo", "bond.mode")
     assert str(items[0]) == 'oob-bo.bond.mode: desired "802.3ad", actual "active-backup"'
 
 
@@ -339,9 +343,11 @@ def test_a_vm_nic_moved_to_another_bridge_by_hand_is_put_back() -> None:
         namespaces=actual.namespaces,
     )
     desired, _ = desired_state(seed_intent("node-1", 1))
-    assert Difference(
-        object="vm/vmu/eth0", path="bridge", desired="oob-br", actual="mgmt-br"
-    ) in diff(desired, actual)
+    moved = Difference.changed(
+        ObjectKind.VM_PORT, "vmu/eth0", Field.BRIDGE, desired="oob-br", actual="mgmt-br"
+    )
+    assert moved in diff(desired, actual)
+    assert str(moved) == 'vm/vmu/eth0.bridge: desired "oob-br", actual "mgmt-br"'
     assert [s.describe() for s in plan(desired, actual)] == [
         "link.set veth1 (master=oob-br)",
         "vm.vlans vm/vmu/eth0 (vlans=1 pvid untagged)",
@@ -451,3 +457,58 @@ def test_a_bridge_keeps_its_mtu_when_its_bond_changes_its_own() -> None:
     bond.mtu = 1450
     steps = [s.describe() for s in plan(desired_state(intent)[0], actual)]
     assert steps.index("link.set oob-bo (mtu=1450)") < steps.index("link.set oob-br (mtu=1500)")
+
+
+# Found by the fake-kernel properties (tests/executor/test_fake_kernel.py).
+
+
+def test_a_bond_mac_change_sets_the_changed_options_too() -> None:
+    actual = converged_seed_node()
+    intent = seed_intent("node-1", 1, bond_options={"miimon": 200})
+    bond = intent.cluster_networks[1].bond
+    assert bond is not None
+    bond.hwaddr = "02:00:00:00:01:01"
+    steps = [s.describe() for s in plan(desired_state(intent)[0], actual)]
+    assert steps[3:5] == [
+        "link.set oob-bo (mac=02:00:00:00:01:01)",
+        "link.set oob-bo (bond_options={'miimon': 200})",
+    ]
+
+
+def test_a_rollback_gives_a_bond_its_mac_back() -> None:
+    snapshot = converged_seed_node()
+    snapshot.links["oob-bo"].mac = "52:54:00:00:00:01"
+    now = converged_seed_node()
+    now.links["oob-bo"].mac = "02:00:00:00:01:01"  # set by the attempt: it stays
+    assert [str(d) for d in diff(exact_desired(snapshot), now)] == [
+        'oob-bo.mac: desired "52:54:00:00:00:01", actual "02:00:00:00:01:01"'
+    ]
+
+
+def test_a_snapshot_with_a_bridge_that_does_not_filter_is_its_own_fixed_point() -> None:
+    snapshot = converged_seed_node()
+    snapshot.links["oob-br"].vlan_filtering = False  # turned off by hand; the VIDs stay
+    assert diff(exact_desired(snapshot), snapshot) == []
+
+
+def test_vids_on_a_bridge_that_does_not_filter_are_fixed_with_its_filtering() -> None:
+    actual = converged_seed_node()
+    actual.links["oob-br"].vlan_filtering = False
+    actual.vlans["oob-bo"] = [DEFAULT_PVID, vr(200), vr(300)]
+    desired, _ = desired_state(seed_intent("node-1", 1))
+    steps = [s.describe() for s in plan(desired, actual)]
+    assert steps == [
+        "vlan.del oob-bo (ranges=300, self=False)",
+        "link.set oob-br (vlan_filtering=True)",
+    ]
+
+
+def test_a_rollback_gives_a_bond_its_addresses_back() -> None:
+    snapshot = converged_seed_node()
+    snapshot.links["oob-bo"].addresses = ["10.9.0.1/24"]
+    now = converged_seed_node()
+    del now.links["oob-bo"]
+    steps = [s.describe() for s in plan(exact_desired(snapshot), now)]
+    assert steps.index("addr.add oob-bo (address=10.9.0.1/24)") > steps.index(
+        next(s for s in steps if s.startswith("link.create oob-bo"))
+    )
