@@ -113,25 +113,7 @@ async def converge(
 
     applied: list[Step] = []
     try:
-        for step in steps:
-            with tracing.tracer().start_as_current_span(f"step {step.op}") as span:
-                span.set_attribute("l2net.step", step.describe())
-                if before_step is not None:
-                    await before_step(step)
-                await kernel.apply(step)
-            applied.append(step)
-            results.append(step_result(step))
-        with tracing.tracer().start_as_current_span("l2net.executor.verify") as span:
-            left = diff(desired, await kernel.read())
-            span.set_attribute("l2net.differences", len(left))
-        if left:
-            raise VerifyError(left)
-        if confirm is not None:
-            with tracing.tracer().start_as_current_span("l2net.executor.confirm") as span:
-                lost = await confirm()
-                span.set_attribute("l2net.confirmed", lost is None)
-            if lost is not None:
-                raise ConfirmError(lost)
+        await _apply_verified(kernel, desired, steps, applied, results, before_step, confirm)
     except Exception as exc:
         # Any exception, not only the kernel's refusals: a value pyroute2 cannot pack, a CNI
         # plugin that cannot start, a bug. Whatever it is, what was written is undone.
@@ -151,6 +133,38 @@ async def converge(
         error = f"{exc}; restored the previous state" if isinstance(exc, ConfirmError) else None
         return done("RolledBack", error=error or _text(exc), steps=applied)
     return done("Applied", steps=applied)
+
+
+async def _apply_verified(
+    kernel: Kernel,
+    desired: NodeL2State,
+    steps: list[Step],
+    applied: list[Step],
+    results: list[ObjectResult],
+    before_step: StepHook | None,
+    confirm: Confirm | None,
+) -> None:
+    """Apply ``steps`` (each appended to ``applied`` and ``results`` once done), verify that
+    the kernel now equals ``desired``, then ask ``confirm``; raise on the first failure."""
+    for step in steps:
+        with tracing.tracer().start_as_current_span(f"step {step.op}") as span:
+            span.set_attribute("l2net.step", step.describe())
+            if before_step is not None:
+                await before_step(step)
+            await kernel.apply(step)
+        applied.append(step)
+        results.append(step_result(step))
+    with tracing.tracer().start_as_current_span("l2net.executor.verify") as span:
+        left = diff(desired, await kernel.read())
+        span.set_attribute("l2net.differences", len(left))
+    if left:
+        raise VerifyError(left)
+    if confirm is not None:
+        with tracing.tracer().start_as_current_span("l2net.executor.confirm") as span:
+            lost = await confirm()
+            span.set_attribute("l2net.confirmed", lost is None)
+        if lost is not None:
+            raise ConfirmError(lost)
 
 
 async def rollback(
