@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 from nats.aio.client import Client
 
-from shared import bus, natsserver
+from shared.runtime import bus, natsserver
 from tests import keys
 
 if TYPE_CHECKING:

@@ -3,8 +3,8 @@ tests' planners and executors sign with it and trust it (a test-only secret)."""
 
 from __future__ import annotations
 
-from shared import signing
-from shared.model import NodeIntent
+from shared.domain.model import NodeIntent
+from shared.wire import signing
 
 SEED = "SNAEPGOYQ4IRQL6A6SYWDGKP7YHCELG4XAFDVLXQLOAMKC6AZOVZDZWBMA"
 PUBLIC = signing.public_key(SEED)

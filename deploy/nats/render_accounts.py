@@ -4,7 +4,7 @@
     python3 render_accounts.py node-1 node-2 node-3 > accounts.conf
 
 ``nats-server.conf`` includes the result. Only the standard library and l2net's
-``shared/names.py`` (the one rule for node names, shared with the executor) are used, so this
+``shared/domain/names.py`` (the one rule for node names, shared with the executor) are used, so this
 runs on any host with Python 3 and a copy of this repository (or l2net installed).
 
 Passwords are not written here: each user's password is read by nats-server from an
@@ -49,10 +49,10 @@ import sys
 from pathlib import Path
 
 try:
-    from shared.names import node_name_error
+    from shared.domain.names import node_name_error
 except ImportError:  # run from a checkout: deploy/nats/ -> the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from shared.names import node_name_error
+    from shared.domain.names import node_name_error
 
 
 def password_var(user: str) -> str:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from shared import config, lifecycle, runner
-from shared.runner import add_nats_option
+from shared.runtime import config, lifecycle, runner
+from shared.runtime.runner import add_nats_option
 
 if TYPE_CHECKING:
     from services.auditor.service import AuditorConfig
@@ -107,7 +107,7 @@ def load_policy(args: argparse.Namespace) -> AuditorConfig:
     """The auditor's configuration from ``--policy`` and the flags (flags win)."""
     from services.auditor.healing import HEAL_ALL
     from services.auditor.service import AuditorConfig
-    from shared import signing
+    from shared.wire import signing
 
     cfg = AuditorConfig()
     if args.policy is not None:
@@ -172,7 +172,7 @@ def run_auditor(args: argparse.Namespace) -> int:
 
 async def _serve(nats_url: str | None, cfg: AuditorConfig) -> None:
     from services.auditor.service import Auditor
-    from shared import bus
+    from shared.runtime import bus
 
     nc = await bus.connect(config.nats_servers(nats_url), name="l2net-auditor", attempts=-1)
     auditor = Auditor(nc, cfg)

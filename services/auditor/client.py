@@ -13,10 +13,11 @@ from typing import TypeVar
 
 from nats.aio.client import Client
 
-from services.auditor import protocol
-from shared import bus, config, subjects
-from shared.client import RequestError, request
-from shared.model import DriftItem
+from shared.domain.model import DriftItem
+from shared.runtime import bus, config
+from shared.runtime.client import RequestError, request
+from shared.wire import auditor_api as protocol
+from shared.wire import subjects
 
 T = TypeVar("T")
 

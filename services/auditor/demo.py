@@ -19,8 +19,8 @@ from typing import Any
 from nats.aio.client import Client
 
 from services.auditor.client import AuditError, check
-from services.auditor.protocol import CheckReply
 from services.auditor.report import format_audit
+from shared.wire.auditor_api import CheckReply
 
 RunInNode = Callable[[str, Sequence[str]], Awaitable[Any]]
 """``run(node, argv)`` -> ``(rc, stdout, stderr)`` (e.g. ``Lab.aexec``)."""

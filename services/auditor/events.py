@@ -13,9 +13,11 @@ from typing import Any
 
 import msgspec
 
-from shared import bus, names, subjects
-from shared.errors import BadInput
-from shared.model import DriftReport, Node, NodeIntent, NodeStatus, ObservedState
+from shared.domain import names
+from shared.domain.errors import BadInput
+from shared.domain.model import DriftReport, Node, NodeIntent, NodeStatus, ObservedState
+from shared.runtime import bus
+from shared.wire import subjects
 
 MAX_MESSAGE = 8 * 1024 * 1024
 """Larger than NATS's own limit (1 MiB by default, 8 MiB at most): never a real event."""

@@ -29,8 +29,9 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from services.auditor.view import NODE_PREFIX, FleetView, NodeView, episode_id, is_kernel_key
-from shared import bus, subjects
-from shared.model import DriftItem, NodeIntent, NodeStatus
+from shared.domain.model import DriftItem, NodeIntent, NodeStatus
+from shared.runtime import bus
+from shared.wire import subjects
 
 log = logging.getLogger("l2net.auditor")
 

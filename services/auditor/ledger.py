@@ -51,7 +51,7 @@ from services.auditor.view import (
     episode_id,
     is_kernel_key,
 )
-from shared.model import DriftItem, DriftReport
+from shared.domain.model import DriftItem, DriftReport
 
 Published = dict[tuple[str, Key], dict[float, DriftItem]]
 """(node, (object, path)) -> start time -> the episode as last published."""

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.auditor.protocol import CheckReply, HistoryReply, NodeAudit
 from services.auditor.view import iso
-from shared.l2state import ABSENT, PRESENT
-from shared.model import DriftItem
+from shared.domain.l2state import ABSENT, PRESENT
+from shared.domain.model import DriftItem
+from shared.wire.auditor_api import CheckReply, HistoryReply, NodeAudit
 
 __all__ = ["clock", "diff_lines", "format_audit", "format_history", "format_node", "iso", "where"]
 

@@ -72,7 +72,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from opentelemetry import trace
 
-from services.auditor import events, protocol, snapshot
+from services.auditor import events, snapshot
 from services.auditor.healing import HEAL_ALL, Healer, cluster_network_of
 from services.auditor.ledger import Ledger, report_id
 from services.auditor.view import (
@@ -82,9 +82,11 @@ from services.auditor.view import (
     is_kernel_key,
     iso,
 )
-from shared import api, bus, metrics, subjects, tracing
-from shared.errors import Code
-from shared.model import DriftItem, DriftReport, Node, NodeIntent, NodeStatus, ObservedState
+from shared.domain.errors import Code
+from shared.domain.model import DriftItem, DriftReport, Node, NodeIntent, NodeStatus, ObservedState
+from shared.runtime import bus, metrics, tracing
+from shared.wire import api, subjects
+from shared.wire import auditor_api as protocol
 
 log = logging.getLogger("l2net.auditor")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from services.auditor.view import Episodes, FleetView, NodeView
-from shared.model import DriftItem, Node, NodeIntent, NodeStatus, ObservedState
+from shared.domain.model import DriftItem, Node, NodeIntent, NodeStatus, ObservedState
 
 VERSION = 2
 

@@ -11,7 +11,7 @@ view, whoever replays them and whenever:
   silence limit is a ``node/<node> heartbeat`` episode from ``last + silence`` to the next
   heartbeat, and makes the node *unverified* while it lasts;
 * an **observed state** is judged against the intent *of its own generation* (so a rollout
-  in progress is never drift): the one :func:`shared.l2state.diff` turns the pair into
+  in progress is never drift): the one :func:`shared.domain.l2state.diff` turns the pair into
   differences, and each (object, field path) opens an episode that lasts until an observed
   state without it;
 * :meth:`FleetView.tick` adds what only the passing of time shows: a node stopped
@@ -19,7 +19,7 @@ view, whoever replays them and whenever:
   apply, or ``grace`` after the intent without an Applied status).
 
 What a node runs is what its executor says it **really applied**: the last Applied status,
-whose ``intentDigest`` names the very intent (:func:`shared.intents.digest`). An observed state
+whose ``intentDigest`` names the very intent (:func:`shared.wire.intents.digest`). An observed state
 is judged against that intent, and ``node/<node> generation`` is open whenever the node runs
 anything but the latest generation published for it: an older one (stuck, or a stale intent
 applied after a restart), one never published, or, when the view is given the planner's
@@ -40,8 +40,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import intents, signing
-from shared.l2state import (
+from shared.domain.l2state import (
     Difference,
     Field,
     ObjectKind,
@@ -50,7 +49,8 @@ from shared.l2state import (
     diff,
     state_from_observed,
 )
-from shared.model import DriftItem, Node, NodeIntent, NodeStatus, ObservedState
+from shared.domain.model import DriftItem, Node, NodeIntent, NodeStatus, ObservedState
+from shared.wire import intents, signing
 
 NODE_PREFIX = "node/"
 HEARTBEAT = "heartbeat"
@@ -191,7 +191,7 @@ class NodeView:
     intent_at: dict[int, float] = field(default_factory=dict)
     latest_generation: int = 0
     by_digest: dict[str, NodeIntent] = field(default_factory=dict)
-    """Every intent published for this node, by :func:`shared.intents.digest`."""
+    """Every intent published for this node, by :func:`shared.wire.intents.digest`."""
     statuses: list[tuple[float, NodeStatus]] = field(default_factory=list)
     applied_generation: int = 0
     """The generation the node runs: that of its last Applied status (not the highest)."""

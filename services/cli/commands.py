@@ -6,7 +6,7 @@ or failed (every reason printed), 2 usage (argparse) or configuration (a bad ``O
 
 ``l2net`` imports this module to build its parser: at the top it imports what describes the
 commands (argparse, the model's kind names); nats-py, tracing and the planner's client are
-imported by the handler that runs (:func:`shared.runner.run`).
+imported by the handler that runs (:func:`shared.runtime.runner.run`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from shared import api, config, model, runner, subjects
-from shared.runner import CommandError, add_nats_option
+from shared.domain import model
+from shared.runtime import config, runner
+from shared.runtime.runner import CommandError, add_nats_option
+from shared.wire import api, subjects
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -32,7 +34,7 @@ Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def _on_bus(handler: Handler) -> Callable[[argparse.Namespace], int]:
-    """The handler as argparse calls it: run by :func:`shared.runner.run` (tracing, one-line
+    """The handler as argparse calls it: run by :func:`shared.runtime.runner.run` (tracing, one-line
     errors prefixed ``l2net:``)."""
 
     def run(args: argparse.Namespace) -> int:
@@ -90,7 +92,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from shared import lifecycle, natsserver
+    from shared.runtime import lifecycle, natsserver
 
     state = args.state_dir or config.state_dir() / "nats"
     recorded = state / "nats.pid"
@@ -155,7 +157,7 @@ def print_apply_reply(reply: api.ApplyReply, *, source: str) -> int:
 
 async def _apply(args: argparse.Namespace) -> int:
     from services.planner import client as planner
-    from shared.client import connected
+    from shared.runtime.client import connected
 
     body = _read_manifest(args.file)
     source = "stdin" if args.file == "-" else args.file
@@ -166,7 +168,7 @@ async def _apply(args: argparse.Namespace) -> int:
 
 async def _delete(args: argparse.Namespace) -> int:
     from services.planner import client as planner
-    from shared.client import connected
+    from shared.runtime.client import connected
 
     async with connected(args.nats) as nc:
         reply = await planner.delete(nc, kind=args.kind, name=args.name)
@@ -240,7 +242,7 @@ def format_table(rows: list[list[str]]) -> str:
 
 async def _get(args: argparse.Namespace) -> int:
     from services.planner import client as planner
-    from shared.client import connected
+    from shared.runtime.client import connected
 
     async with connected(args.nats) as nc:
         reply = await planner.get(nc, args.kind, args.name)
@@ -278,7 +280,7 @@ async def _get(args: argparse.Namespace) -> int:
 
 async def _nad(args: argparse.Namespace) -> int:
     from services.planner import client as planner
-    from shared.client import connected
+    from shared.runtime.client import connected
 
     async with connected(args.nats) as nc:
         reply = await planner.nad(nc, args.network)
@@ -321,7 +323,7 @@ def format_switch_ports(ports: list[api.SwitchPort]) -> str:
 
 async def _switch_config(args: argparse.Namespace) -> int:
     from services.planner import client as planner
-    from shared.client import connected
+    from shared.runtime.client import connected
 
     async with connected(args.nats) as nc:
         reply = await planner.switch_config(nc, args.node)
@@ -341,7 +343,7 @@ def iso_now() -> str:
 
 def describe_event(subject: str, data: bytes) -> str:
     """One readable line for a status, node, observed or drift event."""
-    from shared import bus
+    from shared.runtime import bus
 
     stamp = iso_now()
     node = subjects.last_token(subject)
@@ -370,8 +372,8 @@ def describe_event(subject: str, data: bytes) -> str:
 
 
 async def _watch(args: argparse.Namespace) -> int:
-    from shared import bus
-    from shared.client import connected
+    from shared.runtime import bus
+    from shared.runtime.client import connected
 
     async with connected(args.nats) as nc:
         queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()

@@ -37,7 +37,9 @@ from services.auditor.service import Auditor
 from services.cli.commands import format_table, print_apply_reply
 from services.lab import Lab
 from services.planner.service import Planner
-from shared import api, bus, model, natsserver, signing, subjects
+from shared.domain import model
+from shared.runtime import bus, natsserver
+from shared.wire import api, signing, subjects
 
 SEED = Path(__file__).resolve().parents[2] / "docs" / "examples" / "seed.yaml"
 NODES = ("node-1", "node-2", "node-3")

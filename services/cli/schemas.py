@@ -14,10 +14,9 @@ from typing import Any
 
 import msgspec
 
-from services.auditor import protocol
 from services.planner.manifests import API_VERSIONS
-from shared import api, bus, model
-from shared.vocabulary import (
+from shared.domain import model
+from shared.domain.vocabulary import (
     BOND_MODE_NAMES,
     BOND_MODES,
     MAX_ARP_TARGETS,
@@ -26,6 +25,9 @@ from shared.vocabulary import (
     VID_MAX,
     VID_MIN,
 )
+from shared.runtime import bus
+from shared.wire import api
+from shared.wire import auditor_api as protocol
 
 MESSAGES: dict[str, tuple[type[Any], str]] = {
     "node-intent": (model.NodeIntent, "l2.intent.<node> (stream L2_INTENTS), planner → executor"),
@@ -69,7 +71,7 @@ NAME = {"pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
 MTU = {"anyOf": [{"const": 0}, {"minimum": UPLINK_MTU_MIN, "maximum": UPLINK_MTU_MAX}]}
 CONSTRAINTS: dict[str, dict[str, dict[str, Any]]] = {
     # The constraints kinds.md documents that a schema can say and the structs' types do not
-    # (fields typed by a set of values in shared/vocabulary.py get their enum from msgspec);
+    # (fields typed by a set of values in shared/domain/vocabulary.py get their enum from msgspec);
     # the planner checks them all, and those across objects too. Harvester's -1 ("unset") is
     # allowed where it is.
     "ClusterNetwork": {"name": {**NAME, "maxLength": 12}},

@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from services.executor import mgmt
-from shared import config, lifecycle, names, runner
-from shared.runner import add_nats_option
-from shared.vocabulary import VID_MAX, VID_MIN
+from shared.domain import names
+from shared.domain.vocabulary import VID_MAX, VID_MIN
+from shared.runtime import config, lifecycle, runner
+from shared.runtime.runner import add_nats_option
 
 log = logging.getLogger("l2net.executor")
 
@@ -124,7 +125,7 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 def trusted_keys(keys: list[str], files: list[str], environ: Mapping[str, str]) -> list[str]:
     """The public keys to trust, from ``--trust-key``, ``--trust-keys-file`` and
     ``$L2NET_TRUST_KEYS``, each checked; ValueError naming the one that is not a key."""
-    from shared import signing
+    from shared.wire import signing
 
     found: list[tuple[str, str]] = [(k, "--trust-key") for k in keys]
     found += [
@@ -153,7 +154,7 @@ def trusted_keys(keys: list[str], files: list[str], environ: Mapping[str, str]) 
 
 
 def check_node_name(name: str, what: str = "--node") -> None:
-    """The one node-name rule (:mod:`shared.names`): a lowercase RFC 1123 label, as the
+    """The one node-name rule (:mod:`shared.domain.names`): a lowercase RFC 1123 label, as the
     planner and ``deploy/nats/render_accounts.py`` require; ValueError naming the flag."""
     error = names.node_name_error(name, what=what)
     if error is not None:
@@ -263,7 +264,7 @@ async def wait_for_stop_signal() -> None:
 
 async def _request_reconcile(args: argparse.Namespace) -> int:
     from services.executor import client as executor
-    from shared import bus
+    from shared.runtime import bus
 
     nc = await bus.connect(config.nats_servers(args.nats), name="l2net-reconcile")
     try:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import msgspec
 from nats.aio.client import Client
 
-from shared import bus, subjects
-from shared.client import RequestError
-from shared.model import NodeStatus
+from shared.domain.model import NodeStatus
+from shared.runtime import bus
+from shared.runtime.client import RequestError
+from shared.wire import subjects
 
 
 async def reconcile(nc: Client, node: str, *, timeout: float) -> NodeStatus:
     """Ask ``node``'s executor to converge to its last intent; its status when done.
 
-    :class:`~shared.client.RequestError` when no executor answers within ``timeout`` seconds
+    :class:`~shared.runtime.client.RequestError` when no executor answers within ``timeout`` seconds
     or the answer is not a status.
     """
     subject = subjects.executor_control(node, "reconcile")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.errors import Refused
-from shared.vocabulary import CNI_PLUGIN
+from shared.domain.errors import Refused
+from shared.domain.vocabulary import CNI_PLUGIN
 
 DEFAULT_CNI_PATH = "/usr/lib/cni"
 """Where Debian's containernetworking-plugins installs; ``$CNI_PATH`` overrides it."""

@@ -14,7 +14,7 @@ import sys
 import msgspec
 
 from services.executor.kernel import NetlinkKernel
-from shared.l2state import NodeL2State
+from shared.domain.l2state import NodeL2State
 
 
 def comparable(state: NodeL2State) -> dict[str, object]:

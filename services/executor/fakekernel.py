@@ -39,7 +39,7 @@ import msgspec
 
 from services.executor.kernel import KernelError
 from services.executor.planning import Step
-from shared.l2state import (
+from shared.domain.l2state import (
     LinkState,
     NodeL2State,
     VlanFlags,
@@ -51,7 +51,7 @@ from shared.l2state import (
     port_key,
     vlan_changes,
 )
-from shared.model import Nic, VlanRange
+from shared.domain.model import Nic, VlanRange
 
 DEFAULT_MTU = 1500
 DEFAULT_TXQLEN = 1000

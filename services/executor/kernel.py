@@ -23,7 +23,7 @@ that repeats forever:
 
 * a link is created in its link group :data:`UNFINISHED_GROUP` (the creating request does
   keep the group), and the request that names it l2net's (alias) puts it back in group 0: a
-  link of that group without an alias reads as :data:`~shared.l2state.UNFINISHED_ALIAS`,
+  link of that group without an alias reads as :data:`~shared.domain.l2state.UNFINISHED_ALIAS`,
   owned, so it is completed (desired) or deleted (not);
 * a VM namespace is recorded in ``/run/l2net/netns/<vm>`` (holding the node's name) before
   it is made, and the record removed last when it is deleted: a namespace file that is not
@@ -33,7 +33,7 @@ that repeats forever:
 * a CNI ADD that died before the host veth got its alias left the VM's ``eth0`` in the
   namespace: the next ADD runs the plugin's DEL first (which removes both ends);
 * a NIC's admin state is recorded in its alias in the request that first changes it (see
-  :func:`shared.l2state.port_record`).
+  :func:`shared.domain.l2state.port_record`).
 
 Tests stop the process inside a step: ``L2NET_TEST_CRASH_AT=<step index>:<point>`` (read by
 :class:`NetlinkKernel` at its creation; the index counts the steps this process applied,
@@ -68,8 +68,8 @@ from tenacity import (
 
 from services.executor import cni
 from services.executor.planning import Step
-from shared.errors import ErrorKind, Refused
-from shared.l2state import (
+from shared.domain.errors import ErrorKind, Refused
+from shared.domain.l2state import (
     MGMT_BRIDGE,
     UNFINISHED_ALIAS,
     LinkState,
@@ -82,8 +82,8 @@ from shared.l2state import (
     port_key,
     vlan_changes,
 )
-from shared.model import Nic, VlanRange
-from shared.vocabulary import (
+from shared.domain.model import Nic, VlanRange
+from shared.domain.vocabulary import (
     BOND_ENUMS,
     BOND_INT_OPTIONS,
     BOND_MODE_NAMES,

@@ -5,7 +5,7 @@ Two things live here, both about the one path a node must never lose: the way to
 * :func:`read_mgmt_path` reads it from the kernel (the interface holding the management
   address, its addresses, the routes through it and their gateways, its MTU, the NICs of
   ``mgmt-bo``) plus the address of the NATS server the executor is connected to. The
-  executor refuses what would cut it (:func:`shared.l2state.desired_state`) and reports it
+  executor refuses what would cut it (:func:`shared.domain.l2state.desired_state`) and reports it
   in its inventory (``Node.mgmt``) so that the planner refuses the same first.
 * :class:`Confirmer` is the confirm-or-revert of an apply, like ``netplan try`` and
   kubernetes-nmstate's probes: after the kernel verified, the executor proves it still
@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from shared.l2state import MGMT_BOND, MGMT_BRIDGE, mgmt_vlan_interface
-from shared.model import MgmtPath
+from shared.domain.l2state import MGMT_BOND, MGMT_BRIDGE, mgmt_vlan_interface
+from shared.domain.model import MgmtPath
 
 if TYPE_CHECKING:  # not at run time: `l2net` reads DEFAULT_CONFIRM_S to build its parser
     from nats.aio.client import Client

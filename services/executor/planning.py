@@ -1,10 +1,11 @@
 """From differences to ordered steps: what the executor will do to the kernel, and in what order.
 
-:func:`plan` is pure. It takes the desired and the actual :class:`~shared.l2state.NodeL2State`,
-asks :func:`shared.l2state.diff` what differs (the same diff the auditor reports as drift),
+:func:`plan` is pure. It takes the desired and the actual
+:class:`~shared.domain.l2state.NodeL2State`,
+asks :func:`shared.domain.l2state.diff` what differs (the same diff the auditor reports as drift),
 and turns the items into :class:`Step` objects in the safe order of DESIGN.md.
 
-The items are typed (:class:`~shared.l2state.Difference`: an operation, an object kind and
+The items are typed (:class:`~shared.domain.l2state.Difference`: an operation, an object kind and
 name, a field) and indexed by object (:class:`Changes`); the plan reads as its phases, each a
 small function whose results the next ones take explicitly (:class:`BondPhase`,
 :class:`EnslavePhase`): **removals** in reverse order of creation (host VLAN interfaces,
@@ -25,7 +26,7 @@ Crashes: the plan is made from what the kernel holds, and every step leaves a st
 plan continues from, so an executor that died anywhere converges when it starts again. What
 it left half-made reads as l2net's (see :mod:`services.executor.kernel`): an unnamed link it
 created is completed or deleted, a VM namespace it recorded and no VM wants is deleted, a
-NIC's record of what l2net found (:func:`shared.l2state.port_record`) is kept while it is
+NIC's record of what l2net found (:func:`shared.domain.l2state.port_record`) is kept while it is
 held and restored when it is released for good.
 
 No differences → no steps: the executor then writes nothing at all.
@@ -40,8 +41,8 @@ from typing import Any
 
 import msgspec
 
-from shared.errors import Refused
-from shared.l2state import (
+from shared.domain.errors import Refused
+from shared.domain.l2state import (
     Difference,
     Field,
     LinkState,
@@ -54,7 +55,7 @@ from shared.l2state import (
     port_record,
     vlan_changes,
 )
-from shared.model import VlanRange
+from shared.domain.model import VlanRange
 
 
 class Step(msgspec.Struct, kw_only=True, frozen=True):

@@ -28,10 +28,10 @@ import msgspec
 
 from services.executor.kernel import Kernel, KernelError
 from services.executor.planning import Step, plan
-from shared import tracing
-from shared.errors import L2netError, Refused
-from shared.l2state import Difference, NodeL2State, Refusal, diff, exact_desired
-from shared.model import ObjectResult, Phase
+from shared.domain.errors import L2netError, Refused
+from shared.domain.l2state import Difference, NodeL2State, Refusal, diff, exact_desired
+from shared.domain.model import ObjectResult, Phase
+from shared.runtime import tracing
 
 StepHook = Callable[[Step], Awaitable[None]]
 Confirm = Callable[[], Awaitable[str | None]]
@@ -40,7 +40,7 @@ Confirm = Callable[[], Awaitable[str | None]]
 
 @dataclass
 class Outcome:
-    """What a reconcile did, ready to become a :class:`~shared.model.NodeStatus`."""
+    """What a reconcile did, ready to become a :class:`~shared.domain.model.NodeStatus`."""
 
     phase: Phase
     results: list[ObjectResult] = field(default_factory=list)

@@ -38,10 +38,10 @@ node's NATS user may not read its stream) stops the executor. Once set up, these
 * the **heartbeat**: the node's inventory (labels, NICs, link states) and the generation
   handled (``appliedGeneration``) on ``l2.node.<node>``;
 * two **request/reply** subjects: ``l2.executor.<node>.state`` answers the live
-  :class:`~shared.model.ObservedState`; ``l2.executor.<node>.reconcile`` converges to the
-  last intent again and answers the :class:`~shared.model.NodeStatus`.
+  :class:`~shared.domain.model.ObservedState`; ``l2.executor.<node>.reconcile`` converges to the
+  last intent again and answers the :class:`~shared.domain.model.NodeStatus`.
 
-Every status about an intent carries its digest (:func:`shared.intents.digest`), so that
+Every status about an intent carries its digest (:func:`shared.wire.intents.digest`), so that
 the auditor compares the node with the intent it really runs.
 
 NATS permissions. Everything above stays within what a least-privilege node user of
@@ -80,16 +80,18 @@ from services.executor.kernel import Kernel
 from services.executor.nodestore import Loaded, NodeStore
 from services.executor.planning import Step
 from services.executor.reconciling import Outcome, converge, step_result
-from shared import api, bus, intents, metrics, names, signing, subjects, tracing
-from shared.errors import Code, Refused, code_of
-from shared.l2state import (
+from shared.domain import names
+from shared.domain.errors import Code, Refused, code_of
+from shared.domain.l2state import (
     MAX_GENERATION,
     StateError,
     check_intent,
     desired_state,
     observed_from,
 )
-from shared.model import Node, NodeIntent, NodeStatus, ObjectResult, ObservedState
+from shared.domain.model import Node, NodeIntent, NodeStatus, ObjectResult, ObservedState
+from shared.runtime import bus, metrics, tracing
+from shared.wire import api, intents, signing, subjects
 
 log = logging.getLogger("l2net.executor")
 

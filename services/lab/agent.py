@@ -23,8 +23,9 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from services.lab.protocol import MAX_OUTPUT, ExecReply, ExecRequest, PingReply
-from shared import bus, subjects
+from shared.runtime import bus
+from shared.wire import subjects
+from shared.wire.lab_api import MAX_OUTPUT, ExecReply, ExecRequest, PingReply
 
 _STARTED = time.time()
 

@@ -51,10 +51,11 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from services.lab import naming, state
 from services.lab.bootscript import INIT_SCRIPT
 from services.lab.naming import LabConfigError, LabId
-from services.lab.protocol import MAX_STDIN, ExecReply, ExecRequest, PingReply
 from services.lab.relay import Listener, RelayConfig, VlanBridge
-from shared import bus, config, natsserver, signing, subjects
-from shared.errors import Refused
+from shared.domain.errors import Refused
+from shared.runtime import bus, config, natsserver
+from shared.wire import signing, subjects
+from shared.wire.lab_api import MAX_STDIN, ExecReply, ExecRequest, PingReply
 
 T = TypeVar("T")
 

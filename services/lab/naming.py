@@ -18,8 +18,8 @@ import shlex
 from typing import NewType
 from urllib.parse import urlsplit, urlunsplit
 
-from shared.errors import BadInput
-from shared.vocabulary import IFNAME_MAX, VID_MAX, VID_MIN
+from shared.domain.errors import BadInput
+from shared.domain.vocabulary import IFNAME_MAX, VID_MAX, VID_MIN
 
 LabId = NewType("LabId", str)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TypeVar
 
-from shared import model
+from shared.domain import model
 
 S = TypeVar("S", bound=model.Spec)
 

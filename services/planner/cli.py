@@ -1,6 +1,6 @@
 """``l2net planner``: run the planner service until stopped.
 
-The planner signs every intent (:mod:`shared.signing`) with the seed in ``--signing-key FILE``
+The planner signs every intent (:mod:`shared.wire.signing`) with the seed in ``--signing-key FILE``
 (or ``$L2NET_SIGNING_KEY_FILE``) and refuses to start without one: executors apply only
 intents signed by a key they trust. ``--generate-signing-key`` (dev setups) makes the file
 first when it is missing; without ``--signing-key`` it is the lab's key file, whose public key
@@ -16,8 +16,8 @@ import argparse
 import logging
 import os
 
-from shared import config, lifecycle, runner
-from shared.runner import add_nats_option
+from shared.runtime import config, lifecycle, runner
+from shared.runtime.runner import add_nats_option
 
 log = logging.getLogger("l2net.planner")
 
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def signing_seed(path: str | None, *, generate: bool) -> str:
     """The planner's seed from ``path`` (else ``$L2NET_SIGNING_KEY_FILE``; with ``generate``
     else the lab's key file), made first with ``generate``; KeyError_ saying what to do."""
-    from shared import signing
+    from shared.wire import signing
 
     path = path or os.environ.get(SIGNING_KEY_ENV) or None
     if path is None and generate:
@@ -67,7 +67,7 @@ def signing_seed(path: str | None, *, generate: bool) -> str:
 async def serve(nats_url: str | None, seed: str) -> None:
     """Run the planner until SIGINT/SIGTERM; connect (and reconnect) to NATS for ever."""
     from services.planner.service import Planner
-    from shared import bus
+    from shared.runtime import bus
 
     servers = config.nats_servers(nats_url)
     log.info("connecting to NATS at %s", ", ".join(bus.redact(s) for s in servers))
@@ -83,7 +83,7 @@ async def serve(nats_url: str | None, seed: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shared import signing
+    from shared.wire import signing
 
     try:
         seed = signing_seed(args.signing_key, generate=args.generate_signing_key)

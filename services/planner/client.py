@@ -1,9 +1,10 @@
 """A typed client of the planner's ``l2.api.*`` requests (what ``l2net apply``, ``get``, ...
 send), for the CLI and any Python script.
 
-Each function sends one request on a connection (:func:`shared.client.connected`) and returns
+Each function sends one request on a connection (:func:`shared.runtime.client.connected`)
+and returns
 the planner's reply as it came: a refusal is a reply with ``ok`` false and its problems, not
-an exception. :class:`~shared.client.RequestError` says, in one line, that no usable answer
+an exception. :class:`~shared.runtime.client.RequestError` says, in one line, that no usable answer
 came (no planner running, a timeout, a body over the server's limit).
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 from nats.aio.client import Client
 
-from shared import api, bus, subjects
-from shared.client import check_size, request
+from shared.runtime import bus
+from shared.runtime.client import check_size, request
+from shared.wire import api, subjects
 
 
 async def apply(nc: Client, manifest: bytes, *, source: str = "the manifest") -> api.ApplyReply:

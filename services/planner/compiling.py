@@ -29,9 +29,10 @@ from services.planner.catalog import (
     vlan_config_for,
 )
 from services.planner.validation import host_vlan_ifname
-from shared import api, model
-from shared.model import VlanRange
-from shared.vocabulary import DEFAULT_MTU, LINK_AGGREGATION, bridge_cni_config
+from shared.domain import model
+from shared.domain.model import VlanRange
+from shared.domain.vocabulary import DEFAULT_MTU, LINK_AGGREGATION, bridge_cni_config
+from shared.wire import api
 
 KERNEL_BOND_OPTIONS: tuple[tuple[str, str], ...] = (
     ("miimon", "miimon"),

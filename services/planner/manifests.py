@@ -21,10 +21,9 @@ from typing import Any
 import msgspec
 import yaml
 
-from shared import model
-from shared.api import Problem
-from shared.errors import BadInput, Code
-from shared.vocabulary import (
+from shared.domain import model
+from shared.domain.errors import BadInput, Code
+from shared.domain.vocabulary import (
     AD_SELECTS,
     ARP_VALIDATES,
     BOND_MODE_NAMES,
@@ -33,6 +32,7 @@ from shared.vocabulary import (
     NETWORK_TYPES,
     XMIT_HASH_POLICIES,
 )
+from shared.wire.api import Problem
 
 MAX_MANIFEST_BYTES = 256 * 1024
 """Largest submission accepted (the NATS default payload limit is 1 MiB)."""
@@ -65,7 +65,7 @@ _CHOICES: dict[tuple[str, str], Callable[[Any], str]] = {
     ),
     ("HostNetwork", "mode"): lambda value: f"only mode static is supported, not {value!r}",
 }
-"""What a field that takes one of a set of values (:mod:`shared.vocabulary`) says of any
+"""What a field that takes one of a set of values (:mod:`shared.domain.vocabulary`) says of any
 other value: the decoder refuses it, in these words rather than msgspec's."""
 
 

@@ -53,8 +53,10 @@ from nats.micro.service import Service
 
 from services.planner import compiling, manifests, validation
 from services.planner.catalog import Catalog, Entry
-from shared import api, bus, model, signing, subjects, tracing
-from shared.errors import Busy, Code
+from shared.domain import model
+from shared.domain.errors import Busy, Code
+from shared.runtime import bus, tracing
+from shared.wire import api, signing, subjects
 
 log = logging.getLogger("l2net.planner")
 
@@ -239,7 +241,7 @@ class _Follower:
 
 class Planner:
     """The planner on connection ``nc``; every intent it publishes is signed with
-    ``signing_seed`` (an nkeys seed, :mod:`shared.signing`), which executors verify."""
+    ``signing_seed`` (an nkeys seed, :mod:`shared.wire.signing`), which executors verify."""
 
     def __init__(self, nc: Client, *, signing_seed: str) -> None:
         self.signing_key = signing.public_key(signing_seed)  # a bad seed fails here, at once
@@ -579,7 +581,7 @@ class Planner:
     ) -> None:
         """Decode a JSON request body (empty: all defaults), answer it, reply in JSON; a body
         that does not decode (an unknown field included) gets ``reply_type(ok=False,
-        errors=[...])`` naming what is wrong (:func:`shared.api.bad_request`)."""
+        errors=[...])`` naming what is wrong (:func:`shared.wire.api.bad_request`)."""
 
         async def run() -> Any:
             body = api.decode_request(req.data, body_type)

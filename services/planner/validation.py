@@ -15,10 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from services.planner.catalog import HOSTNAME_LABEL, Catalog, node_labels, selects
-from shared import mgmtpath, model, names
-from shared.api import Problem
-from shared.errors import Code
-from shared.vocabulary import (
+from shared.domain import mgmtpath, model, names
+from shared.domain.errors import Code
+from shared.domain.vocabulary import (
     BOND_INT_MAX,
     DEFAULT_MTU,
     IFNAME_MAX,
@@ -30,6 +29,7 @@ from shared.vocabulary import (
     BondMode,
     ifname_error,
 )
+from shared.wire.api import Problem
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
@@ -558,7 +558,7 @@ def _network_vid_fields(net: model.Network) -> list[tuple[str, int, int]]:
 
 
 def check_mgmt_path(catalog: Catalog) -> list[Problem]:
-    """Everything that would cut a node's management path (:mod:`shared.mgmtpath`).
+    """Everything that would cut a node's management path (:mod:`shared.domain.mgmtpath`).
 
     Networks on mgmt: no VID 1 (mgmt-bo's PVID), no node's management VLAN. Host networks on
     mgmt: not VID 1 (mgmt-br's own untagged VID). Host addresses, on any cluster network:

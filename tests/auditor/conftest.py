@@ -18,8 +18,7 @@ import pytest
 from nats.aio.client import Client
 
 from services.auditor.service import Auditor, AuditorConfig
-from shared import bus, natsserver, subjects
-from shared.l2state import (
+from shared.domain.l2state import (
     DEFAULT_PVID,
     LinkState,
     build_actual,
@@ -27,7 +26,7 @@ from shared.l2state import (
     observed_from,
     owner_alias,
 )
-from shared.model import (
+from shared.domain.model import (
     DriftReport,
     Nic,
     Node,
@@ -36,6 +35,8 @@ from shared.model import (
     ObservedState,
     VlanRange,
 )
+from shared.runtime import bus, natsserver
+from shared.wire import subjects
 from tests import keys
 from tests.executor.conftest import executors  # noqa: F401  (a fixture, shared)
 

@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 
 from services.lab import Lab
-from shared.l2state import parse_alias
-from shared.model import NodeIntent, ObservedState, VlanRange
+from shared.domain.l2state import parse_alias
+from shared.domain.model import NodeIntent, ObservedState, VlanRange
 
 REPO = Path(__file__).resolve().parents[2]
 IFUPDOWN2 = REPO / ".cache" / "ifupdown2" / "root"

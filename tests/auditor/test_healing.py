@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from services.auditor.healing import cluster_network_of, in_heal_scope
 from services.auditor.view import FleetView, NodeView
-from shared.model import DriftItem, HostVlanIntent
+from shared.domain.model import DriftItem, HostVlanIntent
 from tests.auditor.conftest import converged
 from tests.executor.labkit import seed_intent
 

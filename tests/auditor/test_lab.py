@@ -25,8 +25,9 @@ from services.auditor.demo import drift_and_heal
 from services.auditor.service import Auditor, AuditorConfig
 from services.auditor.view import Policy
 from services.lab import Lab
-from shared import bus, subjects
-from shared.model import NodeStatus, ObservedState
+from shared.domain.model import NodeStatus, ObservedState
+from shared.runtime import bus
+from shared.wire import subjects
 from tests.auditor import oracle
 from tests.auditor.conftest import auditor_factory
 from tests.executor.helpers import final_status, publish_intent

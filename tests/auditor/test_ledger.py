@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from services.auditor.ledger import Ledger, report_id
 from services.auditor.view import GENERATION, HEARTBEAT, FleetView, node_object
-from shared.model import DriftItem, DriftReport, NodeIntent
+from shared.domain.model import DriftItem, DriftReport, NodeIntent
 from tests.auditor.conftest import applied, converged, heartbeat
 from tests.executor.labkit import seed_intent
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from shared import natsserver
+from shared.runtime import natsserver
 from tests.auditor.conftest import AuditorFactory, Bus, converged
 from tests.auditor.test_service import REPO, mtu_1400
 from tests.executor.labkit import seed_intent

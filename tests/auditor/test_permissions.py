@@ -10,7 +10,8 @@ import pytest
 
 from services.auditor import client as audit_client
 from services.auditor.service import Auditor
-from shared import bus, subjects
+from shared.runtime import bus
+from shared.wire import subjects
 from tests import keys
 from tests.auditor.conftest import converged, heartbeat
 from tests.deploy.test_nats import SecuredNats, secured  # noqa: F401  (the fixture)

@@ -20,8 +20,9 @@ from nats.aio.client import Client
 from services.auditor import cli as audit_cli
 from services.auditor.service import AuditorConfig
 from services.auditor.view import Policy, episode_id
-from shared import bus, natsserver, subjects
-from shared.model import DriftReport
+from shared.domain.model import DriftReport
+from shared.runtime import bus, natsserver
+from shared.wire import subjects
 from tests import keys
 from tests.auditor.conftest import AuditorFactory, Bus, applied, converged
 from tests.executor.labkit import seed_intent

@@ -18,8 +18,9 @@ import pytest
 
 from services.auditor.service import Auditor, AuditorConfig
 from services.auditor.view import Policy
-from shared import bus, intents, natsserver, subjects
-from shared.model import DriftItem, DriftReport, Node, NodeIntent, NodeStatus
+from shared.domain.model import DriftItem, DriftReport, Node, NodeIntent, NodeStatus
+from shared.runtime import bus, natsserver
+from shared.wire import intents, subjects
 from tests import keys
 from tests.auditor.conftest import AuditorFactory, Bus, converged, heartbeat
 from tests.auditor.test_service import T0, l2net, mtu_1400

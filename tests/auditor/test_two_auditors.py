@@ -11,10 +11,11 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from services.auditor import protocol
 from services.auditor.service import READ_STREAMS, AuditorConfig
 from services.auditor.view import Policy, episode_id
-from shared import bus, subjects
+from shared.runtime import bus
+from shared.wire import auditor_api as protocol
+from shared.wire import subjects
 from tests.auditor.conftest import AuditorFactory, Bus, converged, stop
 from tests.auditor.test_service import T0, mtu_1400, no_vid_200
 from tests.executor.labkit import seed_intent

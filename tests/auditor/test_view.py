@@ -8,8 +8,8 @@ import pytest
 from services.auditor.report import diff_lines, format_node
 from services.auditor.service import cluster_network_of
 from services.auditor.view import FleetView, Policy
-from shared.l2state import DEFAULT_PVID, LinkState, owner_alias
-from shared.model import DriftItem, ObservedState, VlanRange
+from shared.domain.l2state import DEFAULT_PVID, LinkState, owner_alias
+from shared.domain.model import DriftItem, ObservedState, VlanRange
 from tests.auditor.conftest import Change, applied, converged, heartbeat
 from tests.executor.labkit import seed_intent
 
@@ -227,7 +227,7 @@ def test_a_findings_cluster_network_decides_its_heal_policy() -> None:
 
 
 def test_a_node_heading_says_unverified_when_it_stopped_reporting() -> None:
-    from services.auditor.protocol import NodeAudit
+    from shared.wire.auditor_api import NodeAudit
 
     audit = NodeAudit(
         node=NODE,
@@ -247,8 +247,8 @@ def test_the_audit_example_in_the_docs_is_what_the_formatter_prints() -> None:
     import re
     from pathlib import Path
 
-    from services.auditor.protocol import CheckReply, NodeAudit
     from services.auditor.report import format_audit
+    from shared.wire.auditor_api import CheckReply, NodeAudit
 
     page = (Path(__file__).resolve().parents[2] / "docs" / "auditor.md").read_text()
     session = re.findall(r"```console\n(.*?)```", page, re.S)[0].splitlines()

@@ -33,11 +33,12 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from services.auditor import protocol
 from services.lab import Lab
-from shared import bus, subjects
-from shared.l2state import parse_alias
-from shared.model import DriftReport, ObservedState
+from shared.domain.l2state import parse_alias
+from shared.domain.model import DriftReport, ObservedState
+from shared.runtime import bus
+from shared.wire import auditor_api as protocol
+from shared.wire import subjects
 from tests.bench import ifupdown2kit, topology
 from tests.bench.common import Result
 from tests.bench.topology import BOND

@@ -23,8 +23,9 @@ from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 
 from services.auditor.service import Auditor
-from shared import bus, natsserver, subjects
-from shared.model import DriftReport
+from shared.domain.model import DriftReport
+from shared.runtime import bus, natsserver
+from shared.wire import subjects
 from tests.auditor.conftest import applied, converged, heartbeat
 from tests.bench.common import Result, median_seconds, service_memory
 from tests.executor.labkit import seed_intent

@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from shared import natsserver, subjects
+from shared.runtime import natsserver
+from shared.wire import subjects
 from tests.bench.common import Result, median_process_seconds
 
 REPEAT = 9

@@ -37,8 +37,9 @@ from nats.aio.msg import Msg
 
 from services.lab import Lab
 from services.lab.fleet import executor_command
-from shared import bus, subjects
-from shared.model import NodeStatus
+from shared.domain.model import NodeStatus
+from shared.runtime import bus
+from shared.wire import subjects
 from tests import keys
 from tests.bench import auditcheck, ifupdown2kit, topology
 from tests.bench.common import Result

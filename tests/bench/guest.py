@@ -38,7 +38,7 @@ import msgspec
 from services.executor import cni
 from services.executor.kernel import NetlinkKernel
 from services.executor.reconciling import converge
-from shared.l2state import desired_state, diff
+from shared.domain.l2state import desired_state, diff
 from tests.bench import topology
 from tests.bench.ifupdown2kit import STATE_DIR
 from tests.bench.topology import BOND, BRIDGE, NICS, Topology

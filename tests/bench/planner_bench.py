@@ -15,7 +15,8 @@ from pathlib import Path
 
 from services.cli.demo import demo_node
 from services.planner.service import Planner
-from shared import api, bus, natsserver, subjects
+from shared.runtime import bus, natsserver
+from shared.wire import api, subjects
 from tests import keys
 from tests.bench.common import Result, median_seconds, service_memory
 

@@ -5,7 +5,7 @@ VLAN-aware bridge ``oob-br`` with the bond as a port, trunk VIDs 2-4094 on the b
 the larger variant, VM ports on the bridge (one per entry of ``vms``: access VLAN or
 untagged). The same topology is rendered as
 
-* an l2net :class:`~shared.model.NodeIntent` (VM NICs through the bridge CNI plugin into
+* an l2net :class:`~shared.domain.model.NodeIntent` (VM NICs through the bridge CNI plugin into
   network namespaces, as the executor does);
 * iproute2 batches (``ip -batch`` and ``bridge -batch``; VM NICs as veths into namespaces);
 * an ifupdown2 interfaces file (VM NICs as veth pairs left in the node's namespace, since
@@ -21,8 +21,8 @@ from typing import Any
 
 import msgspec
 
-from shared.l2state import NodeL2State, format_vlans
-from shared.model import (
+from shared.domain.l2state import NodeL2State, format_vlans
+from shared.domain.model import (
     BondIntent,
     ClusterNetworkIntent,
     NodeIntent,

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from services.cli.demo import demo_node
-from shared import bus, natsserver, subjects
-from shared.natsserver import EmbeddedNats
+from shared.runtime import bus, natsserver
+from shared.runtime.natsserver import EmbeddedNats
+from shared.wire import subjects
 from tests.kit import stop_process, until_sync
 
 SEED = Path(__file__).resolve().parents[2] / "docs" / "examples" / "seed.yaml"
@@ -165,7 +166,7 @@ def test_watch_prints_status_events(nats_server: EmbeddedNats) -> None:
         assert "watching" in proc.stdout.readline()
         import asyncio
 
-        from shared import model
+        from shared.domain import model
 
         async def publish() -> None:
             nc = await bus.connect([nats_server.url], name="test")

@@ -12,8 +12,9 @@ from nats.micro import add_service
 from nats.micro.request import Request
 
 from services.planner.service import MAX_PROBLEMS
-from shared import bus, subjects
-from shared.natsserver import EmbeddedNats
+from shared.runtime import bus
+from shared.runtime.natsserver import EmbeddedNats
+from shared.wire import subjects
 from tests.cli.test_cli import SEED, l2net, planner_process  # noqa: F401 (a fixture)
 
 DECODER_WORDS = ("Traceback", "Input data was truncated", "MaxPayloadError", "DecodeError")

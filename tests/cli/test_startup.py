@@ -95,7 +95,7 @@ def test_every_command_on_the_bus_names_a_bad_tracing_setting_in_one_line(
 def test_tracing_with_nothing_to_export_loads_no_opentelemetry_sdk() -> None:
     probe = (
         "import sys\n"
-        "from shared import tracing\n"
+        "from shared.runtime import tracing\n"
         "tracing.setup('cli')\n"
         "with tracing.publish_span('l2.api.get') as headers:\n"
         "    pass\n"

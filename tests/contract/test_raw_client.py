@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from services.planner.service import Planner
-from shared.natsserver import EmbeddedNats
+from shared.runtime.natsserver import EmbeddedNats
 from tests.auditor.conftest import AuditorFactory
 
 SEED = Path(__file__).resolve().parents[2] / "docs" / "examples" / "seed.yaml"

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from services.cli import demo
-from shared import bus, natsserver, signing, subjects
+from shared.runtime import bus, natsserver
+from shared.wire import signing, subjects
 from tests.kit import stop_process, until
 from tests.shared import otlp_receiver
 from tests.shared.otlp_receiver import OtlpReceiver, ReceivedSpan

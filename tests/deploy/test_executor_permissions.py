@@ -26,8 +26,9 @@ from services.executor.kernel import NetlinkKernel
 from services.executor.service import Executor as ExecutorService
 from services.executor.service import ExecutorConfig
 from services.planner.service import Planner
-from shared import api, bus, subjects
-from shared.model import Node
+from shared.domain.model import Node
+from shared.runtime import bus
+from shared.wire import api, subjects
 from tests import keys
 from tests.deploy.test_nats import SecuredNats, secured  # noqa: F401  (the fixture)
 from tests.executor.conftest import HostNode, _build_node, intent, untagged_port

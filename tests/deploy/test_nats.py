@@ -26,7 +26,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
-from shared import bus, natsserver, subjects
+from shared.runtime import bus, natsserver
+from shared.wire import subjects
 from tests.kit import stop_process
 
 NATS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "nats"

@@ -25,7 +25,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig
 
-from shared import bus, subjects
+from shared.runtime import bus
+from shared.wire import subjects
 from tests.deploy.test_nats import SecuredNats, planner, secured  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(180)

@@ -1,4 +1,5 @@
-"""One node-name rule (shared/names.py): the executor, render_accounts.py and the planner agree.
+"""One node-name rule (shared/domain/names.py): the executor, render_accounts.py and the
+planner agree.
 
 A name the executor accepts must be one the NATS accounts can be written for (and the other
 way round), and one the planner accepts for ``VmNic.node``; otherwise a node could run but
@@ -18,8 +19,8 @@ from services.executor.cli import check_node_name
 from services.executor.kernel import NetlinkKernel
 from services.executor.service import Executor, ExecutorConfig
 from services.planner.validation import check_object
-from shared import names
-from shared.model import VmNic
+from shared.domain import names
+from shared.domain.model import VmNic
 
 RENDER = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "render_accounts.py"
 

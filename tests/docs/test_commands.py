@@ -25,7 +25,7 @@ import yaml
 
 from services.auditor.cli import load_policy
 from services.cli.main import build_parser
-from shared import model
+from shared.domain import model
 from tests.docs.session import DOCS, fenced
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from services.cli import schemas
 from services.planner import manifests
-from shared.natsserver import EmbeddedNats
+from shared.runtime.natsserver import EmbeddedNats
 from tests.cli.test_cli import _register_nodes, _wait_for_planner, l2net
 from tests.kit import stop_process
 

@@ -26,7 +26,8 @@ import pytest
 
 from services.lab import Lab
 from services.lab.fleet import LabError
-from shared import bus, subjects
+from shared.runtime import bus
+from shared.wire import subjects
 from tests.docs.session import DOCS, REPO, Shell, Step, base_env, fenced, session
 from tests.kit import until_sync
 
@@ -225,7 +226,7 @@ def test_auditor_python_sample_runs_on_the_lab(quickstart: Quickstart) -> None:
     """auditor.md's Python sample (top-level ``await``: run in a coroutine with ``nc``, ``lab``)."""
     (sample,) = fenced(DOCS / "auditor.md", "python")
     code = (
-        "import asyncio\nfrom services.lab import Lab\nfrom shared import bus\n\n"
+        "import asyncio\nfrom services.lab import Lab\nfrom shared.runtime import bus\n\n"
         "async def main(url, lab_dir):\n"
         "    nc = await bus.connect([url], name='docs-sample')\n"
         "    lab = Lab.load(lab_dir)\n"

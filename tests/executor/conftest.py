@@ -25,8 +25,8 @@ from pyroute2 import netns as pyroute2_netns
 
 from services.executor.kernel import OWNED_NETNS_DIR, NetlinkKernel
 from services.executor.service import Executor, ExecutorConfig
-from shared import natsserver
-from shared.model import ClusterNetworkIntent, NodeIntent, VlanRange, VmPortIntent
+from shared.domain.model import ClusterNetworkIntent, NodeIntent, VlanRange, VmPortIntent
+from shared.runtime import natsserver
 from tests import keys
 
 

@@ -37,7 +37,7 @@ def _dump() -> dict[str, Any]:
     MACs), plus the namespaces' files, l2net's records and what is inside each VM."""
     from services.executor import kernel as k
     from services.executor.dump import comparable
-    from shared.l2state import is_vm_port, parse_alias
+    from shared.domain.l2state import is_vm_port, parse_alias
 
     async def read() -> dict[str, Any]:
         kern = k.NetlinkKernel("dump")
@@ -104,7 +104,7 @@ def _inject_failures(directory: Path) -> None:
     from services.executor.kernel import KernelError
     from services.executor.planning import Step
     from services.executor.service import Executor
-    from shared.model import NodeIntent, NodeStatus
+    from shared.domain.model import NodeIntent, NodeStatus
 
     plan: dict[str, int] = {"step": -1, "count": 0}
     init = Executor.__init__

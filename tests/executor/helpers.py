@@ -6,8 +6,9 @@ from __future__ import annotations
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from shared import bus, subjects
-from shared.model import NodeIntent, NodeStatus
+from shared.domain.model import NodeIntent, NodeStatus
+from shared.runtime import bus
+from shared.wire import subjects
 from tests import keys
 
 

@@ -12,8 +12,8 @@ import json
 from typing import Any
 
 from services.lab import Lab
-from shared.l2state import canonical_vlans, format_vlans
-from shared.model import (
+from shared.domain.l2state import canonical_vlans, format_vlans
+from shared.domain.model import (
     BondIntent,
     ClusterNetworkIntent,
     HostVlanIntent,

@@ -1,8 +1,8 @@
 """The executor runs only the bridge CNI config l2net generates (no kernel: pure checks).
 
-Every VM NIC the planner compiles passes :func:`shared.l2state.check_cni_config`; every
+Every VM NIC the planner compiles passes :func:`shared.domain.l2state.check_cni_config`; every
 config the planner cannot produce (another plugin, extra options, another bridge, VLANs that
-are not the port's) is refused by :func:`shared.l2state.desired_state` with an error naming
+are not the port's) is refused by :func:`shared.domain.l2state.desired_state` with an error naming
 what is wrong, before the executor writes anything.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from services.planner import compiling
-from shared.l2state import StateError, check_cni_config, desired_state
-from shared.model import NodeIntent, VmPortIntent
+from shared.domain.l2state import StateError, check_cni_config, desired_state
+from shared.domain.model import NodeIntent, VmPortIntent
 from tests.planner.conftest import SEED
 from tests.planner.test_compiling import compiled
 

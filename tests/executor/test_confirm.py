@@ -18,7 +18,7 @@ from services.executor.kernel import NetlinkKernel
 from services.executor.mgmt import Confirmer
 from services.executor.planning import Step
 from services.executor.service import Executor, ExecutorConfig
-from shared import natsserver
+from shared.runtime import natsserver
 from tests import keys
 from tests.executor.conftest import HostNode, intent, untagged_port
 from tests.executor.helpers import final_status, publish_intent

@@ -30,7 +30,7 @@ from services.executor.fakekernel import FakeKernel
 from services.executor.kernel import KernelError
 from services.executor.planning import Step, plan
 from services.executor.reconciling import converge
-from shared.l2state import (
+from shared.domain.l2state import (
     DEFAULT_PVID,
     UNFINISHED_ALIAS,
     LinkState,
@@ -41,7 +41,7 @@ from shared.l2state import (
     is_vm_port,
     port_key,
 )
-from shared.model import (
+from shared.domain.model import (
     BondIntent,
     ClusterNetworkIntent,
     HostVlanIntent,

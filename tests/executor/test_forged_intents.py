@@ -20,8 +20,9 @@ from nats.aio.client import Client
 
 from services.cli.main import main as l2net
 from services.executor.service import Executor, consumer_name
-from shared import bus, signing, subjects
-from shared.model import NodeIntent, NodeStatus
+from shared.domain.model import NodeIntent, NodeStatus
+from shared.runtime import bus
+from shared.wire import signing, subjects
 from tests import keys
 from tests.executor.conftest import ExecutorFactory, HostNode, intent, untagged_port
 from tests.executor.helpers import final_status, statuses

@@ -16,8 +16,8 @@ from services.executor import dump
 from services.executor.kernel import OWNED_NETNS_DIR, KernelError, NetlinkKernel
 from services.executor.planning import Step
 from services.executor.reconciling import converge
-from shared.l2state import NodeL2State, desired_state
-from shared.model import BondIntent, ClusterNetworkIntent, NodeIntent
+from shared.domain.l2state import NodeL2State, desired_state
+from shared.domain.model import BondIntent, ClusterNetworkIntent, NodeIntent
 from tests.executor.conftest import HostNode, intent, mgmt_cn, untagged_port
 
 

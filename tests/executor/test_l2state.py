@@ -1,4 +1,4 @@
-"""The one diff (shared.l2state) and the planner built on it: pure, no kernel."""
+"""The one diff (shared.domain.l2state) and the planner built on it: pure, no kernel."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.executor.planning import PlanError, plan
-from shared.l2state import (
+from shared.domain.l2state import (
     DEFAULT_PVID,
     UNFINISHED_ALIAS,
     Difference,
@@ -31,7 +31,7 @@ from shared.l2state import (
     state_from_observed,
     vlan_changes,
 )
-from shared.model import HostVlanIntent, VlanRange
+from shared.domain.model import HostVlanIntent, VlanRange
 from tests.executor.labkit import seed_intent
 
 

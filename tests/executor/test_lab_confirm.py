@@ -19,8 +19,9 @@ from nats.aio.client import Client
 
 from services.lab import Lab
 from services.lab.fleet import REPO_ROOT, executor_command
-from shared import bus, subjects
-from shared.model import HostVlanIntent, Node, NodeIntent, VlanRange
+from shared.domain.model import HostVlanIntent, Node, NodeIntent, VlanRange
+from shared.runtime import bus
+from shared.wire import subjects
 from tests import keys
 from tests.executor.conftest import mgmt_cn
 from tests.executor.helpers import final_status, publish_intent

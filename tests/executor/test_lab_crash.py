@@ -33,9 +33,10 @@ from nats.aio.client import Client
 
 from services.executor.kernel import CRASH_ENV, CRASH_POINTS
 from services.lab import Lab
-from shared import bus, subjects
-from shared.l2state import canonical_vlans, desired_state, diff, state_from_observed
-from shared.model import HostVlanIntent, NodeIntent, NodeStatus, ObservedState, VlanRange
+from shared.domain.l2state import canonical_vlans, desired_state, diff, state_from_observed
+from shared.domain.model import HostVlanIntent, NodeIntent, NodeStatus, ObservedState, VlanRange
+from shared.runtime import bus
+from shared.wire import subjects
 from tests import keys
 from tests.executor import crashkit
 from tests.executor.conftest import mgmt_cn

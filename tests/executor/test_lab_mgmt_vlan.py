@@ -8,8 +8,9 @@ import pytest
 from nats.aio.client import Client
 
 from services.lab import Lab
-from shared import bus, subjects
-from shared.model import HostVlanIntent, Node, NodeIntent, ObservedState
+from shared.domain.model import HostVlanIntent, Node, NodeIntent, ObservedState
+from shared.runtime import bus
+from shared.wire import subjects
 from tests.executor.helpers import final_status, publish_intent
 from tests.executor.labkit import port_vids, seed_intent, sh
 from tests.kit import lab_fixture, until

@@ -27,8 +27,9 @@ from nats.aio.client import Client
 
 from services.lab import Lab
 from services.lab.cli import main as lab_main
-from shared import bus, intents, subjects
-from shared.model import Node, NodeIntent, NodeStatus
+from shared.domain.model import Node, NodeIntent, NodeStatus
+from shared.runtime import bus
+from shared.wire import intents, subjects
 from tests import keys
 from tests.executor.helpers import final_status, statuses
 from tests.executor.labkit import seed_intent, sh, vm_ping

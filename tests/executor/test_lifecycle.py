@@ -23,9 +23,10 @@ from nats.aio.client import Client
 from services.executor.kernel import NetlinkKernel
 from services.executor.nodestore import INTENT_FILE, STATE_FILE
 from services.executor.service import Executor, ExecutorConfig, consumer_name
-from shared import bus, intents, natsserver, subjects
-from shared.l2state import desired_state, diff
-from shared.model import Node, NodeIntent, NodeStatus
+from shared.domain.l2state import desired_state, diff
+from shared.domain.model import Node, NodeIntent, NodeStatus
+from shared.runtime import bus, natsserver
+from shared.wire import intents, subjects
 from tests import keys
 from tests.executor.conftest import HostNode, intent, untagged_port
 from tests.executor.helpers import final_status, statuses

@@ -17,9 +17,8 @@ import pytest
 from nats.aio.client import Client
 
 from services.executor.kernel import NetlinkKernel
-from shared import bus, subjects
-from shared.l2state import desired_state, diff, exact_desired
-from shared.model import (
+from shared.domain.l2state import desired_state, diff, exact_desired
+from shared.domain.model import (
     BondIntent,
     ClusterNetworkIntent,
     HostVlanIntent,
@@ -29,6 +28,8 @@ from shared.model import (
     VlanRange,
     VmPortIntent,
 )
+from shared.runtime import bus
+from shared.wire import subjects
 from tests import keys
 from tests.executor.conftest import ExecutorFactory, HostNode, mgmt_cn, untagged_port
 from tests.executor.helpers import final_status, publish_intent

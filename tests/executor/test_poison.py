@@ -29,9 +29,8 @@ from services.executor.kernel import NetlinkKernel
 from services.executor.planning import Step
 from services.executor.reconciling import converge
 from services.executor.service import Executor, ExecutorConfig, consumer_name
-from shared import bus, natsserver, subjects
-from shared.l2state import NodeL2State, check_intent, desired_state
-from shared.model import (
+from shared.domain.l2state import NodeL2State, check_intent, desired_state
+from shared.domain.model import (
     BondIntent,
     ClusterNetworkIntent,
     HostVlanIntent,
@@ -39,6 +38,8 @@ from shared.model import (
     NodeStatus,
     VlanRange,
 )
+from shared.runtime import bus, natsserver
+from shared.wire import subjects
 from tests import keys
 from tests.executor.conftest import HostNode, intent, mgmt_cn, untagged_port
 from tests.executor.helpers import final_status

@@ -12,9 +12,10 @@ from nats.aio.client import Client
 
 from services.cli.main import main as l2net
 from services.executor.service import Executor, consumer_name
-from shared import bus, natsserver, subjects
-from shared.l2state import state_from_observed
-from shared.model import Node, NodeStatus, ObservedState
+from shared.domain.l2state import state_from_observed
+from shared.domain.model import Node, NodeStatus, ObservedState
+from shared.runtime import bus, natsserver
+from shared.wire import subjects
 from tests.executor.conftest import ExecutorFactory, HostNode, intent, untagged_port
 from tests.executor.helpers import final_status, publish_intent, statuses
 from tests.kit import until

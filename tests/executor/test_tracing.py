@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from shared import bus, natsserver, subjects
+from shared.runtime import bus, natsserver
+from shared.wire import subjects
 from tests import keys
 from tests.executor.conftest import HostNode, intent, untagged_port
 from tests.executor.helpers import final_status

@@ -36,12 +36,13 @@ import pytest
 from nats.aio.client import Client
 from pyroute2 import netns as pyroute2_netns
 
-from services.auditor.protocol import HistoryReply
 from services.auditor.service import Auditor, AuditorConfig
 from services.executor.service import Executor
 from services.planner.service import Planner
-from shared import api, bus, natsserver, subjects
-from shared.model import NodeIntent, NodeStatus, ObservedState
+from shared.domain.model import NodeIntent, NodeStatus, ObservedState
+from shared.runtime import bus, natsserver
+from shared.wire import api, subjects
+from shared.wire.auditor_api import HistoryReply
 from tests import keys
 from tests.executor.conftest import (
     ExecutorFactory,

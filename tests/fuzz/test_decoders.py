@@ -7,7 +7,7 @@ What each decoder is, with its documented error:
 * submission (``l2.api.apply`` body): :func:`services.planner.manifests.parse` ->
   ``ManifestError``; then validation and compiling of what parsed never raise;
 * intent, on the executor: JSON decode (``msgspec.DecodeError``), signature check
-  (``SignatureError``), :func:`shared.l2state.desired_state` (``StateError``) and the plan
+  (``SignatureError``), :func:`shared.domain.l2state.desired_state` (``StateError``) and the plan
   (``PlanError``);
 * intents, statuses, observed states, node inventory and drift reports, on the auditor:
   :func:`services.auditor.events.decode_event` -> ``BadMessage``; then judging, history,
@@ -37,16 +37,27 @@ import yaml
 from hypothesis import strategies as st
 
 from services.auditor import cli as auditor_cli
-from services.auditor import events, protocol, report, snapshot
+from services.auditor import events, report, snapshot
 from services.auditor.view import FleetView, Policy
 from services.cli import commands
 from services.cli.main import build_parser
 from services.executor.planning import PlanError, plan
 from services.planner import compiling, manifests, validation
 from services.planner.catalog import Catalog
-from shared import api, bus, intents, model, signing, subjects
-from shared.l2state import StateError, desired_state, state_from_observed
-from shared.model import DriftItem, DriftReport, Nic, Node, NodeIntent, NodeStatus, ObservedState
+from shared.domain import model
+from shared.domain.l2state import StateError, desired_state, state_from_observed
+from shared.domain.model import (
+    DriftItem,
+    DriftReport,
+    Nic,
+    Node,
+    NodeIntent,
+    NodeStatus,
+    ObservedState,
+)
+from shared.runtime import bus
+from shared.wire import api, intents, signing, subjects
+from shared.wire import auditor_api as protocol
 from tests import keys
 from tests.auditor.conftest import converged, heartbeat
 from tests.executor.labkit import seed_intent

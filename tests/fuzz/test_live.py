@@ -22,12 +22,13 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeout
 
-from services.auditor import protocol
 from services.auditor.service import Auditor, AuditorConfig
 from services.executor.service import Executor, consumer_name
 from services.planner.service import Planner
-from shared import api, bus, natsserver, subjects
-from shared.model import NodeIntent
+from shared.domain.model import NodeIntent
+from shared.runtime import bus, natsserver
+from shared.wire import api, subjects
+from shared.wire import auditor_api as protocol
 from tests import keys
 from tests.executor.conftest import ExecutorFactory, HostNode
 from tests.fuzz.hostile import arbitrary_bytes, mutated

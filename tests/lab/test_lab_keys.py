@@ -10,7 +10,7 @@ import pytest
 
 from services.lab import executor_command
 from services.lab.fleet import LabError, _lab_trust_keys, signing_seed_file
-from shared import signing
+from shared.wire import signing
 from tests import keys
 
 

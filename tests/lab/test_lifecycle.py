@@ -15,7 +15,7 @@ import pytest
 
 from services.lab import Lab, LabError
 from services.lab import state as labstate
-from shared.natsserver import EmbeddedNats, free_port
+from shared.runtime.natsserver import EmbeddedNats, free_port
 from tests.lab.conftest import lab_cli
 
 pytestmark = pytest.mark.lab

@@ -14,7 +14,7 @@ import pytest
 from services.lab import executor_command, naming, relay
 from services.lab.cli import register
 from services.lab.naming import LabConfigError, LabId
-from shared.vocabulary import IFNAME_MAX
+from shared.domain.vocabulary import IFNAME_MAX
 
 
 def test_every_host_name_carries_the_lab_id_and_fits_ifnamsiz() -> None:

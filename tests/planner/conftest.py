@@ -11,7 +11,9 @@ from nats.aio.client import Client
 
 from services.planner.catalog import Catalog
 from services.planner.service import Planner
-from shared import bus, model, subjects
+from shared.domain import model
+from shared.runtime import bus
+from shared.wire import subjects
 from tests import keys
 
 SEED = Path(__file__).resolve().parents[2] / "docs" / "examples" / "seed.yaml"

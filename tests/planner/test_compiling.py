@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from services.planner import compiling, manifests
 from services.planner.catalog import Catalog
-from shared import model
-from shared.model import VlanRange
+from shared.domain import model
+from shared.domain.model import VlanRange
 from tests.planner.conftest import catalog_with_nodes
 
 VMS = """

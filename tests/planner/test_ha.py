@@ -21,8 +21,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.planner import service
 from services.planner.service import Planner
-from shared import api, bus, model, natsserver, subjects
-from shared.natsserver import EmbeddedNats
+from shared.domain import model
+from shared.runtime import bus, natsserver
+from shared.runtime.natsserver import EmbeddedNats
+from shared.wire import api, subjects
 from tests import keys
 from tests.kit import until
 from tests.planner.conftest import make_node, register

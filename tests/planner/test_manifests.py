@@ -7,7 +7,7 @@ import json
 import pytest
 
 from services.planner import manifests
-from shared import model, vocabulary
+from shared.domain import model, vocabulary
 
 
 def problems_of(text: str | bytes) -> list[str]:

@@ -13,7 +13,8 @@ import pytest
 from nats.aio.client import Client
 
 from services.planner.service import Planner
-from shared import model, subjects
+from shared.domain import model
+from shared.wire import subjects
 from tests.kit import until
 from tests.planner.conftest import make_node, register
 from tests.planner.test_service import apply, last_intent, stream_messages

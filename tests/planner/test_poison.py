@@ -6,7 +6,9 @@ from __future__ import annotations
 from nats.aio.client import Client
 
 from services.planner.service import Planner
-from shared import api, bus, model, subjects
+from shared.domain import model
+from shared.runtime import bus
+from shared.wire import api, subjects
 from tests import keys
 from tests.kit import until
 from tests.planner.conftest import make_node, register

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from services.planner.service import MAX_PROBLEMS, fit_reply, refusal
-from shared import api
+from shared.wire import api
 
 LIMIT = 1024 * 1024 - 4096
 

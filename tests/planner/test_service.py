@@ -9,8 +9,10 @@ import nats
 from nats.aio.client import Client
 
 from services.planner.service import Planner
-from shared import api, bus, model, subjects
-from shared.natsserver import EmbeddedNats
+from shared.domain import model
+from shared.runtime import bus
+from shared.runtime.natsserver import EmbeddedNats
+from shared.wire import api, subjects
 from tests import keys
 from tests.kit import until
 from tests.planner.conftest import make_node, register

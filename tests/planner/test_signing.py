@@ -11,8 +11,10 @@ from nats.aio.client import Client
 
 from services.cli.main import main as l2net
 from services.planner.service import Planner
-from shared import bus, model, signing, subjects
-from shared.intents import canonical_bytes
+from shared.domain import model
+from shared.runtime import bus
+from shared.wire import signing, subjects
+from shared.wire.intents import canonical_bytes
 from tests import keys
 from tests.kit import until
 from tests.planner.conftest import make_node, register

@@ -1,4 +1,5 @@
-"""A separate process that plays one l2net service over real NATS, traced with shared.tracing.
+"""A separate process that plays one l2net service over real NATS, traced with
+shared.runtime.tracing.
 
 Used by the wire-level tracing tests: ``python otel_peer.py ROLE NATS_URL [NODE]``.
 
@@ -19,7 +20,8 @@ import time
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from shared import bus, metrics, subjects, tracing
+from shared.runtime import bus, metrics, tracing
+from shared.wire import subjects
 
 
 async def planner(url: str, node: str) -> None:

@@ -1,4 +1,4 @@
-"""shared.bus on a real nats-server: a service answers once ``serve`` returns; services wait
+"""shared.runtime.bus on a real nats-server: a service answers once ``serve`` returns; services wait
 for NATS and come back after an outage by themselves, and say so; one-shot commands fail
 clearly."""
 
@@ -15,7 +15,8 @@ import pytest
 from nats.aio.client import Client
 from nats.micro.request import Request
 
-from shared import bus, natsserver, subjects
+from shared.runtime import bus, natsserver
+from shared.wire import subjects
 from tests.kit import until
 
 REPO = Path(__file__).resolve().parents[2]

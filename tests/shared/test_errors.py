@@ -12,10 +12,11 @@ from services.executor.reconciling import ConfirmError
 from services.executor.service import IntentRefused
 from services.planner.manifests import ManifestError
 from services.planner.service import Conflict
-from shared import api, bus
-from shared.errors import Code, ErrorKind, L2netError, code_of
-from shared.l2state import StateError
-from shared.signing import SignatureError
+from shared.domain.errors import Code, ErrorKind, L2netError, code_of
+from shared.domain.l2state import StateError
+from shared.runtime import bus
+from shared.wire import api
+from shared.wire.signing import SignatureError
 
 
 def test_every_error_has_a_kind_that_says_whether_to_retry() -> None:

@@ -1,4 +1,5 @@
-"""shared.tracing: span structure in memory, and what reaches a real OTLP receiver on the wire.
+"""shared.runtime.tracing: span structure in memory, and what reaches a real OTLP receiver on
+the wire.
 
 The bus is a real nats-server (fixtures ``nats_server``/``nc``); the wire tests run each
 service as its own process and decode the OTLP requests they POST.
@@ -26,7 +27,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from shared import bus, metrics, natsserver, subjects, tracing
+from shared.runtime import bus, metrics, natsserver, tracing
+from shared.wire import subjects
 from tests.shared import otlp_receiver
 from tests.shared.otlp_receiver import ReceivedSpan
 

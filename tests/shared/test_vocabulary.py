@@ -7,8 +7,8 @@ import pytest
 
 from services.executor.kernel import _bond_spec
 from services.planner import manifests
-from shared import l2state, model, vocabulary
-from shared.model import VlanRange, VmPortIntent
+from shared.domain import l2state, model, vocabulary
+from shared.domain.model import VlanRange, VmPortIntent
 
 
 def test_bond_mode_numbers_are_the_kernels() -> None:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from shared import tracing
+from shared.runtime import tracing
 
 
 @contextmanager

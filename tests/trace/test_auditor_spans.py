@@ -19,8 +19,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from services.auditor.service import CHECK_SPAN, Auditor
-from shared import bus, subjects, tracing
-from shared.model import NodeStatus
+from shared.domain.model import NodeStatus
+from shared.runtime import bus, tracing
+from shared.wire import subjects
 from tests.auditor.conftest import applied
 from tests.executor.labkit import seed_intent
 from tests.kit import until

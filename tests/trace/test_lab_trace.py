@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from services.lab import Lab
-from shared import bus, subjects
+from shared.runtime import bus
+from shared.wire import subjects
 from tests.kit import stop_process, until
 from tests.shared import otlp_receiver
 from tests.shared.otlp_receiver import OtlpReceiver, ReceivedSpan

@@ -10,7 +10,7 @@ from nats.aio.client import Client
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.planner.service import Planner
-from shared import tracing
+from shared.runtime import tracing
 from tests import keys
 from tests.trace.conftest import in_memory_spans
 

@@ -69,7 +69,7 @@ def lab_helper(lab: str, node: str, verb: str) -> str:
 
 
 def health(service: str, *, node: str | None = None) -> str:
-    """Request/reply into a running service: its :class:`~shared.bus.Health`. Each subject
+    """Request/reply into a running service: its :class:`~shared.runtime.bus.Health`. Each subject
     lies within what that service's NATS user may already subscribe to (deploy/nats):
     ``l2.api.health`` (the planner), ``l2.auditor.health``, ``l2.executor.<node>.health``."""
     if node is not None:

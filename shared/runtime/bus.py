@@ -40,9 +40,11 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from shared import subjects
-from shared.errors import ErrorKind, Unavailable
-from shared.model import EpochSeconds
+from shared.domain.errors import ErrorKind, Unavailable
+from shared.domain.model import EpochSeconds
+from shared.wire import subjects
+from shared.wire.codec import decode as decode  # bus.decode, bus.encode: the codec
+from shared.wire.codec import encode as encode
 
 T = TypeVar("T")
 
@@ -53,23 +55,6 @@ VERSION = "0.1.0"
 
 Endpoint = tuple[str, str, Callable[[Request], Awaitable[None]]]
 """A request endpoint of a service: its name, its subject, its handler."""
-
-_encoder = msgspec.json.Encoder()
-
-
-def encode(obj: Any) -> bytes:
-    return _encoder.encode(obj)
-
-
-def decode(data: bytes, type: type[T]) -> T:
-    """``data`` as ``type``, or :class:`msgspec.DecodeError` (``ValidationError`` is one)
-    saying why: every way outside bytes can fail to decode raises that one error."""
-    try:
-        return msgspec.json.decode(data, type=type)
-    except RecursionError:
-        raise msgspec.DecodeError("JSON nested too deeply") from None
-    except UnicodeDecodeError as exc:  # msgspec lets invalid UTF-8 in a string out as this
-        raise msgspec.DecodeError(f"invalid UTF-8 in a string: {exc.reason}") from None
 
 
 def _stream(
@@ -394,7 +379,7 @@ async def serve(
     """A NATS micro service (``nats micro ls`` lists it) answering on ``endpoints`` once
     this returns: the server has their subscriptions (:func:`settle`).
 
-    Every service also answers ``health`` (:func:`shared.subjects.health`: the service's
+    Every service also answers ``health`` (:func:`shared.wire.subjects.health`: the service's
     :class:`Health`, from one instance of the queue group) and puts the same in the ``data``
     of its ``$SRV.STATS`` reply (from every instance). ``metadata["node"]`` names the node of
     a per-node service (the executor).

@@ -10,13 +10,13 @@ import hashlib
 
 import msgspec
 
-from shared import bus
-from shared.model import NodeIntent
+from shared.domain.model import NodeIntent
+from shared.wire import codec
 
 
 def canonical_bytes(intent: NodeIntent) -> bytes:
     """The bytes a signature and a digest are computed over (``signature`` left out)."""
-    return bus.encode(msgspec.structs.replace(intent, signature=None))
+    return codec.encode(msgspec.structs.replace(intent, signature=None))
 
 
 def digest(intent: NodeIntent) -> str:

@@ -7,7 +7,7 @@ compiler writes them, the executor turns them into netlink numbers and back, and
 manifest reader names them in its errors: each reads them from here.
 
 Fields that take one of a set of values are ``Literal`` types, so that the msgspec
-structs which use them (:mod:`shared.model`) refuse any other value when decoding, and
+structs which use them (:mod:`shared.domain.model`) refuse any other value when decoding, and
 mypy refuses one written in code; on the wire they stay JSON strings.
 
 Kernel sources cited: ``include/uapi/linux/if_bonding.h``,

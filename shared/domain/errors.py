@@ -19,7 +19,7 @@ tried again after a pause; :attr:`L2netError.temporary` says which. The classes 
 historical bases too (``ValueError``, ``RuntimeError``), so code catching those still works.
 
 Every service answers a failed request with ``ok: false`` and ``errors``: a list of
-:class:`shared.api.Problem`, each with a ``code`` from :class:`Code` (docs/events.md).
+:class:`shared.wire.api.Problem`, each with a ``code`` from :class:`Code` (docs/events.md).
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from nats.aio.client import Client
 from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from shared import bus, config, tracing
-from shared.runner import CommandError
+from shared.runtime import bus, config, tracing
+from shared.runtime.runner import CommandError
 
 T = TypeVar("T")
 
@@ -33,7 +33,8 @@ class RequestError(CommandError):
 
 @asynccontextmanager
 async def connected(nats_url: str | None, *, name: str = "l2net-cli") -> AsyncIterator[Client]:
-    """A connection to the servers ``nats_url`` names (see :func:`shared.config.nats_servers`),
+    """A connection to the servers ``nats_url`` names (see
+    :func:`shared.runtime.config.nats_servers`),
     drained on exit; :class:`RequestError` with a hint when none answers."""
     servers = config.nats_servers(nats_url)
     try:

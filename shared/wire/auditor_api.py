@@ -6,15 +6,15 @@
 ``l2.auditor.desired``  body: :class:`DesiredRequest`   reply: :class:`DesiredReply`
 
 Requests refuse unknown fields; a failed request is answered ``ok: false`` with ``errors``,
-a list of :class:`shared.api.Problem` like every other service's.
+a list of :class:`shared.wire.api.Problem` like every other service's.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from shared.api import Problem
-from shared.model import DriftItem, EpochSeconds, NodeIntent
+from shared.domain.model import DriftItem, EpochSeconds, NodeIntent
+from shared.wire.api import Problem
 
 
 class CheckRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -46,7 +46,7 @@ class NodeAudit(msgspec.Struct, kw_only=True, rename="camel"):
     heals: int = 0
     note: str = ""
     applied_digest: str | None = None
-    """The digest (:func:`shared.intents.digest`) of the intent the node really applied."""
+    """The digest (:func:`shared.wire.intents.digest`) of the intent the node really applied."""
 
 
 class CheckReply(msgspec.Struct, kw_only=True, rename="camel"):

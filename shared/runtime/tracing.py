@@ -2,7 +2,7 @@
 
 Every service calls :func:`setup` once at start and :func:`shutdown` on exit::
 
-    from shared import tracing
+    from shared.runtime import tracing
 
     tracing.setup("executor", node="node-1")   # service.name l2net-executor, l2net.node node-1
     try:
@@ -43,7 +43,7 @@ The API (nothing else here is public):
     The ``l2net`` tracer (a no-op tracer before ``setup`` or when nothing is exported).
 
 ``meter() -> Meter``
-    The ``l2net`` meter; the instruments operators expect are in :mod:`shared.metrics`.
+    The ``l2net`` meter; the instruments operators expect are in :mod:`shared.runtime.metrics`.
 
 ``inject(headers) -> headers`` / ``extract(headers) -> Context``
     W3C ``traceparent``/``tracestate`` (the OTel propagators API, ``OTEL_PROPAGATORS``) into
@@ -95,7 +95,7 @@ if TYPE_CHECKING:  # the SDK is imported when something is exported: a command s
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
-from shared.errors import BadInput
+from shared.domain.errors import BadInput
 
 __all__ = [
     "TracingConfigError",

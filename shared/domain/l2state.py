@@ -6,11 +6,11 @@ A node's L2 state is three things the kernel holds:
   attributes l2net cares about (master, admin state, MTU, bond mode and options, VLAN
   filtering, ownership alias, addresses);
 * **VLANs** per bridge port (and per bridge, for its ``self`` entries), as canonical
-  :class:`~shared.model.VlanRange` lists;
+  :class:`~shared.domain.model.VlanRange` lists;
 * **namespaces**: the VMs (network namespaces named after them).
 
 The same :class:`NodeL2State` describes what a node *should* look like (built from a
-:class:`~shared.model.NodeIntent` by :func:`desired_state`, where ``None`` fields mean "no
+:class:`~shared.domain.model.NodeIntent` by :func:`desired_state`, where ``None`` fields mean "no
 opinion") and what it *does* look like (read from the kernel, every field filled). The one
 :func:`diff` turns the pair into :class:`Difference` items: typed for programs (an
 operation, the object's kind and name, the field) and read in nmstate's style (object, field
@@ -42,9 +42,9 @@ from typing import Any, TypeGuard
 
 import msgspec
 
-from shared import mgmtpath
-from shared.errors import BadInput
-from shared.model import (
+from shared.domain import mgmtpath
+from shared.domain.errors import BadInput
+from shared.domain.model import (
     MGMT,
     BondIntent,
     ClusterNetworkIntent,
@@ -55,7 +55,7 @@ from shared.model import (
     VlanRange,
     VmPortIntent,
 )
-from shared.vocabulary import (
+from shared.domain.vocabulary import (
     BOND_ENUMS,
     BOND_INT_MAX,
     BOND_INT_OPTIONS,
@@ -824,7 +824,7 @@ def desired_state(
 
     Refused (with a reason each, and left out of the state): anything that would create,
     delete or change ``mgmt-br``, ``mgmt-bo`` or the mgmt VLAN interface, and anything that
-    would cut the management path (:mod:`shared.mgmtpath`; ``mgmt`` is the path as the node
+    would cut the management path (:mod:`shared.domain.mgmtpath`; ``mgmt`` is the path as the node
     sees it, None when unknown): a VID range over VID 1 or a VM port in the management VLAN
     on mgmt, a host VLAN interface on VID 1 of ``mgmt-br``, a host address overlapping the
     management subnets or routes, a VM port on ``mgmt-br`` with a smaller MTU, a bond taking

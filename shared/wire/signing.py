@@ -3,7 +3,7 @@
 Keys are NATS nkeys (ed25519, the format of ``nsc`` and ``nk``): the planner holds a seed
 (``SN...``, a secret), executors are given the public keys they trust (``N...``). An intent's
 ``signature`` is ``<public key>.<base64url ed25519 signature>`` over
-:func:`shared.intents.canonical_bytes`, so it names the key that made it (a key can be rotated
+:func:`shared.wire.intents.canonical_bytes`, so it names the key that made it (a key can be rotated
 by trusting the new one before the planner uses it) and covers every field but itself.
 """
 
@@ -20,9 +20,9 @@ import nacl.exceptions
 import nacl.signing
 import nkeys
 
-from shared.errors import BadInput, Refused
-from shared.intents import canonical_bytes
-from shared.model import NodeIntent
+from shared.domain.errors import BadInput, Refused
+from shared.domain.model import NodeIntent
+from shared.wire.intents import canonical_bytes
 
 _PREFIX = nkeys.PREFIX_BYTE_SERVER  # public keys read "N...", seeds "SN..."
 

@@ -4,7 +4,7 @@ Every handler that talks to the bus runs its coroutine through :func:`run`, a on
 command (``l2net get``) and a long-lived service (``l2net planner``) alike. :func:`run` sets
 up tracing first, so a configuration error met before the command starts (a bad ``OTEL_*``
 variable) is one line naming the variable, never a traceback, whatever the command; a
-failure the command reports (:class:`CommandError`, or :class:`~shared.bus.BusError` when
+failure the command reports (:class:`CommandError`, or :class:`~shared.runtime.bus.BusError` when
 NATS cannot be reached) is one line too.
 
 ``l2net`` imports this module while it builds its parser, before it knows which command
@@ -35,7 +35,8 @@ class CommandError(Exception):
 
 
 def add_nats_option(p: argparse.ArgumentParser) -> None:
-    """``--nats URL``, the same on every command that talks to the bus (see shared.config)."""
+    """``--nats URL``, the same on every command that talks to the bus (see
+    shared.runtime.config)."""
     p.add_argument(
         "--nats",
         metavar="URL",
@@ -57,10 +58,10 @@ def run(
     A bad tracing configuration prints ``<command>: <what is wrong>`` and returns
     ``config_error`` (2, unless 2 means something else for the command, as drift does for
     ``l2net audit``) before ``main`` starts; a :class:`CommandError` or
-    :class:`~shared.bus.BusError` out of ``main`` prints ``<command>: <why>`` and returns 1.
+    :class:`~shared.runtime.bus.BusError` out of ``main`` prints ``<command>: <why>`` and returns 1.
     ``errors`` is the stream those lines go to.
     """
-    from shared import bus, tracing  # at run time: the parser is built without them
+    from shared.runtime import bus, tracing  # at run time: the parser is built without them
 
     def report(message: str) -> None:
         print(f"{command}: {message}", file=sys.stdout if errors == "stdout" else sys.stderr)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from shared.vocabulary import (
+from shared.domain.vocabulary import (
     DEFAULT_BOND_MODE,
     AdSelect,
     ArpValidate,
@@ -344,7 +344,7 @@ class NodeStatus(msgspec.Struct, kw_only=True, rename="camel", tag="NodeStatus")
     duration_s: float = 0.0
     at: EpochSeconds = 0.0
     # What was really applied: sha256 (hex) of the canonical bytes of the intent this status
-    # is about (:func:`shared.intents.digest`), so that the auditor compares the node with the
+    # is about (:func:`shared.wire.intents.digest`), so that the auditor compares the node with the
     # intent it runs, not with the last one published.
     intent_digest: str | None = None
 

@@ -1,10 +1,11 @@
-"""The metrics operators expect from l2net, pushed over OTLP by :func:`shared.tracing.setup`.
+"""The metrics operators expect from l2net, pushed over OTLP by
+:func:`shared.runtime.tracing.setup`.
 
 Each getter returns the instrument from the meter that ``tracing.setup`` installed (a no-op
 instrument before that, or when no metrics exporter is configured), so services record
 unconditionally::
 
-    from shared import metrics
+    from shared.runtime import metrics
 
     metrics.applies().add(1, {"l2net.node": node, "l2net.result": "applied"})
     metrics.apply_duration().record(seconds, {"l2net.node": node})
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from opentelemetry import metrics as otel_metrics
 
-from shared import tracing
+from shared.runtime import tracing
 
 
 def _meter() -> otel_metrics.Meter:

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from shared.errors import Code, code_of
-from shared.model import EpochSeconds
+from shared.domain.errors import Code, code_of
+from shared.domain.model import EpochSeconds
 
 T = TypeVar("T")
 
@@ -26,7 +26,7 @@ class Problem(msgspec.Struct, kw_only=True, rename="camel"):
     """One reason a request failed, nmstate-style: where, and what is wrong.
 
     The one error shape of every service's replies (``ok: false``, ``errors: [Problem]``).
-    ``code`` says what kind of failure it is (:class:`shared.errors.Code`: ``bad-request``,
+    ``code`` says what kind of failure it is (:class:`shared.domain.errors.Code`: ``bad-request``,
     ``invalid``, ``refused``, ``not-found``, ``unavailable``, ``conflict``, ``internal``);
     ``kind``/``name`` the object it is about, ``field`` the field (a dotted path),
     ``document``/``line`` where in a submitted manifest (1-based).

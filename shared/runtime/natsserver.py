@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.errors import Unavailable
+from shared.domain.errors import Unavailable
 
 
 class NatsServerError(Unavailable, RuntimeError):

@@ -3,8 +3,8 @@
 A node reaches NATS over its management interface (``mgmt-br``, or ``mgmt-br.<vid>`` with a
 management VLAN) through the bond ``mgmt-bo``. One netlink write can cut that path; these
 are the ways an l2net object could, each answered by one small pure check that the planner
-(validation, with what nodes report in :class:`~shared.model.MgmtPath`) and the executor
-(:func:`shared.l2state.desired_state`, with what it reads from its own kernel) both apply:
+(validation, with what nodes report in :class:`~shared.domain.model.MgmtPath`) and the executor
+(:func:`shared.domain.l2state.desired_state`, with what it reads from its own kernel) both apply:
 
 * **VID 1 on mgmt.** Untagged management traffic rides ``mgmt-bo``'s PVID, VID 1 egress
   untagged. A network on mgmt carrying VID 1 (a VLAN 1 network, a trunk range over 1) would
@@ -33,8 +33,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from shared.model import MgmtPath
-from shared.vocabulary import DEFAULT_MTU
+from shared.domain.model import MgmtPath
+from shared.domain.vocabulary import DEFAULT_MTU
 
 MGMT_PVID = 1
 """The VID untagged management traffic rides on ``mgmt-bo`` (PVID, egress untagged)."""
