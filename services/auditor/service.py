@@ -331,7 +331,7 @@ class Auditor:
             # A status, live: the executor's apply goes on in the submission's trace with
             # this auditor's check of it (what it judged, what it published).
             with (
-                tracing.process_span(msg.subject, msg.headers, template="l2.status.{node}"),
+                tracing.process_span(msg.subject, msg.headers, template=subjects.status("{node}")),
                 tracing.tracer().start_as_current_span(CHECK_SPAN),
             ):
                 await on_event(msg)
@@ -433,7 +433,7 @@ class Auditor:
         )
         msg_id = report_id(v.name, items, note=note, at=report.at)
         subject = subjects.drift(v.name)
-        with tracing.publish_span(subject, template="l2.drift.{node}") as headers:
+        with tracing.publish_span(subject, template=subjects.drift("{node}")) as headers:
             tracing.annotate(node=v.name, generation=v.latest_generation)
             headers["Nats-Msg-Id"] = msg_id
             ack = await self.js.publish(subject, bus.encode(report), headers=headers)
@@ -660,7 +660,7 @@ class Auditor:
             note=note,
         )
         subject = subjects.drift(v.name)
-        with tracing.publish_span(subject, template="l2.drift.{node}") as headers:
+        with tracing.publish_span(subject, template=subjects.drift("{node}")) as headers:
             await self.js.publish(subject, bus.encode(report), headers=headers)
 
     # -- requests ---------------------------------------------------------------------------
