@@ -75,6 +75,10 @@ CATCH_UP_S = 15.0
 WATCH_S = 5.0
 """How often an idle planner makes sure its followers still follow (see ``_work``)."""
 
+STALL_S = 2.0
+"""How long a follower's consumer may claim, with nothing pending, a delivery this follower
+has not handled before the follower makes a new consumer (see ``caught_up``)."""
+
 MAX_PROBLEMS = 100
 """Problems listed in one reply; the rest are counted ("... and N more")."""
 
@@ -205,6 +209,7 @@ class _Follower:
         delivered handled), so a deleted or purged last message does not make it wait.
         """
         loop = asyncio.get_running_loop()
+        stalled_at: float | None = None
         while True:
             self._progress.clear()
             try:
@@ -232,6 +237,24 @@ class _Follower:
                     self.stream_seq = max(self.stream_seq, last)
                     return
                 reason = f"at sequence {self.seq}, {info.num_pending} pending"
+                if info.num_pending:
+                    stalled_at = None
+                elif stalled_at is None:
+                    stalled_at = loop.time()
+                elif loop.time() - stalled_at > STALL_S:
+                    # The consumer says it delivered what this follower never handled (seen
+                    # once after an outage, under load: every request then waited in vain).
+                    # A new consumer from the last handled message delivers it again.
+                    log.warning(
+                        "%s: consumer delivered %d, %d handled; following again",
+                        self.stream,
+                        delivered,
+                        handled,
+                    )
+                    stalled_at = None
+                    with contextlib.suppress(Exception):
+                        await self.restart()
+                        continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise NotCaughtUp(f"could not catch up with stream {self.stream} ({reason})")

@@ -412,3 +412,22 @@ async def test_the_planner_follows_again_after_a_nats_restart(
                 s.stop()
     print(f"\nplanner after a NATS restart: {sum(checks.values())}/{len(checks)}")
     assert all(checks.values()), checks
+
+
+async def test_a_follower_that_lost_track_of_its_consumer_follows_again(
+    nc: Client, planner: Planner, seed_text: str
+) -> None:
+    """A follower whose consumer claims deliveries the follower never handled (seen once
+    after an outage under load: every request then waited for good) makes a new consumer
+    within seconds, and the planner answers again."""
+    await register(nc, make_node("node-1"))
+    await until(lambda: "node-1" in planner.intents)
+    for follower in planner._followers:
+        follower._handled = ("a consumer that is gone", 0)  # what it lost track of
+    started = asyncio.get_running_loop().time()
+    reply = msgspec.json.decode(
+        await request(nc, subjects.API_APPLY, seed_text.encode()), type=api.ApplyReply
+    )
+    took = asyncio.get_running_loop().time() - started
+    print(f"planner answering after its followers lost track: {int(reply.ok)}/1 ({took:.1f} s)")
+    assert reply.ok, reply.errors
