@@ -7,14 +7,15 @@ once the submission is stored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared.domain import model
 
 S = TypeVar("S", bound=model.Spec)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,16 @@ class Entry:
 class Catalog:
     entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
     nodes: dict[str, model.Node] = field(default_factory=dict)
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """What is derived from this catalog, computed once (it is a value): see :meth:`memo`."""
+
+    def memo(self, key: str, make: Callable[[], T]) -> T:
+        """``make()``, computed once per catalog: an index of its objects (the compiler's
+        per cluster network parts, say). A new catalog (:meth:`with_changes`) starts empty."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        value: T = self._memo[key]
+        return value
 
     @cached_property
     def _by_kind(self) -> dict[str, list[Entry]]:
@@ -37,6 +48,10 @@ class Catalog:
         for (kind, _), entry in sorted(self.entries.items()):
             out.setdefault(kind, []).append(entry)
         return out
+
+    @cached_property
+    def _specs_by_kind(self) -> dict[str, list[model.Spec]]:
+        return {kind: [e.spec for e in entries] for kind, entries in self._by_kind.items()}
 
     @cached_property
     def _uplinks(
@@ -71,11 +86,21 @@ class Catalog:
         """The entries of one kind, sorted by name."""
         return self._by_kind.get(kind, [])
 
+    def vlan_configs_in(
+        self, cluster_network: str
+    ) -> tuple[dict[str, list[model.VlanConfig]], list[model.VlanConfig]]:
+        """A cluster network's VlanConfigs: those selecting one host by name alone, by that
+        host, and the others (do not change them)."""
+        return self._uplinks.get(cluster_network, ({}, []))
+
     def vlan_configs_of(self, cluster_network: str, host: str) -> list[model.VlanConfig]:
         """The VlanConfigs of a cluster network that may select a node whose
         ``kubernetes.io/hostname`` label is ``host``, in name order."""
         by_host, general = self._uplinks.get(cluster_network, ({}, []))
-        return sorted(by_host.get(host, []) + general, key=lambda vc: vc.name)
+        mine = by_host.get(host)
+        if not mine:
+            return general
+        return sorted(mine + general, key=lambda vc: vc.name)
 
     def get(self, kind: type[S], name: str) -> S | None:
         entry = self.entries.get((kind.kind, name))
@@ -85,10 +110,9 @@ class Catalog:
         return entry.spec
 
     def all(self, kind: type[S]) -> list[S]:
-        out: list[S] = []
-        for entry in self.entries_of(kind.kind):
-            assert isinstance(entry.spec, kind)
-            out.append(entry.spec)
+        """The objects of one kind, sorted by name (computed once per catalog: do not change
+        the list)."""
+        out: list[S] = self._specs_by_kind.get(kind.kind, [])  # type: ignore[assignment]
         return out
 
     def items(self) -> Iterator[tuple[tuple[str, str], Entry]]:
@@ -154,8 +178,36 @@ def vlan_config_for(catalog: Catalog, cluster_network: str, node: str) -> model.
 
 def node_cluster_networks(catalog: Catalog, node: str) -> list[str]:
     """Cluster networks present on a node: mgmt always, others where a VlanConfig selects it."""
-    names = [model.MGMT]
+    return [model.MGMT, *node_uplinks(catalog, node)]
+
+
+def node_uplinks(catalog: Catalog, node: str) -> dict[str, model.VlanConfig]:
+    """The cluster networks (other than mgmt) present on a node, in name order, each with
+    the VlanConfig that selects the node."""
+    out: dict[str, model.VlanConfig] = {}
+    if node not in catalog.nodes:
+        return out
+    labels = node_labels(catalog.nodes[node])
+    host = labels[HOSTNAME_LABEL]
     for cn in catalog.all(model.ClusterNetwork):
-        if vlan_config_for(catalog, cn.name, node) is not None:
-            names.append(cn.name)
-    return names
+        for vc in catalog.vlan_configs_of(cn.name, host):
+            if selects(vc.node_selector, labels):
+                out[cn.name] = vc
+                break
+    return out
+
+
+def cluster_network_members(catalog: Catalog, cluster_network: str) -> set[str]:
+    """The nodes a cluster network is present on (every node for mgmt); a superset when a
+    VlanConfig names a cluster network that does not exist (validation refuses it)."""
+    if cluster_network == model.MGMT:
+        return set(catalog.nodes)
+    by_host, general = catalog.vlan_configs_in(cluster_network)
+    out = {host for host in by_host if host in catalog.nodes}
+    for vc in general:
+        out.update(
+            name
+            for name, node in catalog.nodes.items()
+            if name not in out and selects(vc.node_selector, node_labels(node))
+        )
+    return out

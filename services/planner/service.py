@@ -269,6 +269,8 @@ class Planner:
         self.conflicts = 0
         """Writes JetStream refused because another writer was first (then retried)."""
 
+        self._compiler = compiling.IncrementalCompiler()
+        """Recompiles only the nodes a change may affect (see :meth:`_publish_intents`)."""
         self._lock = asyncio.Lock()
         self._followers: list[_Follower] = []
         self._service: Service | None = None
@@ -935,17 +937,12 @@ class Planner:
                 await _backoff(attempt)
                 await self.catch_up()
             catalog = self.catalog
+            # Only the nodes the changes since the last compile may affect are compiled.
+            compiled = self._compiler.compile(catalog, each=_traced_compile)
             ready: list[tuple[model.NodeIntent, int]] = []
             for node in todo:
                 if node not in catalog.nodes:
                     continue
-                with tracing.tracer().start_as_current_span(
-                    "l2net.planner.compile", attributes={"l2net.node": node}
-                ) as span:
-                    intent = compiling.compile_node(catalog, node)
-                    names = ",".join(cn.name for cn in intent.cluster_networks)
-                    if names:
-                        tracing.annotate(span, cluster_network=names)
                 # Never at or below a generation seen on the subject or applied by the node.
                 floor = max(
                     self.max_generation.get(node, 0), catalog.nodes[node].applied_generation
@@ -954,13 +951,16 @@ class Planner:
                 if (
                     current is not None
                     and current.generation >= floor
-                    and compiling.same_desired_state(current, intent)
+                    and compiling.same_desired_state(current, compiled[node])
                 ):
                     generations[node] = current.generation
                     continue
-                intent.generation = floor + 1
-                intent.spec_revision = self.last_revision
-                intent.issued_at = time.time()
+                intent = msgspec.structs.replace(  # the compiler's own is kept as it is
+                    compiled[node],
+                    generation=floor + 1,
+                    spec_revision=self.last_revision,
+                    issued_at=time.time(),
+                )
                 ready.append((intent, self.intent_seq.get(node, 0)))
             # Nodes are independent: their acknowledgements are awaited together.
             results = await asyncio.gather(
@@ -1012,6 +1012,18 @@ class Planner:
             raise Conflict(f"generation {intent.generation} of {node} was published before")
         log.info("node %s: generation %d", node, intent.generation)
         return ack.seq
+
+
+def _traced_compile(node: str, make: Callable[[], model.NodeIntent]) -> model.NodeIntent:
+    """Compile one node in its span, which names the node and its cluster networks."""
+    with tracing.tracer().start_as_current_span(
+        "l2net.planner.compile", attributes={"l2net.node": node}
+    ) as span:
+        intent = make()
+        names = ",".join(cn.name for cn in intent.cluster_networks)
+        if names:
+            tracing.annotate(span, cluster_network=names)
+    return intent
 
 
 async def _backoff(attempt: int) -> None:
