@@ -102,6 +102,59 @@ class Catalog:
             return general
         return sorted(mine + general, key=lambda vc: vc.name)
 
+    @cached_property
+    def _by_label_group(
+        self,
+    ) -> dict[frozenset[tuple[str, str]], dict[str, list[model.VlanConfig]]]:
+        """Filled by :meth:`vlan_configs_selecting`: per set of node labels (apart from the
+        host name), the VlanConfigs whose selectors do not name a host that select it."""
+        return {}
+
+    @cached_property
+    def _per_host(
+        self,
+    ) -> dict[str, tuple[dict[str, list[model.VlanConfig]], list[model.VlanConfig]]]:
+        """Per cluster network, its VlanConfigs whose selectors name a host: alone, by that
+        host, and with other labels; they are looked up node by node."""
+        out: dict[str, tuple[dict[str, list[model.VlanConfig]], list[model.VlanConfig]]] = {}
+        for cn, (by_host, general) in self._uplinks.items():
+            others = [vc for vc in general if HOSTNAME_LABEL in vc.node_selector]
+            if by_host or others:
+                out[cn] = (by_host, others)
+        return out
+
+    def vlan_configs_selecting(self, node: str) -> dict[str, list[model.VlanConfig]]:
+        """Per cluster network that VlanConfigs name, those that select ``node``, in name
+        order (cluster networks none of them selects it in are left out; do not change the
+        lists). Nodes with the same labels apart from their host name share the work: a
+        thousand nodes of a few kinds cost a few selector matches each, not one per
+        VlanConfig."""
+        labels = node_labels(self.nodes[node])
+        key = frozenset(item for item in labels.items() if item[0] != HOSTNAME_LABEL)
+        common = self._by_label_group.get(key)
+        if common is None:
+            common = {}
+            for cn, (_, general) in self._uplinks.items():
+                matched = [
+                    vc
+                    for vc in general
+                    if HOSTNAME_LABEL not in vc.node_selector and selects(vc.node_selector, labels)
+                ]
+                if matched:
+                    common[cn] = matched
+            self._by_label_group[key] = common
+        out = common
+        host = labels[HOSTNAME_LABEL]
+        for cn, (by_host, others) in self._per_host.items():
+            mine = by_host.get(host, []) + [
+                vc for vc in others if selects(vc.node_selector, labels)
+            ]
+            if mine:
+                if out is common:
+                    out = dict(common)
+                out[cn] = sorted([*common.get(cn, []), *mine], key=lambda vc: vc.name)
+        return out
+
     def get(self, kind: type[S], name: str) -> S | None:
         entry = self.entries.get((kind.kind, name))
         if entry is None:
@@ -187,13 +240,11 @@ def node_uplinks(catalog: Catalog, node: str) -> dict[str, model.VlanConfig]:
     out: dict[str, model.VlanConfig] = {}
     if node not in catalog.nodes:
         return out
-    labels = node_labels(catalog.nodes[node])
-    host = labels[HOSTNAME_LABEL]
+    selecting = catalog.vlan_configs_selecting(node)
     for cn in catalog.all(model.ClusterNetwork):
-        for vc in catalog.vlan_configs_of(cn.name, host):
-            if selects(vc.node_selector, labels):
-                out[cn.name] = vc
-                break
+        matched = selecting.get(cn.name)
+        if matched:
+            out[cn.name] = matched[0]
     return out
 
 

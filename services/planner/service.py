@@ -269,6 +269,8 @@ class Planner:
         self.conflicts = 0
         """Writes JetStream refused because another writer was first (then retried)."""
 
+        self._catalog: Catalog | None = None
+        """:attr:`catalog`, until a follower changes ``_entries`` or ``nodes``."""
         self._compiler = compiling.IncrementalCompiler()
         """Recompiles only the nodes a change may affect (see :meth:`_publish_intents`)."""
         self._lock = asyncio.Lock()
@@ -280,8 +282,13 @@ class Planner:
 
     @property
     def catalog(self) -> Catalog:
-        """The current state as a value (a snapshot: later messages do not change it)."""
-        return Catalog(entries=dict(self._entries), nodes=dict(self.nodes))
+        """The current state as a value (a snapshot: later messages do not change it).
+
+        The same value until a follower changes an object or a node, so that what is derived
+        from it (its indexes, its validation, the compiler's parts) is computed once."""
+        if self._catalog is None:
+            self._catalog = Catalog(entries=dict(self._entries), nodes=dict(self.nodes))
+        return self._catalog
 
     # -- start, follow, catch up --------------------------------------------------------
 
@@ -427,6 +434,7 @@ class Planner:
     def _put_record(
         self, key: tuple[str, str], seq: int, record: api.SpecRecord, spec: model.Spec | None
     ) -> None:
+        self._catalog = None
         if spec is None:
             self._entries.pop(key, None)
         else:
@@ -502,6 +510,7 @@ class Planner:
             return
         old = self.nodes.get(name)
         self.nodes[name] = node
+        self._catalog = None
         changed = old is None or (old.labels, old.nics, old.mgmt_vlan) != (
             node.labels,
             node.nics,
@@ -1101,6 +1110,10 @@ def _new_problems(
     of an unrelated submission and does not block it. Both states are described with the
     same document locations, so the same problem reads the same in both.
     """
+    # Most often the candidate has no problem at all (with locations or without: they only
+    # name where an object comes from); then the current state need not be checked.
+    if not candidate.memo("validation.problems", lambda: validation.check_catalog(candidate)):
+        return []
     existing = {str(p) for p in validation.check_catalog(before, located)}
     return [p for p in validation.check_catalog(candidate, located) if str(p) not in existing]
 

@@ -18,7 +18,7 @@ import pytest
 from nats.aio.client import Client
 
 from services.planner import compiling
-from services.planner.catalog import Catalog
+from services.planner.catalog import Catalog, node_labels, selects
 from services.planner.service import Planner
 from shared.domain import model
 from tests.bench import fleet
@@ -32,9 +32,9 @@ ZONES = ["z1", "z2"]
 
 
 def _selector(rng: random.Random) -> dict[str, str]:
-    return rng.choice(
-        [{}, {"zone": rng.choice(ZONES)}, {"kubernetes.io/hostname": rng.choice(NODES)}]
-    )
+    host = {"kubernetes.io/hostname": rng.choice(NODES)}
+    zone = {"zone": rng.choice(ZONES)}
+    return rng.choice([{}, zone, host, {**host, **zone}])
 
 
 def _network(rng: random.Random, name: str) -> model.Network:
@@ -99,6 +99,15 @@ def _step(rng: random.Random, catalog: Catalog, now: float) -> Catalog:
     return catalog.with_changes(put=specs, now=now)
 
 
+def _selecting(catalog: Catalog, node: str) -> dict[str, list[model.VlanConfig]]:
+    labels = node_labels(catalog.nodes[node])
+    out: dict[str, list[model.VlanConfig]] = {}
+    for vc in catalog.all(model.VlanConfig):  # in name order
+        if selects(vc.node_selector, labels):
+            out.setdefault(vc.cluster_network, []).append(vc)
+    return out
+
+
 def _without(nodes: dict[str, model.Node], name: str) -> dict[str, model.Node]:
     return {n: node for n, node in nodes.items() if n != name}
 
@@ -116,6 +125,8 @@ def test_incremental_compile_equals_a_full_compile(seed: int) -> None:
         got = compiler.compile(catalog)
         assert got == compiling.compile_all(catalog), f"seed {seed}, step {step}"
         partial += compiler.recompiled < len(catalog.nodes)
+        for node in catalog.nodes:  # the index of who selects whom, against its definition
+            assert catalog.vlan_configs_selecting(node) == _selecting(catalog, node)
     assert partial > 100, "most changes recompile part of the nodes"
 
 
