@@ -181,6 +181,9 @@ class _Parts:
     """Per VlanConfig, its bond (filled as nodes are compiled)."""
     cni_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per network, the CNI config of its VM ports (filled as nodes are compiled)."""
+    cluster_networks: dict[str, model.ClusterNetworkIntent] = field(default_factory=dict)
+    """Per VlanConfig, its cluster network on a node with no host network on it (filled as
+    nodes are compiled)."""
 
     @classmethod
     def of(cls, catalog: Catalog) -> _Parts:
@@ -205,6 +208,16 @@ class _Parts:
             parts.uplink_vlans[cn] = _managed_uplink(found)
         return parts
 
+    def managed(self, cluster_network: str, vc: model.VlanConfig) -> model.ClusterNetworkIntent:
+        """A managed cluster network as every node whose uplink is ``vc`` and that has no
+        host network on it gets it (one object, shared)."""
+        found = self.cluster_networks.get(vc.name)
+        if found is None:
+            uplink = self.uplink_vlans.get(cluster_network) or _managed_uplink([])
+            found = _managed(cluster_network, self.bond(vc, cluster_network), uplink)
+            self.cluster_networks[vc.name] = found
+        return found
+
     def bond(self, vc: model.VlanConfig, cluster_network: str) -> model.BondIntent:
         bond = self.bonds.get(vc.name)
         if bond is None:
@@ -216,6 +229,20 @@ class _Parts:
         if config is None:
             config = self.cni_configs[net.name] = nad_config(catalog, net)
         return config
+
+
+def _managed(
+    cluster_network: str, bond: model.BondIntent, uplink: list[VlanRange]
+) -> model.ClusterNetworkIntent:
+    return model.ClusterNetworkIntent(
+        name=cluster_network,
+        bridge=bridge_name(cluster_network),
+        bond_name=bond.name,
+        managed=True,
+        bond=bond,
+        mtu=bond.mtu,
+        uplink_vlans=uplink,
+    )
 
 
 def _managed_uplink(vids: list[tuple[int, int]]) -> list[VlanRange]:
@@ -262,22 +289,11 @@ def compile_node(catalog: Catalog, node: str, *, generation: int = 0) -> model.N
         )
     ]
     for cn, vc in uplinks.items():
-        bond = parts.bond(vc, cn)
         if cn in host_vids:
             uplink = _managed_uplink(parts.network_vids.get(cn, []) + host_vids[cn])
+            cns.append(_managed(cn, parts.bond(vc, cn), uplink))
         else:
-            uplink = parts.uplink_vlans.get(cn) or _managed_uplink([])
-        cns.append(
-            model.ClusterNetworkIntent(
-                name=cn,
-                bridge=bridge_name(cn),
-                bond_name=bond.name,
-                managed=True,
-                bond=bond,
-                mtu=bond.mtu,
-                uplink_vlans=uplink,
-            )
-        )
+            cns.append(parts.managed(cn, vc))
 
     host_vlans = [
         model.HostVlanIntent(

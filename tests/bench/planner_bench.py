@@ -18,6 +18,7 @@ same run against the same nats-server:
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import tempfile
 import time
@@ -29,7 +30,7 @@ from nats.aio.client import Client
 from services.cli.demo import demo_node
 from services.planner import compiling, manifests, validation
 from services.planner.catalog import Catalog
-from services.planner.service import Planner, _new_problems
+from services.planner.service import Planner, _new_problems, tune_gc
 from shared.domain import model
 from shared.runtime import bus, natsserver
 from shared.wire import api, subjects
@@ -146,6 +147,8 @@ async def _fleet_round_trips(url: str, *, racks: int, vm_nics: bool) -> list[Res
     """One-VID changes to a 1000-node x 200-network fleet, submission to the reply (which
     comes once every node's intent is published); with ``vm_nics``, 1000 VM NICs added."""
     nc = await bus.connect([url], name="bench")
+    thresholds = gc.get_threshold()
+    tune_gc()  # as the l2net planner command does (the baseline runs in this process too)
     planner = Planner(nc, signing_seed=keys.SEED)
     await planner.start()
     plain = _Plain(nc)
@@ -193,6 +196,7 @@ async def _fleet_round_trips(url: str, *, racks: int, vm_nics: bool) -> list[Res
     finally:
         await planner.stop()
         await nc.drain()
+        gc.set_threshold(*thresholds)
 
 
 async def _vm_nics_added(nc: Client, plain: _Plain, f: fleet.Fleet) -> Result:
