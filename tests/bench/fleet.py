@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import yaml
@@ -121,8 +122,19 @@ def _node(i: int, cluster_networks: int, racks: int) -> model.Node:
 
 
 def specs_yaml(specs: list[model.Spec]) -> str:
-    docs = [{"kind": s.kind, **msgspec.to_builtins(s)} for s in specs]
+    """Specs as a multi-document YAML submission, unset fields left out (as a person writes)."""
+    docs = [{"kind": s.kind, **_set(msgspec.to_builtins(s))} for s in specs]
     return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def _set(value: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, dict):
+            item = _set(item)
+        if item not in (None, "", [], {}):
+            out[key] = item
+    return out
 
 
 def main() -> None:
