@@ -286,6 +286,9 @@ class Planner:
         self.conflicts = 0
         """Writes JetStream refused because another writer was first (then retried)."""
 
+        self._sent: dict[str, tuple[bytes, model.NodeIntent]] = {}
+        """The last intent this planner published to each node (its bytes, and itself):
+        when the follower reads those very bytes back, it takes the intent as it is."""
         self._catalog: Catalog | None = None
         """:attr:`catalog`, until a follower changes ``_entries`` or ``nodes``."""
         self._compiler = compiling.IncrementalCompiler()
@@ -493,7 +496,11 @@ class Planner:
         seq = msg.metadata.sequence.stream
         first_seen = node not in self.intent_seq
         self.intent_seq[node] = max(self.intent_seq.get(node, 0), seq)
-        intent = self._decode_intent(msg)
+        mine = self._sent.pop(node, None)
+        if mine is not None and mine[0] == msg.data:
+            intent: model.NodeIntent | None = mine[1]  # the very bytes: no need to decode
+        else:
+            intent = self._decode_intent(msg)
         self._current[node] = intent
         if intent is None:
             if first_seen:
@@ -1024,7 +1031,9 @@ class Planner:
         ) as headers:
             headers["Nats-Msg-Id"] = f"intent:{node}:{intent.generation}"
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
-            data = bus.encode(signing.sign(intent, self._seed))
+            signed = signing.sign(intent, self._seed)
+            data = bus.encode(signed)
+            self._sent[node] = (data, signed)
             try:
                 ack = await self.js.publish(subject, data, headers=headers)
             except APIError as exc:
