@@ -93,14 +93,14 @@ class Catalog:
         host, and the others (do not change them)."""
         return self._uplinks.get(cluster_network, ({}, []))
 
-    def vlan_configs_of(self, cluster_network: str, host: str) -> list[model.VlanConfig]:
-        """The VlanConfigs of a cluster network that may select a node whose
-        ``kubernetes.io/hostname`` label is ``host``, in name order."""
-        by_host, general = self._uplinks.get(cluster_network, ({}, []))
-        mine = by_host.get(host)
-        if not mine:
-            return general
-        return sorted(mine + general, key=lambda vc: vc.name)
+    @cached_property
+    def nodes_by_host(self) -> dict[str, list[str]]:
+        """The nodes by their ``kubernetes.io/hostname`` label (their name, unless a node's
+        own labels say otherwise)."""
+        out: dict[str, list[str]] = {}
+        for name, node in self.nodes.items():
+            out.setdefault(node_labels(node)[HOSTNAME_LABEL], []).append(name)
+        return out
 
     @cached_property
     def _by_label_group(
@@ -218,22 +218,6 @@ def node_labels(node: model.Node) -> dict[str, str]:
     return {HOSTNAME_LABEL: node.name, **node.labels}
 
 
-def vlan_config_for(catalog: Catalog, cluster_network: str, node: str) -> model.VlanConfig | None:
-    """The VlanConfig of ``cluster_network`` that selects ``node`` (validation keeps it unique)."""
-    if node not in catalog.nodes:
-        return None
-    labels = node_labels(catalog.nodes[node])
-    for vc in catalog.vlan_configs_of(cluster_network, labels[HOSTNAME_LABEL]):
-        if selects(vc.node_selector, labels):
-            return vc
-    return None
-
-
-def node_cluster_networks(catalog: Catalog, node: str) -> list[str]:
-    """Cluster networks present on a node: mgmt always, others where a VlanConfig selects it."""
-    return [model.MGMT, *node_uplinks(catalog, node)]
-
-
 def node_uplinks(catalog: Catalog, node: str) -> dict[str, model.VlanConfig]:
     """The cluster networks (other than mgmt) present on a node, in name order, each with
     the VlanConfig that selects the node."""
@@ -254,7 +238,7 @@ def cluster_network_members(catalog: Catalog, cluster_network: str) -> set[str]:
     if cluster_network == model.MGMT:
         return set(catalog.nodes)
     by_host, general = catalog.vlan_configs_in(cluster_network)
-    out = {host for host in by_host if host in catalog.nodes}
+    out = {name for host in by_host for name in catalog.nodes_by_host.get(host, [])}
     for vc in general:
         out.update(
             name

@@ -91,6 +91,8 @@ def _step(rng: random.Random, catalog: Catalog, now: float) -> Catalog:
         if name in catalog.nodes and rng.random() < 0.3:
             return Catalog(entries=catalog.entries, nodes=_without(catalog.nodes, name))
         labels = {"zone": rng.choice(ZONES)} if rng.random() < 0.8 else {}
+        if rng.random() < 0.1:  # a node whose own labels give it another host name
+            labels["kubernetes.io/hostname"] = rng.choice(NODES)
         return catalog.with_node(make_node(name, labels=labels, nics=3))
     if roll < 0.3 and catalog.entries:
         key = rng.choice(sorted(catalog.entries))
