@@ -289,6 +289,8 @@ class Planner:
         self._sent: dict[str, tuple[bytes, model.NodeIntent]] = {}
         """The last intent this planner published to each node (its bytes, and itself):
         when the follower reads those very bytes back, it takes the intent as it is."""
+        self._agreed: dict[str, tuple[model.NodeIntent, model.NodeIntent]] = {}
+        """Per node, its last intent and its compiled state, last found equal."""
         self._catalog: Catalog | None = None
         """:attr:`catalog`, until a follower changes ``_entries`` or ``nodes``."""
         self._compiler = compiling.IncrementalCompiler()
@@ -984,7 +986,7 @@ class Planner:
                 if (
                     current is not None
                     and current.generation >= floor
-                    and compiling.same_desired_state(current, compiled[node])
+                    and self._agrees(node, current, compiled[node])
                 ):
                     generations[node] = current.generation
                     continue
@@ -1014,6 +1016,17 @@ class Planner:
                 return generations, sorted(changed)
             todo = again
         raise Conflict(f"the intents of {', '.join(todo)} kept being written by another planner")
+
+    def _agrees(self, node: str, current: model.NodeIntent, compiled: model.NodeIntent) -> bool:
+        """The node's last intent holds the compiled desired state; the same two objects
+        found equal before are not compared again (a change leaves most nodes' alone)."""
+        agreed = self._agreed.get(node)
+        if agreed is not None and agreed[0] is current and agreed[1] is compiled:
+            return True
+        if not compiling.same_desired_state(current, compiled):
+            return False
+        self._agreed[node] = (current, compiled)  # held, so that their ids are not reused
+        return True
 
     async def _publish_intent(self, intent: model.NodeIntent, expected_seq: int) -> int:
         """Publish one node's intent: the one place an intent leaves the planner.
