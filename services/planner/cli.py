@@ -66,9 +66,10 @@ def signing_seed(path: str | None, *, generate: bool) -> str:
 
 async def serve(nats_url: str | None, seed: str) -> None:
     """Run the planner until SIGINT/SIGTERM; connect (and reconnect) to NATS for ever."""
-    from services.planner.service import Planner
+    from services.planner.service import Planner, tune_gc
     from shared.runtime import bus
 
+    tune_gc()
     servers = config.nats_servers(nats_url)
     log.info("connecting to NATS at %s", ", ".join(bus.redact(s) for s in servers))
     nc = await bus.connect(servers, name="l2net-planner", attempts=-1)

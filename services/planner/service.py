@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
@@ -87,6 +88,22 @@ REPLY_MARGIN = 4096
 
 MAX_BATCH = 1000
 """Records in one atomic JetStream batch (the server's limit): objects one submission changes."""
+
+GC_THRESHOLDS = (50_000, 20, 10)
+"""The planner process's garbage collector thresholds (:func:`tune_gc`)."""
+
+
+def tune_gc() -> None:
+    """Collect garbage cycles every 50,000 allocations rather than Python's 700.
+
+    A planner holds a large state for good (the catalog, every node's last intent) and
+    makes thousands of objects per submission (an intent per node it touches): with the
+    default thresholds the collector runs hundreds of times per submission of a 1000-node
+    fleet and walks that state each time (about 0.1 s of 0.5, docs/benchmarks.md). The
+    ``l2net planner`` process calls this at start; it is for a process, not a library.
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 CONFLICT_MESSAGE = (
     "another planner kept changing the same objects or nodes at the same moment "
@@ -292,6 +309,15 @@ class Planner:
         self.conflicts = 0
         """Writes JetStream refused because another writer was first (then retried)."""
 
+        self._sent: dict[str, tuple[bytes, model.NodeIntent]] = {}
+        """The last intent this planner published to each node (its bytes, and itself):
+        when the follower reads those very bytes back, it takes the intent as it is."""
+        self._agreed: dict[str, tuple[model.NodeIntent, model.NodeIntent]] = {}
+        """Per node, its last intent and its compiled state, last found equal."""
+        self._catalog: Catalog | None = None
+        """:attr:`catalog`, until a follower changes ``_entries`` or ``nodes``."""
+        self._compiler = compiling.IncrementalCompiler()
+        """Recompiles only the nodes a change may affect (see :meth:`_publish_intents`)."""
         self._lock = asyncio.Lock()
         self._followers: list[_Follower] = []
         self._service: Service | None = None
@@ -301,8 +327,13 @@ class Planner:
 
     @property
     def catalog(self) -> Catalog:
-        """The current state as a value (a snapshot: later messages do not change it)."""
-        return Catalog(entries=dict(self._entries), nodes=dict(self.nodes))
+        """The current state as a value (a snapshot: later messages do not change it).
+
+        The same value until a follower changes an object or a node, so that what is derived
+        from it (its indexes, its validation, the compiler's parts) is computed once."""
+        if self._catalog is None:
+            self._catalog = Catalog(entries=dict(self._entries), nodes=dict(self.nodes))
+        return self._catalog
 
     # -- start, follow, catch up --------------------------------------------------------
 
@@ -448,6 +479,7 @@ class Planner:
     def _put_record(
         self, key: tuple[str, str], seq: int, record: api.SpecRecord, spec: model.Spec | None
     ) -> None:
+        self._catalog = None
         if spec is None:
             self._entries.pop(key, None)
         else:
@@ -489,7 +521,11 @@ class Planner:
         seq = msg.metadata.sequence.stream
         first_seen = node not in self.intent_seq
         self.intent_seq[node] = max(self.intent_seq.get(node, 0), seq)
-        intent = self._decode_intent(msg)
+        mine = self._sent.pop(node, None)
+        if mine is not None and mine[0] == msg.data:
+            intent: model.NodeIntent | None = mine[1]  # the very bytes: no need to decode
+        else:
+            intent = self._decode_intent(msg)
         self._current[node] = intent
         if intent is None:
             if first_seen:
@@ -523,6 +559,7 @@ class Planner:
             return
         old = self.nodes.get(name)
         self.nodes[name] = node
+        self._catalog = None
         changed = old is None or (old.labels, old.nics, old.mgmt_vlan) != (
             node.labels,
             node.nics,
@@ -958,17 +995,12 @@ class Planner:
                 await _backoff(attempt)
                 await self.catch_up()
             catalog = self.catalog
+            # Only the nodes the changes since the last compile may affect are compiled.
+            compiled = self._compiler.compile(catalog, each=_traced_compile)
             ready: list[tuple[model.NodeIntent, int]] = []
             for node in todo:
                 if node not in catalog.nodes:
                     continue
-                with tracing.tracer().start_as_current_span(
-                    "l2net.planner.compile", attributes={"l2net.node": node}
-                ) as span:
-                    intent = compiling.compile_node(catalog, node)
-                    names = ",".join(cn.name for cn in intent.cluster_networks)
-                    if names:
-                        tracing.annotate(span, cluster_network=names)
                 # Never at or below a generation seen on the subject or applied by the node.
                 floor = max(
                     self.max_generation.get(node, 0), catalog.nodes[node].applied_generation
@@ -977,13 +1009,16 @@ class Planner:
                 if (
                     current is not None
                     and current.generation >= floor
-                    and compiling.same_desired_state(current, intent)
+                    and self._agrees(node, current, compiled[node])
                 ):
                     generations[node] = current.generation
                     continue
-                intent.generation = floor + 1
-                intent.spec_revision = self.last_revision
-                intent.issued_at = time.time()
+                intent = msgspec.structs.replace(  # the compiler's own is kept as it is
+                    compiled[node],
+                    generation=floor + 1,
+                    spec_revision=self.last_revision,
+                    issued_at=time.time(),
+                )
                 ready.append((intent, self.intent_seq.get(node, 0)))
             # Nodes are independent: their acknowledgements are awaited together.
             results = await asyncio.gather(
@@ -1005,6 +1040,17 @@ class Planner:
             todo = again
         raise Conflict(f"the intents of {', '.join(todo)} kept being written by another planner")
 
+    def _agrees(self, node: str, current: model.NodeIntent, compiled: model.NodeIntent) -> bool:
+        """The node's last intent holds the compiled desired state; the same two objects
+        found equal before are not compared again (a change leaves most nodes' alone)."""
+        agreed = self._agreed.get(node)
+        if agreed is not None and agreed[0] is current and agreed[1] is compiled:
+            return True
+        if not compiling.same_desired_state(current, compiled):
+            return False
+        self._agreed[node] = (current, compiled)  # held, so that their ids are not reused
+        return True
+
     async def _publish_intent(self, intent: model.NodeIntent, expected_seq: int) -> int:
         """Publish one node's intent: the one place an intent leaves the planner.
 
@@ -1021,7 +1067,9 @@ class Planner:
         ) as headers:
             headers["Nats-Msg-Id"] = f"intent:{node}:{intent.generation}"
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
-            data = bus.encode(signing.sign(intent, self._seed))
+            signed = signing.sign(intent, self._seed)
+            data = bus.encode(signed)
+            self._sent[node] = (data, signed)
             try:
                 ack = await self.js.publish(subject, data, headers=headers)
             except APIError as exc:
@@ -1035,6 +1083,18 @@ class Planner:
             raise Conflict(f"generation {intent.generation} of {node} was published before")
         log.info("node %s: generation %d", node, intent.generation)
         return ack.seq
+
+
+def _traced_compile(node: str, make: Callable[[], model.NodeIntent]) -> model.NodeIntent:
+    """Compile one node in its span, which names the node and its cluster networks."""
+    with tracing.tracer().start_as_current_span(
+        "l2net.planner.compile", attributes={"l2net.node": node}
+    ) as span:
+        intent = make()
+        names = ",".join(cn.name for cn in intent.cluster_networks)
+        if names:
+            tracing.annotate(span, cluster_network=names)
+    return intent
 
 
 async def _backoff(attempt: int) -> None:
@@ -1112,6 +1172,10 @@ def _new_problems(
     of an unrelated submission and does not block it. Both states are described with the
     same document locations, so the same problem reads the same in both.
     """
+    # Most often the candidate has no problem at all (with locations or without: they only
+    # name where an object comes from); then the current state need not be checked.
+    if not candidate.memo("validation.problems", lambda: validation.check_catalog(candidate)):
+        return []
     existing = {str(p) for p in validation.check_catalog(before, located)}
     return [p for p in validation.check_catalog(candidate, located) if str(p) not in existing]
 

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from services.planner.catalog import HOSTNAME_LABEL, Catalog, node_labels, selects
+from services.planner.catalog import Catalog, node_labels, selects
 from shared.domain import mgmtpath, model, names
 from shared.domain.errors import Code
 from shared.domain.vocabulary import (
@@ -400,12 +400,7 @@ def _check_node_uplinks(
 ) -> None:
     """One node: one VlanConfig per cluster network; one cluster network per NIC; NICs
     exist. Records the node's uplink per cluster network in ``uplinks``."""
-    labels = node_labels(catalog.nodes[nics.node])
-    by_cn: dict[str, list[model.VlanConfig]] = defaultdict(list)
-    for cn in by_network:  # only the VlanConfigs that may select this node: linear
-        for vc in catalog.vlan_configs_of(cn, labels[HOSTNAME_LABEL]):
-            if selects(vc.node_selector, labels):
-                by_cn[cn].append(vc)
+    by_cn = catalog.vlan_configs_selecting(nics.node)
     for cn, matched in sorted(by_cn.items()):
         uplinks.setdefault((nics.node, cn), matched[0])
         if len(matched) > 1:

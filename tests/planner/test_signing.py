@@ -26,7 +26,9 @@ async def test_every_published_intent_is_signed_by_the_planners_key(
 ) -> None:
     for name in ("node-1", "node-2"):
         await register(nc, make_node(name))
-    await until(lambda: {"node-1", "node-2"} <= set(planner.catalog.nodes))
+    # Each joined node's first (empty) intent first: a submission that comes before the
+    # planner's worker reaches a node gives it generation 1 with the seed, one intent fewer.
+    await until(lambda: {"node-1", "node-2"} <= set(planner.intents))
     assert (await apply(nc, seed_text + VMS)).ok
     js = nc.jetstream()
     info = await js.stream_info(subjects.STREAM_INTENTS)
