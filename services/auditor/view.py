@@ -43,6 +43,7 @@ from typing import Any
 from shared.domain.l2state import (
     Difference,
     Field,
+    NodeL2State,
     ObjectKind,
     StateError,
     desired_state,
@@ -76,11 +77,28 @@ def episode_id(node: str, item: DriftItem) -> str:
     return f"{node}|{item.object}|{item.path}|{item.first_seen:.6f}"
 
 
-def kernel_differences(intent: NodeIntent, observed: ObservedState) -> list[Difference]:
-    """How ``observed`` differs from ``intent``: the one diff the executor also plans from."""
+Desired = NodeL2State | StateError
+"""What an intent asks of a node (:func:`desired_of`), or why it cannot be asked."""
+
+
+def desired_of(intent: NodeIntent, *, mgmt_vlan: int | None) -> Desired:
+    """The desired state of ``intent`` on a node whose mgmt VLAN is ``mgmt_vlan``."""
     try:
-        desired, _refused = desired_state(intent, mgmt_vlan=observed.mgmt_vlan)
+        return desired_state(intent, mgmt_vlan=mgmt_vlan)[0]
     except StateError as exc:
+        return exc
+
+
+def kernel_differences(
+    intent: NodeIntent, observed: ObservedState, *, desired: Desired | None = None
+) -> list[Difference]:
+    """How ``observed`` differs from ``intent``: the one diff the executor also plans from.
+
+    ``desired``: :func:`desired_of` the same intent and ``observed.mgmt_vlan`` when the
+    caller kept it (the view does, per node), else computed here."""
+    if desired is None:
+        desired = desired_of(intent, mgmt_vlan=observed.mgmt_vlan)
+    if isinstance(desired, StateError):
         return [
             Difference.changed(
                 # Judged with the kernel's findings, so a later observed state ends it.
@@ -89,7 +107,7 @@ def kernel_differences(intent: NodeIntent, observed: ObservedState) -> list[Diff
                 Field.GENERATION,
                 key=str(intent.generation),
                 desired="an intent the node can apply",
-                actual=str(exc),
+                actual=str(desired),
             )
         ]
     try:
@@ -284,6 +302,20 @@ class FleetView:
         self.live = True
         """False while replaying: the generation finding waits for the whole history."""
         self._unsigned: dict[str, str | None] = {}
+        self._desired: dict[str, tuple[NodeIntent, int | None, Desired]] = {}
+        """Per node, the last desired state judged against: (its intent, the mgmt VLAN, the
+        state). Every observed state of a generation is judged against the same one, so it
+        is built once (not kept in a snapshot: it is derived from the intent)."""
+
+    def desired_for(self, node: str, intent: NodeIntent, *, mgmt_vlan: int | None) -> Desired:
+        """:func:`desired_of` ``intent`` for ``node``, built once per intent and mgmt VLAN
+        (the last one is kept: a node runs one intent at a time)."""
+        kept = self._desired.get(node)
+        if kept is not None and kept[0] is intent and kept[1] == mgmt_vlan:
+            return kept[2]
+        desired = desired_of(intent, mgmt_vlan=mgmt_vlan)
+        self._desired[node] = (intent, mgmt_vlan, desired)
+        return desired
 
     def unsigned(self, intent: NodeIntent) -> str | None:
         """Why ``intent`` is not the planner's (None: it is, or no keys were given)."""
@@ -391,7 +423,9 @@ class FleetView:
             intent = v.intents.get(observed.generation)
         if intent is None:
             return []  # no intent yet: nothing is desired of this node
-        changed = v.episodes.update(kernel_differences(intent, observed), at=at, kernel=True)
+        desired = self.desired_for(v.name, intent, mgmt_vlan=observed.mgmt_vlan)
+        differences = kernel_differences(intent, observed, desired=desired)
+        changed = v.episodes.update(differences, at=at, kernel=True)
         if v.kernel_open:
             if v.matching_since is not None:
                 v.last_matched = at

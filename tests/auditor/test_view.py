@@ -7,7 +7,7 @@ import pytest
 
 from services.auditor.report import diff_lines, format_node
 from services.auditor.service import cluster_network_of
-from services.auditor.view import FleetView, Policy
+from services.auditor.view import FleetView, Policy, desired_of, kernel_differences
 from shared.domain.l2state import DEFAULT_PVID, LinkState, owner_alias
 from shared.domain.model import DriftItem, ObservedState, VlanRange
 from tests.auditor.conftest import Change, applied, converged, heartbeat
@@ -322,3 +322,25 @@ def test_a_snapshot_carries_every_field_of_a_node_view() -> None:
     back = FleetView()
     snapshot.restore(msgspec.json.decode(msgspec.json.encode(snap), type=snapshot.Snapshot), back)
     assert back.nodes == view.nodes
+
+
+def test_the_desired_state_is_built_once_per_intent_and_judges_as_before() -> None:
+    """Observed states of one generation share one desired state; a new intent or another
+    mgmt VLAN builds a new one; the findings are those of a desired state built each time."""
+    view = FleetView()
+    first, second = seed_intent(NODE, 1), seed_intent(NODE, 2, vlan200=None)
+    view.on_intent(first, 1.0)
+    kept = view.desired_for(NODE, first, mgmt_vlan=None)
+    assert view.desired_for(NODE, first, mgmt_vlan=None) is kept
+    assert view.desired_for(NODE, first, mgmt_vlan=30) is not kept
+    assert view.desired_for(NODE, first, mgmt_vlan=30) == desired_of(first, mgmt_vlan=30)
+    drifted = lambda lk, v: _set(lk, "oob-br", mtu=9)  # noqa: E731
+    for at, intent, change in [(2.0, first, drifted), (3.0, first, None), (5.0, second, drifted)]:
+        if intent is second:
+            view.on_intent(second, 4.0)
+        obs = converged(intent, at=at, change=change)
+        view.on_observed(obs, at)
+        assert view.desired_for(NODE, intent, mgmt_vlan=None) == desired_of(intent, mgmt_vlan=None)
+        found = {(i.object, i.path) for i in view.node(NODE).kernel_open}
+        assert found == {(d.object, d.path) for d in kernel_differences(intent, obs)}
+    assert found == {("oob-br", "mtu")}
