@@ -360,7 +360,7 @@ def is_owned(link: LinkState) -> bool:
 # one entry per VID, so the cost follows the number of ranges, not their width (a 2-4094
 # trunk costs what one VID does). expand_vlans and compress_vlans stay for code that wants
 # the VID-by-VID map (the fake kernel), and as the reference the range algorithm is tested
-# against (tests/executor/test_vlan_ranges.py).
+# against (tests/shared/test_vlan_ranges.py).
 
 VlanFlags = tuple[bool, bool]
 Run = tuple[int, int, VlanFlags]
