@@ -337,8 +337,9 @@ class Auditor:
                 await on_event(msg)
 
         async def on_event(msg: Msg) -> None:
+            meta = msg.metadata  # parsed from the reply subject on each read: read once
             try:
-                changed = self._apply(stream, msg)
+                changed = self._apply(stream, msg, at=meta.timestamp.timestamp())
             except events.BadMessage as exc:
                 # Reported once (each message is read once per replay), then ignored.
                 self.bad_messages += 1
@@ -348,7 +349,7 @@ class Auditor:
                 self.bad_messages += 1
                 log.error("cannot judge the message on %s: %r", msg.subject[:200], exc)
                 changed = {}
-            seq = msg.metadata.sequence.stream
+            seq = meta.sequence.stream
             self._marks[stream].seq = max(self._marks[stream].seq, seq)
             self.events_applied += 1
             self._dirty = True
@@ -362,8 +363,8 @@ class Auditor:
 
         return on_msg
 
-    def _apply(self, stream: str, msg: Msg) -> dict[str, list[DriftItem]]:
-        at = msg.metadata.timestamp.timestamp()
+    def _apply(self, stream: str, msg: Msg, *, at: float) -> dict[str, list[DriftItem]]:
+        """Fold the message into the view; ``at``: when JetStream stored it."""
         event = events.decode_event(stream, msg.subject, msg.data)
         if isinstance(event, NodeIntent):
             return self.view.on_intent(event, at)

@@ -35,14 +35,18 @@ when the view is :attr:`FleetView.live` (after the replay), from the times the e
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from shared.domain.l2state import (
     Difference,
     Field,
+    NodeL2State,
     ObjectKind,
     StateError,
     desired_state,
@@ -76,11 +80,28 @@ def episode_id(node: str, item: DriftItem) -> str:
     return f"{node}|{item.object}|{item.path}|{item.first_seen:.6f}"
 
 
-def kernel_differences(intent: NodeIntent, observed: ObservedState) -> list[Difference]:
-    """How ``observed`` differs from ``intent``: the one diff the executor also plans from."""
+Desired = NodeL2State | StateError
+"""What an intent asks of a node (:func:`desired_of`), or why it cannot be asked."""
+
+
+def desired_of(intent: NodeIntent, *, mgmt_vlan: int | None) -> Desired:
+    """The desired state of ``intent`` on a node whose mgmt VLAN is ``mgmt_vlan``."""
     try:
-        desired, _refused = desired_state(intent, mgmt_vlan=observed.mgmt_vlan)
+        return desired_state(intent, mgmt_vlan=mgmt_vlan)[0]
     except StateError as exc:
+        return exc
+
+
+def kernel_differences(
+    intent: NodeIntent, observed: ObservedState, *, desired: Desired | None = None
+) -> list[Difference]:
+    """How ``observed`` differs from ``intent``: the one diff the executor also plans from.
+
+    ``desired``: :func:`desired_of` the same intent and ``observed.mgmt_vlan`` when the
+    caller kept it (the view does, per node), else computed here."""
+    if desired is None:
+        desired = desired_of(intent, mgmt_vlan=observed.mgmt_vlan)
+    if isinstance(desired, StateError):
         return [
             Difference.changed(
                 # Judged with the kernel's findings, so a later observed state ends it.
@@ -89,7 +110,7 @@ def kernel_differences(intent: NodeIntent, observed: ObservedState) -> list[Diff
                 Field.GENERATION,
                 key=str(intent.generation),
                 desired="an intent the node can apply",
-                actual=str(exc),
+                actual=str(desired),
             )
         ]
     try:
@@ -108,6 +129,42 @@ def kernel_differences(intent: NodeIntent, observed: ObservedState) -> list[Diff
             )
         ]
     return diff(desired, actual)
+
+
+REMEMBERED = 4
+"""Kernel states remembered per node with their differences (see :class:`Judging`)."""
+
+
+@dataclass
+class Judging:
+    """A node's observed states judged against one intent (with the node's mgmt VLAN).
+
+    Not part of the view (a snapshot leaves it out): all of it follows from the intent and the
+    observed states. Its desired state is built once; and since the differences are a pure
+    function of the desired state and the kernel's state an observed state carries, the last
+    few kernel states met are remembered with their differences. A node that reports the
+    same state again (converged, or drifted the same way) costs a hash, not a diff."""
+
+    intent: NodeIntent
+    mgmt_vlan: int | None
+    desired: Desired
+    seen: dict[bytes, list[Difference]] = field(default_factory=dict)
+
+    def differences(self, observed: ObservedState) -> list[Difference]:
+        """:func:`kernel_differences` of the intent and ``observed``."""
+        # Exactly what state_from_observed reads (the mgmt VLAN is this judging's own).
+        state = (observed.node, observed.links, observed.vlans, observed.namespaces)
+        key = hashlib.blake2b(_encoder.encode(state), digest_size=16).digest()
+        found = self.seen.get(key)
+        if found is None:
+            found = kernel_differences(self.intent, observed, desired=self.desired)
+            if len(self.seen) >= REMEMBERED:
+                del self.seen[next(iter(self.seen))]  # the oldest
+            self.seen[key] = found
+        return found
+
+
+_encoder = msgspec.json.Encoder()
 
 
 def iso(at: float | None) -> str:
@@ -284,6 +341,17 @@ class FleetView:
         self.live = True
         """False while replaying: the generation finding waits for the whole history."""
         self._unsigned: dict[str, str | None] = {}
+        self._judging: dict[str, Judging] = {}
+
+    def judging(self, node: str, intent: NodeIntent, *, mgmt_vlan: int | None) -> Judging:
+        """What ``node``'s observed states are judged against: built once per intent and
+        mgmt VLAN (the last one is kept: a node runs one intent at a time)."""
+        kept = self._judging.get(node)
+        if kept is None or kept.intent is not intent or kept.mgmt_vlan != mgmt_vlan:
+            desired = desired_of(intent, mgmt_vlan=mgmt_vlan)
+            kept = Judging(intent=intent, mgmt_vlan=mgmt_vlan, desired=desired)
+            self._judging[node] = kept
+        return kept
 
     def unsigned(self, intent: NodeIntent) -> str | None:
         """Why ``intent`` is not the planner's (None: it is, or no keys were given)."""
@@ -391,7 +459,8 @@ class FleetView:
             intent = v.intents.get(observed.generation)
         if intent is None:
             return []  # no intent yet: nothing is desired of this node
-        changed = v.episodes.update(kernel_differences(intent, observed), at=at, kernel=True)
+        judging = self.judging(v.name, intent, mgmt_vlan=observed.mgmt_vlan)
+        changed = v.episodes.update(judging.differences(observed), at=at, kernel=True)
         if v.kernel_open:
             if v.matching_since is not None:
                 v.last_matched = at

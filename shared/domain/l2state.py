@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import heapq
 import ipaddress
+import itertools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeGuard
@@ -353,19 +355,33 @@ def is_owned(link: LinkState) -> bool:
 # ---------------------------------------------------------------------------
 # VLAN sets
 # ---------------------------------------------------------------------------
+#
+# A VID set is kept as ranges end to end: merged, compared and diffed as sorted runs, never
+# one entry per VID, so the cost follows the number of ranges, not their width (a 2-4094
+# trunk costs what one VID does). expand_vlans and compress_vlans stay for code that wants
+# the VID-by-VID map (the fake kernel), and as the reference the range algorithm is tested
+# against (tests/shared/test_vlan_ranges.py).
 
 VlanFlags = tuple[bool, bool]
+Run = tuple[int, int, VlanFlags]
+"""Consecutive VIDs ``first``..``last`` (both included) with the same flags."""
+
+
+def _checked_last(r: VlanRange) -> int:
+    """The last VID of ``r``, or StateError when ``r`` is not a range a port can hold."""
+    last = r.last
+    if not (VID_MIN <= r.vid <= last <= VID_MAX):
+        raise StateError(f"VLAN range {r.vid}-{last} is outside {VID_MIN}-{VID_MAX}")
+    if r.pvid and last != r.vid:
+        raise StateError(f"VLAN range {r.vid}-{last} cannot be a PVID (one VID only)")
+    return last
 
 
 def expand_vlans(ranges: Iterable[VlanRange]) -> dict[int, VlanFlags]:
     """VID -> (pvid, untagged); a later entry for the same VID wins."""
     out: dict[int, VlanFlags] = {}
     for r in ranges:
-        last = r.last
-        if not (VID_MIN <= r.vid <= last <= VID_MAX):
-            raise StateError(f"VLAN range {r.vid}-{last} is outside {VID_MIN}-{VID_MAX}")
-        if r.pvid and last != r.vid:
-            raise StateError(f"VLAN range {r.vid}-{last} cannot be a PVID (one VID only)")
+        last = _checked_last(r)
         for vid in range(r.vid, last + 1):
             out[vid] = (r.pvid, r.untagged)
     return out
@@ -373,21 +389,47 @@ def expand_vlans(ranges: Iterable[VlanRange]) -> dict[int, VlanFlags]:
 
 def compress_vlans(entries: Mapping[int, VlanFlags]) -> list[VlanRange]:
     """Canonical ranges: sorted, consecutive VIDs with equal flags merged, PVID alone."""
-    out: list[VlanRange] = []
-    start = prev = -1
-    flags: VlanFlags = (False, False)
-    for vid in sorted(entries):
-        f = entries[vid]
-        if out or start >= 0:
-            if vid == prev + 1 and f == flags and not f[0] and not flags[0]:
-                prev = vid
-                continue
-            out.append(_range(start, prev, flags))
-        start = prev = vid
-        flags = f
-    if start >= 0:
-        out.append(_range(start, prev, flags))
+    return _ranges(_merged((vid, vid, entries[vid]) for vid in sorted(entries)))
+
+
+def _runs(ranges: Iterable[VlanRange]) -> list[Run]:
+    """Sorted, disjoint runs of ``ranges`` (a later entry for the same VID wins), unmerged."""
+    items = [(r.vid, _checked_last(r), (r.pvid, r.untagged)) for r in ranges]
+    if all(items[i - 1][1] < items[i][0] for i in range(1, len(items))):
+        return items  # sorted and disjoint already: what every canonical list is
+    # A sweep over the range boundaries: between two boundaries the same ranges hold, and
+    # of those the latest entry wins (a heap of the ranges open there, latest on top).
+    starts = sorted(range(len(items)), key=lambda i: items[i][0])
+    bounds = sorted({b for first, last, _ in items for b in (first, last + 1)})
+    open_: list[tuple[int, int]] = []  # (-index, last)
+    out: list[Run] = []
+    s = 0
+    for lo, nxt in itertools.pairwise(bounds):
+        while s < len(starts) and items[starts[s]][0] == lo:
+            heapq.heappush(open_, (-starts[s], items[starts[s]][1]))
+            s += 1
+        while open_ and open_[0][1] < lo:
+            heapq.heappop(open_)
+        if open_:
+            out.append((lo, nxt - 1, items[-open_[0][0]][2]))
     return out
+
+
+def _merged(runs: Iterable[Run]) -> list[Run]:
+    """Sorted disjoint ``runs`` with touching ones of equal flags joined (a PVID stays alone)."""
+    out: list[Run] = []
+    for first, last, flags in runs:
+        if out:
+            p_first, p_last, p_flags = out[-1]
+            if first == p_last + 1 and flags == p_flags and not flags[0]:
+                out[-1] = (p_first, last, flags)
+                continue
+        out.append((first, last, flags))
+    return out
+
+
+def _ranges(runs: Iterable[Run]) -> list[VlanRange]:
+    return [_range(first, last, flags) for first, last, flags in runs]
 
 
 def _range(first: int, last: int, flags: VlanFlags) -> VlanRange:
@@ -396,8 +438,31 @@ def _range(first: int, last: int, flags: VlanFlags) -> VlanRange:
     )
 
 
+def _is_canonical(ranges: list[VlanRange]) -> bool:
+    """True when ``ranges`` is written the one way already (the judge's common case: one
+    pass, no copy). Kept tight: the auditor asks this of every VID list it judges."""
+    prev_last = VID_MIN - 1  # the first VID must be at least VID_MIN
+    prev_pvid, prev_untagged = True, False
+    for r in ranges:
+        vid, end, pvid, untagged = r.vid, r.vid_end, r.pvid, r.untagged
+        if vid <= prev_last or vid > VID_MAX:
+            return False  # unsorted, overlapping, or outside the VIDs
+        if end and (end <= vid or end > VID_MAX or pvid):
+            return False  # a one-VID range has no end; a PVID is one VID
+        if vid == prev_last + 1 and not pvid and not prev_pvid and untagged == prev_untagged:
+            return False  # touches the one before with the same flags: one range
+        prev_last, prev_pvid, prev_untagged = end or vid, pvid, untagged
+    return True
+
+
 def canonical_vlans(ranges: Iterable[VlanRange]) -> list[VlanRange]:
-    return compress_vlans(expand_vlans(ranges))
+    """The one way to write a VID set (what ``compress_vlans(expand_vlans(ranges))`` gives):
+    sorted, consecutive VIDs with equal flags merged, a PVID alone; a later entry for the
+    same VID wins. StateError for a range no port can hold."""
+    ranges = list(ranges)
+    if _is_canonical(ranges):
+        return ranges
+    return _ranges(_merged(_runs(ranges)))
 
 
 def format_vlans(ranges: Iterable[VlanRange]) -> list[str]:
@@ -421,11 +486,34 @@ def vlan_changes(
     A VID whose flags change is re-added with the new flags (the kernel updates it in place),
     so it appears only in the "add" list.
     """
-    want = expand_vlans(desired)
-    have = expand_vlans(actual)
-    add = {vid: f for vid, f in want.items() if have.get(vid) != f}
-    delete = {vid: f for vid, f in have.items() if vid not in want}
-    return compress_vlans(add), compress_vlans(delete)
+    want = _runs(canonical_vlans(desired))
+    have = _runs(canonical_vlans(actual))
+    add: list[Run] = []
+    delete: list[Run] = []
+    for first, last, w, h in _side_by_side(want, have):
+        if w is not None and w != h:
+            add.append((first, last, w))
+        elif w is None and h is not None:
+            delete.append((first, last, h))
+    return _ranges(_merged(add)), _ranges(_merged(delete))
+
+
+def _side_by_side(
+    a: list[Run], b: list[Run]
+) -> Iterator[tuple[int, int, VlanFlags | None, VlanFlags | None]]:
+    """Two sorted disjoint run lists cut at each other's boundaries: ``(first, last, flags
+    in a, flags in b)``, None where a list has none of those VIDs."""
+    bounds = sorted({x for first, last, _ in (*a, *b) for x in (first, last + 1)})
+    i = j = 0
+    for lo, nxt in itertools.pairwise(bounds):
+        while i < len(a) and a[i][1] < lo:
+            i += 1
+        while j < len(b) and b[j][1] < lo:
+            j += 1
+        fa = a[i][2] if i < len(a) and a[i][0] <= lo else None
+        fb = b[j][2] if j < len(b) and b[j][0] <= lo else None
+        if fa is not None or fb is not None:
+            yield lo, nxt - 1, fa, fb
 
 
 # ---------------------------------------------------------------------------
@@ -535,7 +623,7 @@ def _mac_error(value: object) -> str | None:
 
 def _vlans_error(ranges: object) -> str | None:
     try:
-        expand_vlans(ranges)  # type: ignore[arg-type]
+        canonical_vlans(ranges)  # type: ignore[arg-type]
     except StateError as exc:
         return str(exc)
     except (TypeError, AttributeError):
@@ -707,23 +795,24 @@ def _vid(value: object, where: str) -> int:
     return value
 
 
-def _trunk_vids(value: object, where: str) -> set[int]:
-    """The VIDs of a ``vlanTrunk`` list as the planner writes it (``{id}``, ``{minID, maxID}``)."""
+def _trunk_vids(value: object, where: str) -> list[VlanRange]:
+    """The VIDs of a ``vlanTrunk`` list as the planner writes it (``{id}``, ``{minID, maxID}``),
+    as canonical ranges (no flags)."""
     if not isinstance(value, list) or not value:
         raise StateError(f"{where} is {value!r}, not a non-empty list of VLAN ranges")
-    vids: set[int] = set()
+    ranges: list[VlanRange] = []
     for i, item in enumerate(value):
         at = f"{where}[{i}]"
         if isinstance(item, dict) and set(item) == {"id"}:
-            vids.add(_vid(item["id"], f"{at}.id"))
+            ranges.append(VlanRange(vid=_vid(item["id"], f"{at}.id")))
         elif isinstance(item, dict) and set(item) == {"minID", "maxID"}:
             lo, hi = _vid(item["minID"], f"{at}.minID"), _vid(item["maxID"], f"{at}.maxID")
             if lo > hi:
                 raise StateError(f"{at}: minID {lo} is above maxID {hi}")
-            vids.update(range(lo, hi + 1))
+            ranges.append(VlanRange(vid=lo, vid_end=hi))
         else:
             raise StateError(f"{at} is {item!r}: expected {{id}} or {{minID, maxID}}")
-    return vids
+    return canonical_vlans(ranges)
 
 
 def check_cni_config(port: VmPortIntent) -> None:
@@ -787,16 +876,14 @@ def _check_cni_vlans(port: VmPortIntent, cfg: dict[str, Any], where: str) -> Non
     if "vlan" in cfg and "vlanTrunk" in cfg:
         raise StateError(f"{where} has both vlan and vlanTrunk")
     if "vlan" in cfg:
-        expected = {_vid(cfg["vlan"], f"{where}.vlan"): (True, True)}
+        expected = [VlanRange(vid=_vid(cfg["vlan"], f"{where}.vlan"), pvid=True, untagged=True)]
     elif "vlanTrunk" in cfg:
-        expected = dict.fromkeys(
-            _trunk_vids(cfg["vlanTrunk"], f"{where}.vlanTrunk"), (False, False)
-        )
+        expected = _trunk_vids(cfg["vlanTrunk"], f"{where}.vlanTrunk")
     else:
-        expected = {1: (True, True)}  # an untagged network rides the PVID, VID 1
-    if expand_vlans(port.vlans) != expected:
+        expected = [DEFAULT_PVID]  # an untagged network rides the PVID, VID 1
+    if canonical_vlans(port.vlans) != expected:
         raise StateError(
-            f"{where} gives VLANs {format_vlans(compress_vlans(expected))}, the port's VLANs"
+            f"{where} gives VLANs {format_vlans(expected)}, the port's VLANs"
             f" are {format_vlans(port.vlans)}"
         )
 

@@ -7,7 +7,13 @@ import pytest
 
 from services.auditor.report import diff_lines, format_node
 from services.auditor.service import cluster_network_of
-from services.auditor.view import FleetView, Policy
+from services.auditor.view import (
+    REMEMBERED,
+    FleetView,
+    Policy,
+    desired_of,
+    kernel_differences,
+)
 from shared.domain.l2state import DEFAULT_PVID, LinkState, owner_alias
 from shared.domain.model import DriftItem, ObservedState, VlanRange
 from tests.auditor.conftest import Change, applied, converged, heartbeat
@@ -322,3 +328,43 @@ def test_a_snapshot_carries_every_field_of_a_node_view() -> None:
     back = FleetView()
     snapshot.restore(msgspec.json.decode(msgspec.json.encode(snap), type=snapshot.Snapshot), back)
     assert back.nodes == view.nodes
+
+
+def test_the_desired_state_is_built_once_per_intent_and_judges_as_before() -> None:
+    """Observed states of one intent share one desired state and remember the kernel states
+    they met; a new intent or another mgmt VLAN starts anew; the findings are always those
+    of a diff made afresh."""
+    view = FleetView()
+    first, second = seed_intent(NODE, 1), seed_intent(NODE, 2, vlan200=None)
+    view.on_intent(first, 1.0)
+    kept = view.judging(NODE, first, mgmt_vlan=None)
+    assert view.judging(NODE, first, mgmt_vlan=None) is kept
+    assert view.judging(NODE, first, mgmt_vlan=30).desired == desired_of(first, mgmt_vlan=30)
+    assert view.judging(NODE, first, mgmt_vlan=None) is not kept
+
+    def mtu(lk: dict[str, LinkState], v: object) -> None:
+        _set(lk, "oob-br", mtu=9)
+
+    def port(lk: dict[str, LinkState], v: object) -> None:
+        _set(lk, "eth2", master=None)
+
+    def vid(lk: object, v: dict[str, list[VlanRange]]) -> None:
+        v["oob-bo"] = [r for r in v["oob-bo"] if r.vid != 200]
+
+    steps = [(first, mtu), (first, None), (first, mtu), (first, port), (first, None)]
+    steps += [(first, c) for c in (vid, mtu, port, None, vid, mtu, port, None, vid)]
+    steps += [(second, mtu), (second, None), (second, mtu)]
+    for i, (intent, change) in enumerate(steps):
+        if intent is second and view.node(NODE).latest_generation == 1:
+            view.on_intent(second, 50.0)
+        at = 100.0 + i
+        obs = converged(intent, at=at, change=change)
+        view.on_observed(obs, at)
+        judging = view.judging(NODE, intent, mgmt_vlan=None)
+        assert judging.desired == desired_of(intent, mgmt_vlan=None)
+        assert len(judging.seen) <= REMEMBERED
+        found = {(i.object, i.path, str(i.actual)) for i in view.node(NODE).kernel_open}
+        fresh = kernel_differences(intent, obs)
+        assert found == {(d.object, d.path, str(d.actual)) for d in fresh}
+        assert bool(found) == (change is not None)
+    assert len(view.judging(NODE, second, mgmt_vlan=None).seen) == 2

@@ -71,10 +71,12 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def service_memory(name: str, service: str, url: str, *, settle: float) -> Result:
-    """Resident memory of ``l2net <service> --nats URL`` against a plain nats-py client
-    process connected to the same server, both read after ``settle`` seconds."""
-    argv = [sys.executable, "-m", "services.cli.main", service, "--nats", url]
+def service_memory(
+    name: str, service: str, url: str, *, settle: float, args: tuple[str, ...] = ()
+) -> Result:
+    """Resident memory of ``l2net <service> --nats URL [args]`` against a plain nats-py
+    client process connected to the same server, both read after ``settle`` seconds."""
+    argv = [sys.executable, "-m", "services.cli.main", service, "--nats", url, *args]
     if service == "planner":  # it signs intents: the tests' key, in a private file
         seed = Path(tempfile.mkdtemp(prefix="l2net-bench-")) / "signing.seed"
         seed.write_text(keys.SEED + "\n")
