@@ -141,3 +141,36 @@ async def test_a_service_comes_back_after_an_outage_and_its_health_says_so(
     finally:
         await client.close()
         await server.close()
+
+
+async def test_stream_replicas_are_set_when_given_and_kept_when_not(nc: Client) -> None:
+    js = nc.jetstream()
+    await bus.ensure_streams(js, [subjects.STREAM_NODES])  # new, none given: one
+    assert (await js.stream_info(subjects.STREAM_NODES)).config.num_replicas == 1
+    await bus.ensure_streams(js, [subjects.STREAM_NODES], replicas=1)
+    assert (await js.stream_info(subjects.STREAM_NODES)).config.num_replicas == 1
+    # One server cannot keep three copies: JetStream refuses, and the stream is unchanged.
+    with pytest.raises(Exception, match=r"(?i)insufficient|replicas|resources|peers"):
+        await bus.ensure_streams(js, [subjects.STREAM_NODES], replicas=3)
+    assert (await js.stream_info(subjects.STREAM_NODES)).config.num_replicas == 1
+    with pytest.raises(ValueError, match="1 to 5"):
+        bus.stream_config(subjects.STREAM_NODES, replicas=6)
+
+
+def test_stream_replicas_come_from_the_option_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.runtime import config
+
+    monkeypatch.delenv(config.STREAM_REPLICAS_ENV, raising=False)
+    assert config.stream_replicas() is None
+    assert config.stream_replicas(3) == 3
+    monkeypatch.setenv(config.STREAM_REPLICAS_ENV, "3")
+    assert config.stream_replicas() == 3
+    assert config.stream_replicas(1) == 1
+    for bad in ("three", "0", "7"):
+        monkeypatch.setenv(config.STREAM_REPLICAS_ENV, bad)
+        with pytest.raises(
+            ValueError, match=config.STREAM_REPLICAS_ENV if bad == "three" else "1 to 5"
+        ):
+            config.stream_replicas()
