@@ -390,7 +390,7 @@ async def test_a_cluster_loses_its_stream_leader_and_nothing_accepted_is_lost(
         assert reply.ok, reply.errors
         await until(lambda: _port(drift_ex, drift_vm), timeout=60)
         drifter = Drifter(drift_node, await _port(drift_ex, drift_vm))
-        print(f"cluster up, services started: {time.monotonic() - started:.0f} s")
+        print(f"2 planners, 2 auditors and 3 executors ready in {time.monotonic() - started:.0f} s")
 
         # 1. The server leading every stream, and most connections, dies mid-flow.
         health = await all_health(nc, nodes)
