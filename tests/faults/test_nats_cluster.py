@@ -37,7 +37,7 @@ import pytest
 from nats.aio.client import Client
 from pyroute2 import netns as pyroute2_netns
 
-from services.executor.kernel import NetlinkKernel
+from services.executor.kernel import OWNED_NETNS_DIR, NetlinkKernel
 from services.executor.service import Executor, ExecutorConfig
 from services.planner.service import Planner
 from shared.domain.model import DriftReport, Node, NodeIntent, NodeStatus, ObservedState
@@ -102,6 +102,9 @@ def nodes() -> Iterator[list[HostNode]]:
             for name in [*node.vms, node.ns]:
                 if name in present:
                     pyroute2_netns.remove(name)
+            for name in node.vms:  # the executor's records of the VM namespaces it made
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(OWNED_NETNS_DIR, name))
 
 
 @dataclass
