@@ -176,9 +176,9 @@ async def fleet(
         yield f
     finally:
         for ex in f.executors:
-            await ex.stop()
+            await asyncio.wait_for(ex.stop(), 60)
         for proc in f.processes.values():
-            stop_process(proc)
+            stop_process(proc, timeout=15)
 
 
 async def _answers(nc: Client) -> bool:
