@@ -330,6 +330,8 @@ class Planner:
         try:
             await bus.ensure_streams(self.js, list(bus.STREAMS), replicas=self._replicas)
         except APIError as exc:  # e.g. more replicas than the cluster has servers
+            if bus.is_outage(exc):
+                raise  # JetStream electing a leader: not a configuration error
             raise bus.BusError(
                 f"cannot create or update the l2net streams ({self._replicas or 'keeping'}"
                 f" replicas): {exc}"

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -174,3 +176,35 @@ def test_stream_replicas_come_from_the_option_then_the_environment(
             ValueError, match=config.STREAM_REPLICAS_ENV if bad == "three" else "1 to 5"
         ):
             config.stream_replicas()
+
+
+def test_a_planner_asked_for_more_replicas_than_the_servers_keep_stops_saying_why(
+    nats_server: natsserver.EmbeddedNats,
+) -> None:
+    def planner(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.cli.main",
+                "planner",
+                "--nats",
+                nats_server.url,
+                *extra,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    one_server = planner("--stream-replicas", "3")
+    assert one_server.returncode == 1, one_server
+    assert "l2net planner: cannot create or update the l2net streams (3 replicas)" in (
+        one_server.stdout
+    )
+    assert "non-clustered" in one_server.stdout and "Traceback" not in one_server.stderr
+    too_many = planner("--stream-replicas", "9")
+    assert too_many.returncode == 2
+    assert "stream replicas must be 1 to 5" in too_many.stdout
