@@ -85,6 +85,7 @@ from services.auditor.view import (
 from shared.domain.errors import Code
 from shared.domain.model import DriftItem, DriftReport, Node, NodeIntent, NodeStatus, ObservedState
 from shared.runtime import bus, metrics, tracing
+from shared.runtime.config import stream_replicas
 from shared.wire import api, subjects
 from shared.wire import auditor_api as protocol
 
@@ -247,7 +248,9 @@ class Auditor:
             except NotFoundError:
                 pass
             try:
-                return await self.js.add_stream(bus.STREAMS[stream])
+                return await self.js.add_stream(
+                    bus.stream_config(stream, replicas=stream_replicas())
+                )
             except BadRequestError:
                 continue  # created meanwhile by its writer
             except Exception as exc:  # not allowed to create it: wait for its writer

@@ -91,6 +91,7 @@ from shared.domain.l2state import (
 )
 from shared.domain.model import Node, NodeIntent, NodeStatus, ObjectResult, ObservedState
 from shared.runtime import bus, metrics, tracing
+from shared.runtime.config import stream_replicas
 from shared.wire import api, intents, signing, subjects
 
 log = logging.getLogger("l2net.executor")
@@ -414,7 +415,7 @@ class Executor:
                 except NotFoundError:
                     pass
                 try:
-                    await self.js.add_stream(bus.STREAMS[name])
+                    await self.js.add_stream(bus.stream_config(name, replicas=stream_replicas()))
                 except BadRequestError:
                     pass  # created meanwhile by another service
                 except Exception as exc:  # e.g. no answer: this user may not create streams

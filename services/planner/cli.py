@@ -43,6 +43,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="print the seed's public key (what executors --trust-key) and exit",
     )
+    p.add_argument(
+        "--stream-replicas",
+        type=int,
+        metavar="N",
+        help=f"servers that keep each stream: 1 on one server, 3 on a production cluster; "
+        f"streams are created or updated to it (default ${config.STREAM_REPLICAS_ENV}, else "
+        "1 for a new stream and an existing one keeps its own)",
+    )
     p.set_defaults(handler=_run)
 
 
@@ -64,7 +72,7 @@ def signing_seed(path: str | None, *, generate: bool) -> str:
     return signing.ensure_seed(path) if generate else signing.load_seed(path)
 
 
-async def serve(nats_url: str | None, seed: str) -> None:
+async def serve(nats_url: str | None, seed: str, *, replicas: int | None = None) -> None:
     """Run the planner until SIGINT/SIGTERM; connect (and reconnect) to NATS for ever."""
     from services.planner.service import Planner, tune_gc
     from shared.runtime import bus
@@ -73,7 +81,7 @@ async def serve(nats_url: str | None, seed: str) -> None:
     servers = config.nats_servers(nats_url)
     log.info("connecting to NATS at %s", ", ".join(bus.redact(s) for s in servers))
     nc = await bus.connect(servers, name="l2net-planner", attempts=-1)
-    planner = Planner(nc, signing_seed=seed)
+    planner = Planner(nc, signing_seed=seed, stream_replicas=replicas)
     log.info("signing intents with key %s", planner.signing_key)
     try:
         await planner.start()
@@ -94,7 +102,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.print_public_key:
         print(signing.public_key(seed))
         return 0
+    try:
+        replicas = config.stream_replicas(args.stream_replicas)
+    except ValueError as exc:
+        print(f"l2net planner: {exc}")
+        return 2
     lifecycle.setup_logging("planner")
     return runner.run(
-        lambda: serve(args.nats, seed), command="l2net planner", service="planner", errors="stdout"
+        lambda: serve(args.nats, seed, replicas=replicas),
+        command="l2net planner",
+        service="planner",
+        errors="stdout",
     )

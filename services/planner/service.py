@@ -281,11 +281,16 @@ class _Follower:
 
 class Planner:
     """The planner on connection ``nc``; every intent it publishes is signed with
-    ``signing_seed`` (an nkeys seed, :mod:`shared.wire.signing`), which executors verify."""
+    ``signing_seed`` (an nkeys seed, :mod:`shared.wire.signing`), which executors verify.
+    ``stream_replicas``: how many servers keep each stream (see :func:`bus.ensure_streams`;
+    3 on a production cluster; None keeps what the streams have, one for a new stream)."""
 
-    def __init__(self, nc: Client, *, signing_seed: str) -> None:
+    def __init__(
+        self, nc: Client, *, signing_seed: str, stream_replicas: int | None = None
+    ) -> None:
         self.signing_key = signing.public_key(signing_seed)  # a bad seed fails here, at once
         self._seed = signing_seed
+        self._replicas = stream_replicas
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         # Everything below is what the followers read from JetStream.
@@ -376,7 +381,15 @@ class Planner:
             return
         # All six streams, not only those it writes: under deploy/nats the executors' users
         # may not create streams, so a fleet works once the planner has started.
-        await bus.ensure_streams(self.js, list(bus.STREAMS))
+        try:
+            await bus.ensure_streams(self.js, list(bus.STREAMS), replicas=self._replicas)
+        except APIError as exc:  # e.g. more replicas than the cluster has servers
+            if bus.is_outage(exc):
+                raise  # JetStream electing a leader: not a configuration error
+            raise bus.BusError(
+                f"cannot create or update the l2net streams ({self._replicas or 'keeping'}"
+                f" replicas): {exc}"
+            ) from exc
         last = DeliverPolicy.LAST_PER_SUBJECT
         followers = [  # L2_SPECS first: see _publish_intents
             _Follower(

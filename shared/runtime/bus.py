@@ -8,11 +8,16 @@ Messages are msgspec structs encoded as JSON so that ``l2net watch`` or any NATS
 reads them. The planner calls :func:`ensure_streams` for all of them at start, idempotently
 (an existing stream is updated to the configuration here); other services create only what
 is missing and their NATS user allows, and otherwise wait (:func:`wait_for_streams`).
+
+Each stream is kept by as many servers as its *replicas* say: 1 on a single server (the
+embedded one), 3 on a production cluster (:func:`stream_config`; the planner's
+``--stream-replicas``, or ``$L2NET_STREAM_REPLICAS`` for every service).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -410,20 +415,48 @@ async def serve(
     return service
 
 
-async def ensure_streams(js: JetStreamContext, names: Iterable[str]) -> None:
-    """Create each stream, or bring an existing one to our configuration."""
+MAX_REPLICAS = 5
+"""JetStream keeps a stream on at most five servers."""
+
+
+def stream_config(name: str, *, replicas: int | None = None) -> StreamConfig:
+    """l2net's configuration of stream ``name``, kept by ``replicas`` servers (None: one).
+
+    More replicas than the cluster has servers is refused by JetStream when the stream is
+    created or updated (``insufficient resources``)."""
+    cfg = STREAMS[name]
+    if replicas is None:
+        return cfg
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f"stream replicas must be 1 to {MAX_REPLICAS}, not {replicas}")
+    return dataclasses.replace(cfg, num_replicas=replicas)
+
+
+async def ensure_streams(
+    js: JetStreamContext, names: Iterable[str], *, replicas: int | None = None
+) -> None:
+    """Create each stream, or bring an existing one to our configuration.
+
+    ``replicas``: how many servers keep each stream; an existing stream is updated to it
+    (JetStream adds or removes copies, the stream stays available). None: a new stream gets
+    one, an existing one keeps the replicas it has (so that a planner started without the
+    option never takes copies away from a cluster's streams)."""
     for name in names:
-        cfg = STREAMS[name]
+        cfg = stream_config(name, replicas=replicas)
         try:
-            await js.stream_info(name)
+            info = await js.stream_info(name)
         except NotFoundError:
             try:
                 await js.add_stream(cfg)
-            except BadRequestError:
-                # Created concurrently by another service: fall through to update.
-                await js.update_stream(cfg)
-        else:
-            await js.update_stream(cfg)
+                continue
+            except BadRequestError as exc:
+                try:  # created concurrently by another service: update it
+                    info = await js.stream_info(name)
+                except NotFoundError:
+                    raise exc from None  # refused for another reason: say which
+        if replicas is None:
+            cfg = dataclasses.replace(cfg, num_replicas=info.config.num_replicas or 1)
+        await js.update_stream(cfg)
 
 
 def redact(url: str) -> str:

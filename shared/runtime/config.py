@@ -37,3 +37,23 @@ def nats_servers(explicit: str | None = None) -> list[str]:
             else f"nats://127.0.0.1:{DEFAULT_EMBEDDED_PORT}"
         )
     return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+STREAM_REPLICAS_ENV = "L2NET_STREAM_REPLICAS"
+
+
+def stream_replicas(explicit: int | None = None) -> int | None:
+    """How many servers keep each l2net stream: ``explicit`` (the planner's
+    ``--stream-replicas``), then ``$L2NET_STREAM_REPLICAS``, else None (one for a new
+    stream; an existing stream keeps its own). ValueError for anything but 1 to 5."""
+    if explicit is None:
+        raw = os.environ.get(STREAM_REPLICAS_ENV, "").strip()
+        if not raw:
+            return None
+        try:
+            explicit = int(raw)
+        except ValueError:
+            raise ValueError(f"${STREAM_REPLICAS_ENV} must be a number, not {raw!r}") from None
+    if not 1 <= explicit <= 5:
+        raise ValueError(f"stream replicas must be 1 to 5 (JetStream's limit), not {explicit}")
+    return explicit

@@ -2,6 +2,8 @@
 the virtual environment, started with JetStream in a state directory on a free port.
 
 Used by ``l2net up``, the demo, the lab (when no ``--nats`` is given) and the tests.
+:func:`start_cluster` starts several such servers as one JetStream cluster on this host
+(routes on 127.0.0.1), as tests of what a production cluster rides out need.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.domain.errors import Unavailable
@@ -72,6 +74,8 @@ class EmbeddedNats:
     state_dir: Path | None = None
     max_payload: int = 1024 * 1024
     detach: bool = False
+    cluster: Route | None = None
+    """This server's place in a cluster (None: a server on its own)."""
 
     @property
     def url(self) -> str:
@@ -105,8 +109,28 @@ class EmbeddedNats:
             port=self.port,
             max_payload=self.max_payload,
             detach=self.detach,
+            cluster=self.cluster,
         )
         self.process = again.process
+
+
+@dataclass(frozen=True)
+class Route:
+    """A server's part in a cluster: its name (JetStream needs one per server), the cluster's
+    name, the port it listens on for the other servers, and every server's route URL."""
+
+    server_name: str
+    cluster_name: str
+    port: int
+    routes: tuple[str, ...]
+
+    def config(self, host: str) -> str:
+        routes = ", ".join(f'"{r}"' for r in self.routes)
+        return (
+            f"server_name: {self.server_name}\n"
+            f"cluster {{\n  name: {self.cluster_name}\n"
+            f'  listen: "{host}:{self.port}"\n  routes: [{routes}]\n}}\n'
+        )
 
 
 _LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)")
@@ -119,8 +143,10 @@ def start(
     port: int = 0,
     max_payload: int = 1024 * 1024,
     detach: bool = False,
+    cluster: Route | None = None,
 ) -> EmbeddedNats:
     """Start nats-server with JetStream storing under ``state_dir``; wait until it listens.
+    ``cluster``: as that member of a cluster (:func:`start_cluster`).
 
     ``port`` 0 lets the server choose a free port itself (``listen: host:-1``) and reads the
     port from its log: picking a free port first and handing it over would race with any
@@ -134,7 +160,7 @@ def start(
     config.write_text(
         f'listen: "{host}:{port or -1}"\n'
         f"max_payload: {max_payload}\n"
-        f'jetstream {{ store_dir: "{store}" }}\n'
+        f'jetstream {{ store_dir: "{store}" }}\n' + (cluster.config(host) if cluster else "")
     )
     args = [server_binary(), "--config", str(config), "--log", str(log_file)]
     proc = subprocess.Popen(
@@ -153,6 +179,7 @@ def start(
         state_dir=state_dir,
         max_payload=max_payload,
         detach=detach,
+        cluster=cluster,
     )
     deadline = time.monotonic() + 15
     while True:
@@ -173,6 +200,55 @@ def start(
     (state_dir / "nats.pid").write_text(str(proc.pid))
     (state_dir / "nats.url").write_text(server.url)
     return server
+
+
+@dataclass
+class NatsCluster:
+    """Servers started by :func:`start_cluster`: one JetStream cluster on this host. Each
+    server is stopped and started again on its own (:class:`EmbeddedNats`)."""
+
+    servers: list[EmbeddedNats] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        """Every server's client URL, what a service's ``--nats`` lists (comma-separated)."""
+        return [s.url for s in self.servers]
+
+    def by_name(self, name: str) -> EmbeddedNats:
+        """The server named ``name`` (as JetStream names a stream's leader and replicas)."""
+        for server in self.servers:
+            if server.cluster is not None and server.cluster.server_name == name:
+                return server
+        raise KeyError(name)
+
+    def stop(self) -> None:
+        """Stop every server, each by the process it started."""
+        for server in self.servers:
+            server.stop()
+
+
+def start_cluster(
+    state_dir: Path, *, size: int = 3, host: str = "127.0.0.1", name: str = "l2net"
+) -> NatsCluster:
+    """Start ``size`` servers (``n1``, ``n2``, ...) as one JetStream cluster named ``name``,
+    each with its state under ``state_dir/<server>``, routes on ``host``.
+
+    Each server chooses its own client port (see :func:`start`). The route ports are taken
+    free first: every server must know them all before any starts. JetStream answers once a
+    majority of the servers has elected its meta leader, a moment after this returns; a
+    client that asks before gets no answer and asks again.
+    """
+    ports = [free_port(host) for _ in range(size)]
+    routes = tuple(f"nats://{host}:{p}" for p in ports)
+    cluster = NatsCluster()
+    try:
+        for i, port in enumerate(ports, start=1):
+            route = Route(server_name=f"n{i}", cluster_name=name, port=port, routes=routes)
+            cluster.servers.append(start(state_dir / f"n{i}", host=host, cluster=route))
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
 
 
 def pid_alive(pid: int) -> bool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -141,3 +143,68 @@ async def test_a_service_comes_back_after_an_outage_and_its_health_says_so(
     finally:
         await client.close()
         await server.close()
+
+
+async def test_stream_replicas_are_set_when_given_and_kept_when_not(nc: Client) -> None:
+    js = nc.jetstream()
+    await bus.ensure_streams(js, [subjects.STREAM_NODES])  # new, none given: one
+    assert (await js.stream_info(subjects.STREAM_NODES)).config.num_replicas == 1
+    await bus.ensure_streams(js, [subjects.STREAM_NODES], replicas=1)
+    assert (await js.stream_info(subjects.STREAM_NODES)).config.num_replicas == 1
+    # One server cannot keep three copies: JetStream refuses, and the stream is unchanged.
+    with pytest.raises(Exception, match=r"(?i)insufficient|replicas|resources|peers"):
+        await bus.ensure_streams(js, [subjects.STREAM_NODES], replicas=3)
+    assert (await js.stream_info(subjects.STREAM_NODES)).config.num_replicas == 1
+    with pytest.raises(ValueError, match="1 to 5"):
+        bus.stream_config(subjects.STREAM_NODES, replicas=6)
+
+
+def test_stream_replicas_come_from_the_option_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.runtime import config
+
+    monkeypatch.delenv(config.STREAM_REPLICAS_ENV, raising=False)
+    assert config.stream_replicas() is None
+    assert config.stream_replicas(3) == 3
+    monkeypatch.setenv(config.STREAM_REPLICAS_ENV, "3")
+    assert config.stream_replicas() == 3
+    assert config.stream_replicas(1) == 1
+    for bad in ("three", "0", "7"):
+        monkeypatch.setenv(config.STREAM_REPLICAS_ENV, bad)
+        with pytest.raises(
+            ValueError, match=config.STREAM_REPLICAS_ENV if bad == "three" else "1 to 5"
+        ):
+            config.stream_replicas()
+
+
+def test_a_planner_asked_for_more_replicas_than_the_servers_keep_stops_saying_why(
+    nats_server: natsserver.EmbeddedNats,
+) -> None:
+    def planner(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.cli.main",
+                "planner",
+                "--nats",
+                nats_server.url,
+                *extra,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    one_server = planner("--stream-replicas", "3")
+    assert one_server.returncode == 1, one_server
+    assert "l2net planner: cannot create or update the l2net streams (3 replicas)" in (
+        one_server.stdout
+    )
+    assert "non-clustered" in one_server.stdout and "Traceback" not in one_server.stderr
+    too_many = planner("--stream-replicas", "9")
+    assert too_many.returncode == 2
+    assert "stream replicas must be 1 to 5" in too_many.stdout
