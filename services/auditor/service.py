@@ -240,13 +240,22 @@ class Auditor:
 
     async def _stream_info(self, stream: str) -> StreamInfo:
         """The stream's info; a stream no service created yet is created with l2net's
-        configuration when this user may, else waited for (its writer creates it)."""
+        configuration when this user may, else waited for (its writer creates it). JetStream
+        not answering yet (a server starting, a cluster forming) is waited for too."""
         warned = False
         while True:
             try:
                 return await self.js.stream_info(stream)
             except NotFoundError:
                 pass
+            except Exception as exc:  # a server starting, a cluster forming: again
+                if not bus.is_outage(exc):
+                    raise
+                if not warned:
+                    log.warning("waiting for JetStream to answer about %s (%s)", stream, exc)
+                    warned = True
+                await asyncio.sleep(1.0)
+                continue
             try:
                 return await self.js.add_stream(
                     bus.stream_config(stream, replicas=stream_replicas())

@@ -76,6 +76,12 @@ CATCH_UP_S = 15.0
 WATCH_S = 5.0
 """How often an idle planner makes sure its followers still follow (see ``_work``)."""
 
+STREAMS_WAIT_S = 30.0
+"""How long the planner tries to place its streams' replicas at start (a cluster forming)."""
+
+INSUFFICIENT_RESOURCES = 10023
+"""JetStream's error code for replicas it cannot place (too few servers, or not yet)."""
+
 STALL_S = 2.0
 """How long a follower's consumer may claim, with nothing pending, a delivery this follower
 has not handled before the follower makes a new consumer (see ``caught_up``)."""
@@ -375,21 +381,45 @@ class Planner:
         for follower in followers:
             await follower.stop()
 
+    async def _ensure_streams(self) -> None:
+        """Create or update the six streams. A server still starting or a cluster still
+        forming times out or answers 503: tried again with backoff, for ever (a planner
+        started beside its servers must not die). JetStream refusing to place the replicas
+        asked (``insufficient resources``: a cluster forming, or too few servers) is tried
+        again for ``STREAMS_WAIT_S``, then is an error naming it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STREAMS_WAIT_S
+        tries = 0
+        while True:
+            try:
+                await bus.ensure_streams(self.js, list(bus.STREAMS), replicas=self._replicas)
+                return
+            except Exception as exc:
+                placing = isinstance(exc, APIError) and exc.err_code == INSUFFICIENT_RESOURCES
+                if placing and loop.time() >= deadline:
+                    raise self._streams_error(exc) from exc
+                if not placing and not bus.is_outage(exc):
+                    if isinstance(exc, APIError):  # e.g. replicas on a server not clustered
+                        raise self._streams_error(exc) from exc
+                    raise
+                wait = bus.reconnect_wait(tries)
+                tries += 1
+                log.warning("streams not ready (%s): again in %.1f s", exc, wait)
+                await asyncio.sleep(wait)
+
+    def _streams_error(self, exc: Exception) -> bus.BusError:
+        return bus.BusError(
+            f"cannot create or update the l2net streams ({self._replicas or 'keeping'}"
+            f" replicas): {exc}"
+        )
+
     async def _follow(self) -> None:
         """Create the streams and follow three of them, caught up (idempotent)."""
         if self._followers:
             return
         # All six streams, not only those it writes: under deploy/nats the executors' users
         # may not create streams, so a fleet works once the planner has started.
-        try:
-            await bus.ensure_streams(self.js, list(bus.STREAMS), replicas=self._replicas)
-        except APIError as exc:  # e.g. more replicas than the cluster has servers
-            if bus.is_outage(exc):
-                raise  # JetStream electing a leader: not a configuration error
-            raise bus.BusError(
-                f"cannot create or update the l2net streams ({self._replicas or 'keeping'}"
-                f" replicas): {exc}"
-            ) from exc
+        await self._ensure_streams()
         last = DeliverPolicy.LAST_PER_SUBJECT
         followers = [  # L2_SPECS first: see _publish_intents
             _Follower(
