@@ -18,7 +18,8 @@ stream, and no one at all may delete or purge a stream, delete a message or dele
 consumer (retention is the streams' own limits):
 
 - ``planner``: serves ``l2.api.>``, publishes specs and intents (the only user that may),
-  creates and updates the streams, reads them (its own ephemeral consumers).
+  creates and updates the streams, reads them (its own ephemeral consumers), asks executors
+  for live state (``l2.executor.<node>.state``, for ``l2net plan``).
 - ``auditor``: reads every ``l2.>`` subject and stream (ephemeral ordered consumers, direct
   and message gets), publishes ``l2.drift.>``, asks executors for live state or a reconcile
   (``l2.executor.<node>.state|reconcile``). It cannot create or change a stream (the
@@ -133,6 +134,8 @@ def render(nodes: list[str]) -> str:
         [
             "l2.spec.>",
             "l2.intent.>",
+            # `l2net plan` asks each node's executor for its live state.
+            "l2.executor.*.state",
             *read_streams,
             "$JS.API.STREAM.CREATE.*",
             "$JS.API.STREAM.UPDATE.*",

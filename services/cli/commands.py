@@ -1,4 +1,4 @@
-"""The user's subcommands: up, apply, delete, get, nad, switch-config, watch, demo.
+"""The user's subcommands: up, plan, apply, delete, get, nad, switch-config, watch, demo.
 
 Every command takes ``--nats URL`` (or ``NATS_URL``; a comma-separated list is fine) and
 falls back to the embedded server that ``l2net up`` started. Exit codes: 0 done, 1 refused
@@ -53,6 +53,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-f", "--file", required=True, help="YAML or JSON file, or - for stdin")
     add_nats_option(p)
     p.set_defaults(handler=_on_bus(_apply))
+
+    p = sub.add_parser(
+        "plan", help="what apply of a manifest would do to each node, step by step (stores nothing)"
+    )
+    p.add_argument("-f", "--file", required=True, help="YAML or JSON file, or - for stdin")
+    p.add_argument("--json", action="store_true", help=f"the plan for programs ({PLAN_SHAPE})")
+    add_nats_option(p)
+    p.set_defaults(handler=_on_bus(_plan))
 
     p = sub.add_parser("delete", help="delete one object")
     p.add_argument("kind", help=", ".join(model.USER_KINDS))
@@ -134,6 +142,14 @@ def refused(command: str, errors: list[api.Problem]) -> int:
     return 1
 
 
+def print_problems(source: str, what: str, errors: list[api.Problem]) -> int:
+    """``source: what:`` then each problem on its own line (stderr); exit code 1."""
+    print(f"{source}: {what}:", file=sys.stderr)
+    for problem in errors:
+        print(f"  - {problem}", file=sys.stderr)
+    return 1
+
+
 def print_apply_reply(reply: api.ApplyReply, *, source: str) -> int:
     if not reply.ok:
         # Changes listed with a failure: stored, but not (yet) published to every node.
@@ -142,10 +158,7 @@ def print_apply_reply(reply: api.ApplyReply, *, source: str) -> int:
             if reply.changes
             else "rejected, nothing was applied"
         )
-        print(f"{source}: {what}:", file=sys.stderr)
-        for problem in reply.errors:
-            print(f"  - {problem}", file=sys.stderr)
-        return 1
+        return print_problems(source, what, reply.errors)
     for change in reply.changes:
         print(f"{change.kind}/{change.name} {change.action} (revision {change.revision})")
     for node, generation in sorted(reply.generations.items()):
@@ -164,6 +177,78 @@ async def _apply(args: argparse.Namespace) -> int:
     async with connected(args.nats) as nc:
         reply = await planner.apply(nc, body, source=source)
     return print_apply_reply(reply, source=source)
+
+
+PLAN_SHAPE = f"plan-reply version {api.PLAN_VERSION}, docs/reference/schemas/plan-reply.json"
+
+PLAN_EXIT = {False: 0, True: 2}
+"""``l2net plan``'s exit code by "something would change" (1: refused or failed), like
+``terraform plan -detailed-exitcode``."""
+
+
+def format_plan(reply: api.PlanReply, *, source: str) -> str:
+    """The plan for people: changed objects, then each node's steps with their class and
+    what a disruptive one affects, then a summary."""
+    lines = [
+        f"{c.kind}/{c.name} would be {c.action}" for c in reply.changes if c.action != "unchanged"
+    ]
+    for node in reply.nodes:
+        lines += ["", *_format_node_plan(node)]
+    s = reply.summary
+    if not reply.changes_anything:
+        return f"{source}: nothing to do (every object is stored as written)"
+    counted = (
+        f"{s.objects} object(s) to store; {s.nodes} node(s) change: {s.steps} step(s), "
+        f"{s.hitless} hitless, {s.disruptive} disruptive"
+    )
+    if s.disruptive_nodes:
+        counted += f" (on {', '.join(s.disruptive_nodes)})"
+    if s.unknown_nodes:
+        counted += f"; not planned: {', '.join(s.unknown_nodes)}"
+    return "\n".join([*lines, "", f"summary: {counted}"]).strip("\n")
+
+
+_STATE_WORDS = {"live": "its live state", "observed": "its last observed state"}
+
+
+def _format_node_plan(node: api.NodePlan) -> list[str]:
+    against = _STATE_WORDS.get(node.state, "no state known")
+    lines = [f"node {node.node} (at generation {node.generation}; against {against}):"]
+    if node.note:
+        lines.append(f"  note: {node.note}")
+    if node.error:
+        lines.append(f"  error: the executor would fail this generation: {node.error}")
+    lines += [f"  refused by the executor: {r}" for r in node.refused]
+    if not node.steps and node.state != "unknown" and not node.error:
+        lines.append("  no kernel change (its state already matches)")
+    pad = " " * 15
+    for step in node.steps:
+        mark = "~ disruptive" if step.impact == "disruptive" else "+ hitless   "
+        lines += [f"  {mark} {step.action}", f"{pad}{step.reason}"]
+        hit = [f"VM NIC {n}" for n in step.vm_nics]
+        hit += [f"host network {h}" for h in step.host_networks]
+        if hit:
+            lines.append(f"{pad}affects: {', '.join(hit)}")
+    return lines
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    from services.planner import client as planner
+    from shared.runtime.client import connected
+
+    body = _read_manifest(args.file)
+    source = "stdin" if args.file == "-" else args.file
+    async with connected(args.nats) as nc:
+        reply = await planner.plan(nc, body, source=source)
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(reply), indent=2))
+        return PLAN_EXIT[reply.changes_anything] if reply.ok else 1
+    if not reply.ok:
+        return print_problems(source, "rejected, nothing was applied", reply.errors)
+    print(format_plan(reply, source=source))
+    for warning in reply.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return PLAN_EXIT[reply.changes_anything]
 
 
 async def _delete(args: argparse.Namespace) -> int:

@@ -40,6 +40,11 @@ MESSAGES: dict[str, tuple[type[Any], str]] = {
     "drift-report": (model.DriftReport, "l2.drift.<node> (stream L2_DRIFT), auditor findings"),
     "spec-record": (api.SpecRecord, "l2.spec.<kind>.<name> (stream L2_SPECS), accepted specs"),
     "apply-reply": (api.ApplyReply, "reply of l2.api.apply and l2.api.delete"),
+    "plan-reply": (
+        api.PlanReply,
+        "reply of l2.api.plan and the output of `l2net plan --json` (its `version` says"
+        " which shape)",
+    ),
     "delete-request": (api.DeleteRequest, "request body of l2.api.delete"),
     "get-request": (api.GetRequest, "request body of l2.api.get"),
     "get-reply": (api.GetReply, "reply of l2.api.get"),

@@ -24,6 +24,13 @@ async def apply(nc: Client, manifest: bytes, *, source: str = "the manifest") ->
     return await request(nc, subjects.API_APPLY, manifest, api.ApplyReply)
 
 
+async def plan(nc: Client, manifest: bytes, *, source: str = "the manifest") -> api.PlanReply:
+    """What :func:`apply` of ``manifest`` would do, per node, step by step: nothing is
+    stored. Refused with apply's very problems."""
+    check_size(nc, len(manifest), what=source)
+    return await request(nc, subjects.API_PLAN, manifest, api.PlanReply)
+
+
 async def delete(nc: Client, *, kind: str, name: str) -> api.ApplyReply:
     """Delete one object."""
     body = bus.encode(api.DeleteRequest(kind=kind, name=name))

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
+from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -52,10 +53,17 @@ from nats.js.errors import APIError, NotFoundError
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from services.planner import compiling, manifests, validation
+from services.planner import compiling, impact, manifests, validation
 from services.planner.catalog import Catalog, Entry
 from shared.domain import model
 from shared.domain.errors import Busy, Code
+from shared.domain.l2state import (
+    NodeL2State,
+    Refusal,
+    StateError,
+    desired_state,
+    state_from_observed,
+)
 from shared.runtime import bus, tracing
 from shared.wire import api, signing, subjects
 
@@ -94,6 +102,10 @@ REPLY_MARGIN = 4096
 
 MAX_BATCH = 1000
 """Records in one atomic JetStream batch (the server's limit): objects one submission changes."""
+
+LIVE_STATE_S = 2.0
+"""How long ``plan`` waits for a node's executor to answer its live state before it falls
+back to the node's last observed state."""
 
 GC_THRESHOLDS = (50_000, 20, 10)
 """The planner process's garbage collector thresholds (:func:`tune_gc`)."""
@@ -359,6 +371,7 @@ class Planner:
             queue_group="l2net-planner",
             endpoints=[
                 ("apply", subjects.API_APPLY, self._handle_apply),
+                ("plan", subjects.API_PLAN, self._handle_plan),
                 ("delete", subjects.API_DELETE, self._handle_delete),
                 ("get", subjects.API_GET, self._handle_get),
                 ("nad", subjects.API_NAD, self._handle_nad),
@@ -674,6 +687,9 @@ class Planner:
     async def _handle_apply(self, req: Request) -> None:
         await self._answer(req, subjects.API_APPLY, api.ApplyReply, lambda: self.apply(req.data))
 
+    async def _handle_plan(self, req: Request) -> None:
+        await self._answer(req, subjects.API_PLAN, api.PlanReply, lambda: self.plan(req.data))
+
     async def _serve(
         self,
         req: Request,
@@ -723,26 +739,35 @@ class Planner:
 
     # -- the operations (also called directly by tests) ------------------------------
 
+    async def _validate(
+        self, text: bytes | str
+    ) -> tuple[list[manifests.Document], list[api.Problem]]:
+        """A submission's documents and its problems against the caught-up state (none:
+        accepted): what apply and plan both refuse, in the same words. Call under the lock."""
+        # One validate span for every check, each object alone then the whole state.
+        with tracing.tracer().start_as_current_span("l2net.planner.validate") as span:
+            try:
+                docs = manifests.parse(text)
+            except manifests.ManifestError as err:
+                span.set_attribute("l2net.rejected", True)
+                return [], err.problems
+            networks = _cluster_networks(docs)
+            if networks:
+                tracing.annotate(span, cluster_network=",".join(networks))
+            problems = self._check_documents(docs)
+            if not problems:
+                await self.catch_up()
+                problems = self._state_problems(docs)
+            if problems:
+                span.set_attribute("l2net.rejected", True)
+            return docs, problems
+
     async def apply(self, text: bytes | str) -> api.ApplyReply:
         """Validate a submission against the caught-up state, store it, publish intents."""
         async with self._lock:
-            # One validate span for every check, each object alone then the whole state.
-            with tracing.tracer().start_as_current_span("l2net.planner.validate") as span:
-                try:
-                    docs = manifests.parse(text)
-                except manifests.ManifestError as err:
-                    span.set_attribute("l2net.rejected", True)
-                    return refusal(err.problems)
-                networks = _cluster_networks(docs)
-                if networks:
-                    tracing.annotate(span, cluster_network=",".join(networks))
-                problems = self._check_documents(docs)
-                if not problems:
-                    await self.catch_up()
-                    problems = self._state_problems(docs)
-                if problems:
-                    span.set_attribute("l2net.rejected", True)
-                    return refusal(problems)
+            docs, problems = await self._validate(text)
+            if problems:
+                return refusal(problems)
             specs = [d.spec for d in docs]
             for attempt in range(MAX_ATTEMPTS):
                 if attempt:
@@ -756,16 +781,7 @@ class Planner:
                             return refusal(problems)
                 changes, to_store = self._changes(specs)
                 if len(to_store) > MAX_BATCH:
-                    return refusal(
-                        [
-                            api.Problem(
-                                code=Code.INVALID,
-                                message=f"the submission changes {len(to_store)} objects; at "
-                                f"most {MAX_BATCH} are stored at once (JetStream's atomic "
-                                "batch limit): split it into several submissions",
-                            )
-                        ]
-                    )
+                    return refusal([too_many(len(to_store))])
                 stored = 0
                 if to_store:
                     try:
@@ -788,6 +804,88 @@ class Planner:
                     )
                 ]
             )
+
+    async def plan(self, text: bytes | str) -> api.PlanReply:
+        """What :meth:`apply` of ``text`` would do, storing and publishing nothing: refused
+        as apply refuses it, else each changed object and, for each node whose intent would
+        change, the steps its executor would take against its actual state (asked from the
+        executor, else its last observed state), each classified (:mod:`.impact`)."""
+        async with self._lock:
+            docs, problems = await self._validate(text)
+            if problems:
+                return api.PlanReply(ok=False, errors=cap_problems(problems))
+            changes, to_store = self._changes([d.spec for d in docs])
+            if len(to_store) > MAX_BATCH:
+                return api.PlanReply(ok=False, errors=[too_many(len(to_store))])
+            before = self.catalog
+            after = before.with_changes(put=to_store, now=time.time())
+            current = dict(self.intents)
+        with tracing.tracer().start_as_current_span("l2net.planner.plan") as span:
+            wanted = {
+                node: compiling.compile_node(after, node)
+                for node in sorted(compiling.affected_nodes(before, after) & set(after.nodes))
+            }
+            changed = [
+                node
+                for node, intent in wanted.items()
+                if node not in current or not compiling.same_desired_state(current[node], intent)
+            ]
+            span.set_attribute("l2net.nodes", len(changed))
+            nodes = await asyncio.gather(
+                *(self._plan_node(after.nodes[n], wanted[n], current.get(n)) for n in changed)
+            )
+        return api.PlanReply(
+            ok=True,
+            changes=changes,
+            nodes=list(nodes),
+            summary=impact.summarize(list(nodes), objects=len(to_store)),
+        )
+
+    async def _plan_node(
+        self, node: model.Node, intent: model.NodeIntent, current: model.NodeIntent | None
+    ) -> api.NodePlan:
+        """One node's plan: its desired state as its executor builds it (with the mgmt VLAN
+        and management path it reports), against its actual state."""
+        actual, source, note = await self._actual_state(node.name)
+        desired: NodeL2State | StateError
+        refused: list[Refusal] = []
+        try:
+            desired, refused = desired_state(intent, mgmt_vlan=node.mgmt_vlan, mgmt=node.mgmt)
+        except StateError as exc:
+            desired = exc
+        return impact.node_plan(
+            node=node.name,
+            generation=current.generation if current is not None else 0,
+            desired=desired,
+            refused=refused,
+            actual=actual,
+            state=source,
+            note=note,
+        )
+
+    async def _actual_state(self, node: str) -> tuple[NodeL2State | None, api.StateSource, str]:
+        """A node's actual state: asked from its executor now (``live``), else the last one
+        it published on ``l2.observed.<node>`` (``observed``, with a note saying so), else
+        none (``unknown``)."""
+        try:
+            reply = await self.nc.request(
+                subjects.executor_control(node, "state"), b"", timeout=LIVE_STATE_S
+            )
+            return state_from_observed(bus.decode(reply.data, model.ObservedState)), "live", ""
+        except Exception as exc:  # no executor, a timeout, an error reply: fall back
+            why = _no_live_state(exc)
+        try:
+            raw = await self.js.get_last_msg(
+                subjects.STREAM_OBSERVED, subjects.observed(node), direct=True
+            )
+            observed = bus.decode(raw.data or b"", model.ObservedState)
+        except NotFoundError:
+            return None, "unknown", f"no state known: {why}, and it never published one"
+        except Exception as exc:  # a bad message, JetStream away: no state to plan from
+            return None, "unknown", f"no state known: {why}, and its last one: {exc}"
+        age = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(observed.at))
+        note = f"{why}: planned against its last observed state, of {age}"
+        return state_from_observed(observed), "observed", note
 
     async def delete(self, kind: str, name: str) -> api.ApplyReply:
         """Delete one object; ``kind`` in any case, singular or plural (``network``)."""
@@ -1128,6 +1226,15 @@ class Planner:
         return ack.seq
 
 
+def _no_live_state(exc: BaseException) -> str:
+    """Why a node's executor gave no live state, in a few words."""
+    if isinstance(exc, nats_errors.NoRespondersError):
+        return "its executor does not answer (not running?)"
+    if isinstance(exc, nats_errors.TimeoutError | TimeoutError):
+        return f"its executor did not answer within {LIVE_STATE_S:g}s"
+    return f"its executor gave no state ({type(exc).__name__}: {str(exc)[:200]})"
+
+
 def _traced_compile(node: str, make: Callable[[], model.NodeIntent]) -> model.NodeIntent:
     """Compile one node in its span, which names the node and its cluster networks."""
     with tracing.tracer().start_as_current_span(
@@ -1149,6 +1256,15 @@ async def _backoff(attempt: int) -> None:
 
 def _quiet(msg: Msg, why: str) -> None:
     """Skip without a report (history whose bad messages were reported before)."""
+
+
+def too_many(objects: int) -> api.Problem:
+    """The problem of a submission over JetStream's atomic batch limit."""
+    return api.Problem(
+        code=Code.INVALID,
+        message=f"the submission changes {objects} objects; at most {MAX_BATCH} are stored "
+        "at once (JetStream's atomic batch limit): split it into several submissions",
+    )
 
 
 def refusal(problems: list[api.Problem]) -> api.ApplyReply:

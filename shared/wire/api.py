@@ -3,6 +3,8 @@ stored in ``L2_SPECS``. Any NATS client can speak this: JSON in, JSON out.
 
 ``l2.api.apply``   body: the manifest text (YAML or JSON, one or more documents)
                    reply: :class:`ApplyReply`
+``l2.api.plan``    body: the manifest text, as for apply
+                   reply: :class:`PlanReply` (stores nothing, publishes no intent)
 ``l2.api.delete``  body: :class:`DeleteRequest`   reply: :class:`ApplyReply`
 ``l2.api.get``     body: :class:`GetRequest` (or empty)   reply: :class:`GetReply`
 ``l2.api.nad``     body: :class:`NadRequest`   reply: :class:`NadReply`
@@ -12,7 +14,7 @@ stored in ``L2_SPECS``. Any NATS client can speak this: JSON in, JSON out.
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -139,6 +141,89 @@ class ApplyReply(msgspec.Struct, kw_only=True, rename="camel"):
     generations: dict[str, int] = msgspec.field(default_factory=dict)
     changed: list[str] = msgspec.field(default_factory=list)
     warnings: list[str] = msgspec.field(default_factory=list)
+
+
+PLAN_VERSION = 1
+"""The version of :class:`PlanReply`'s shape (``version``): a field removed or changed in
+meaning makes it 2; fields added keep it."""
+
+Impact = Literal["hitless", "disruptive"]
+"""What a planned step does to traffic already flowing: nothing (``hitless``), or it may
+stop or reset some (``disruptive``)."""
+
+StateSource = Literal["live", "observed", "unknown"]
+"""Where a node's plan took its actual state from: its executor, asked now (``live``); its
+last ``l2.observed.<node>`` (``observed``: the executor did not answer); none known."""
+
+
+class PlannedStep(msgspec.Struct, kw_only=True, rename="camel"):
+    """One step a node's executor would take, in its order. ``operation``, ``object``,
+    ``fields`` and ``action`` read as the executor's status results (:class:`~shared.domain.
+    model.ObjectResult`) will once it took the step. ``impact`` and ``reason`` classify it;
+    a disruptive step names what runs on what it touches: VM NICs (``<vm>/<ifname>``) and host
+    networks (by name)."""
+
+    operation: str
+    object: str
+    action: str
+    fields: dict[str, Any] = msgspec.field(default_factory=dict)
+    impact: Impact
+    reason: str
+    vm_nics: list[str] = msgspec.field(default_factory=list)
+    host_networks: list[str] = msgspec.field(default_factory=list)
+
+
+class NodePlan(msgspec.Struct, kw_only=True, rename="camel"):
+    """A node whose intent the submission would change: its steps against its actual state.
+
+    ``generation``: the node's current generation (the submission would make the next one).
+    ``state``: where its actual state came from (``note`` says more: how old a fallback is,
+    or why there is none; then ``steps`` is empty, not "nothing to do"). ``refused``: parts of
+    the intent the executor would leave out (its management-path guards, with its words).
+    ``error``: the executor could not plan this intent on this node (it would fail the
+    generation, writing nothing)."""
+
+    node: str
+    generation: int = 0
+    state: StateSource
+    note: str = ""
+    steps: list[PlannedStep] = msgspec.field(default_factory=list)
+    refused: list[str] = msgspec.field(default_factory=list)
+    error: str = ""
+
+
+class PlanSummary(msgspec.Struct, kw_only=True, rename="camel"):
+    """Counts over every node plan; ``disruptive_nodes``: nodes with a disruptive step;
+    ``unknown_nodes``: nodes whose steps could not be planned (no state known, or an error)."""
+
+    objects: int = 0
+    """Objects the submission would create or update."""
+    nodes: int = 0
+    steps: int = 0
+    hitless: int = 0
+    disruptive: int = 0
+    disruptive_nodes: list[str] = msgspec.field(default_factory=list)
+    unknown_nodes: list[str] = msgspec.field(default_factory=list)
+
+
+class PlanReply(msgspec.Struct, kw_only=True, rename="camel"):
+    """The reply of ``l2.api.plan``: ``ok`` false with ``errors`` for what apply refuses
+    (the same problems, word for word); else ``changes`` (each object as apply would report
+    it, revision 0 for one not stored yet), the plan of each node whose intent would change,
+    and a ``summary``. ``version``: :data:`PLAN_VERSION`."""
+
+    ok: bool
+    version: int = PLAN_VERSION
+    changes: list[Change] = msgspec.field(default_factory=list)
+    nodes: list[NodePlan] = msgspec.field(default_factory=list)
+    summary: PlanSummary = msgspec.field(default_factory=PlanSummary)
+    errors: list[Problem] = msgspec.field(default_factory=list)
+    warnings: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def changes_anything(self) -> bool:
+        """Something would be stored, or some node's kernel changed (exit 2 of ``plan``)."""
+        return bool(self.summary.objects or self.summary.steps or self.summary.unknown_nodes)
 
 
 class DeleteRequest(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):

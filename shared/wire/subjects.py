@@ -4,6 +4,8 @@ from __future__ import annotations
 
 API_PREFIX = "l2.api"
 API_APPLY = "l2.api.apply"
+API_PLAN = "l2.api.plan"
+"""Request/reply into the planner: what an apply of a manifest would do (stores nothing)."""
 API_DELETE = "l2.api.delete"
 API_GET = "l2.api.get"
 API_NAD = "l2.api.nad"

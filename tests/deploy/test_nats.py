@@ -370,6 +370,25 @@ async def test_operator_submits_but_cannot_forge_events(secured: SecuredNats) ->
     await nc.close()
 
 
+async def test_the_planner_asks_executors_for_live_state_but_not_to_reconcile(
+    secured: SecuredNats, planner: Client
+) -> None:
+    """``l2net plan`` takes each node's live state from its executor; nothing more."""
+    node = await secured.connect("node-1")
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b'{"links": []}')
+
+    await node.subscribe(subjects.executor_control("node-1", "state"), cb=answer)
+    await bus.settle(node)
+    reply = await planner.request(subjects.executor_control("node-1", "state"), b"", timeout=5)
+    assert reply.data == b'{"links": []}'
+    await planner.publish(subjects.executor_control("node-1", "reconcile"), b"")
+    await bus.settle(planner)
+    assert await denied(secured.errors["planner"], "publish", "l2.executor.node-1.reconcile")
+    await node.close()
+
+
 def test_rendered_accounts_match_the_shipped_example() -> None:
     shipped = (NATS_DIR / "accounts.conf").read_text()
     rendered = subprocess.run(
