@@ -33,12 +33,15 @@ if TYPE_CHECKING:
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
-def _on_bus(handler: Handler) -> Callable[[argparse.Namespace], int]:
+def _on_bus(
+    handler: Handler, *, config_error: int = runner.EXIT_USAGE
+) -> Callable[[argparse.Namespace], int]:
     """The handler as argparse calls it: run by :func:`shared.runtime.runner.run` (tracing, one-line
-    errors prefixed ``l2net:``)."""
+    errors prefixed ``l2net:``). ``config_error``: the exit code of a bad ``OTEL_*`` (1 where
+    2 means something else, as changes do for ``plan``)."""
 
     def run(args: argparse.Namespace) -> int:
-        return runner.run(lambda: handler(args), command="l2net")
+        return runner.run(lambda: handler(args), command="l2net", config_error=config_error)
 
     return run
 
@@ -60,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-f", "--file", required=True, help="YAML or JSON file, or - for stdin")
     p.add_argument("--json", action="store_true", help=f"the plan for programs ({PLAN_SHAPE})")
     add_nats_option(p)
-    p.set_defaults(handler=_on_bus(_plan))
+    p.set_defaults(handler=_on_bus(_plan, config_error=runner.EXIT_FAILED))
 
     p = sub.add_parser("delete", help="delete one object")
     p.add_argument("kind", help=", ".join(model.USER_KINDS))

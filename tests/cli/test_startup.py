@@ -49,6 +49,7 @@ def test_building_the_parser_for_get_imports_no_service_nor_the_bus() -> None:
 # Each command that talks to the bus, with arguments that pass argparse and its own checks.
 BUS_COMMANDS: dict[str, list[str]] = {
     "apply": ["-f", "-"],
+    "plan": ["-f", "-"],
     "delete": ["Network", "vlan100"],
     "get": [],
     "nad": ["vlan100"],
@@ -63,8 +64,9 @@ BUS_COMMANDS: dict[str, list[str]] = {
 }
 LOCAL_COMMANDS = {"up", "demo", "lab"}
 """Commands that set up no tracing (the embedded server, the demo, the lab)."""
-EXIT_ON_BAD_CONFIG = {"audit": 1, "history": 1}
-"""2 (usage), except where 2 already means something: drift for ``l2net audit``."""
+EXIT_ON_BAD_CONFIG = {"audit": 1, "history": 1, "plan": 1}
+"""2 (usage), except where 2 already means something: drift for ``l2net audit``, changes for
+``l2net plan``."""
 
 
 def test_every_command_on_the_bus_names_a_bad_tracing_setting_in_one_line(
