@@ -121,6 +121,7 @@ async def test_live_services_answer_hostile_requests_and_refuse_poison_once(
     manifests = hostile([*SEED_DOCS, SEED_DOCS])
     requests = {
         ("planner", subjects.API_APPLY): manifests,
+        ("planner", subjects.API_PLAN): manifests,
         ("planner", subjects.API_DELETE): hostile([plain(api.DeleteRequest(kind="Network", name="x"))]),  # noqa: E501
         ("planner", subjects.API_GET): hostile([plain(api.GetRequest(kind="Network"))]),
         ("planner", subjects.API_NAD): hostile([plain(api.NadRequest(network="vlan200"))]),

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import jsonschema
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -44,6 +45,7 @@ from tests.planner.conftest import make_node, register
 pytestmark = pytest.mark.timeout(180)
 
 L2NET = [sys.executable, "-m", "services.cli.main"]
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "reference" / "schemas"
 
 
 @dataclass
@@ -83,8 +85,15 @@ class Fleet:
         return proc.returncode, out.decode(), err.decode()
 
     async def plan(self, manifest: str) -> tuple[int, api.PlanReply]:
+        """``l2net plan --json``: its exit code and its output, which the documented schema
+        (docs/reference/schemas/plan-reply.json) must accept."""
         code, out, err = await self.l2net("plan", "--json", manifest=manifest)
         assert out, err
+        schema = json.loads((SCHEMAS / "plan-reply.json").read_text())
+        problems = [
+            e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(json.loads(out))
+        ]
+        assert problems == []
         return code, bus.decode(out.encode(), api.PlanReply)
 
     async def applied(self, manifest: str) -> dict[str, NodeStatus]:
