@@ -57,19 +57,24 @@ _BY_OPERATION: dict[str, Verdict] = {
 }
 """Steps whose class depends on their operation alone."""
 
+
+def _master(value: str | None, target: str, actual: NodeL2State) -> Verdict:
+    if value is not None:
+        return HITLESS, f"enslaved to {value}"
+    return DISRUPTIVE, f"released from {_master_of(actual, target)}: its traffic stops"
+
+
+def _up(value: bool, target: str, actual: NodeL2State) -> Verdict:
+    if value:
+        return HITLESS, "brought up"
+    if _free_nic(actual, target):  # the kernel enslaves a port only while it is down
+        return HITLESS, "downed to be enslaved: it carries no l2net traffic yet"
+    return DISRUPTIVE, "downed: its traffic stops until it is up again"
+
+
 _LINK_SET: dict[str, Callable[[Any, str, NodeL2State], Verdict]] = {
-    "master": lambda value, target, actual: (
-        (HITLESS, f"enslaved to {value}")
-        if value is not None
-        else (DISRUPTIVE, f"released from {_master(actual, target)}: its traffic stops")
-    ),
-    "up": lambda value, target, actual: (
-        (HITLESS, "brought up")
-        if value
-        else (HITLESS, "downed to be enslaved: it carries no l2net traffic yet")
-        if _free_nic(actual, target)
-        else (DISRUPTIVE, "downed: its traffic stops until it is up again")
-    ),
+    "master": _master,
+    "up": _up,
     "mtu": lambda value, target, actual: (
         DISRUPTIVE,
         f"MTU {_field(actual, target, 'mtu')} to {value}: the link resets, and frames the"
@@ -233,7 +238,7 @@ def summarize(nodes: list[api.NodePlan], *, objects: int) -> api.PlanSummary:
 # -- reading the actual state ------------------------------------------------------------
 
 
-def _master(actual: NodeL2State, name: str) -> str:
+def _master_of(actual: NodeL2State, name: str) -> str:
     link = actual.links.get(name)
     return (link.master if link is not None else None) or "its master"
 

@@ -26,6 +26,10 @@ among them); users run two for availability. Model of operation:
    logged once and skipped; its stream sequence still counts for the expectations above, and
    the last good message before it on the same subject stands.
 
+``l2.api.plan`` validates a submission exactly as ``l2.api.apply`` does, then answers what
+each node's executor would do with it (:mod:`services.planner.impact`), storing nothing and
+publishing nothing; the lock is held for the validation only, not while it asks executors.
+
 It registers as a NATS micro service (``nats micro ls`` shows ``l2net-planner``).
 """
 
@@ -832,7 +836,10 @@ class Planner:
             ]
             span.set_attribute("l2net.nodes", len(changed))
             nodes = await asyncio.gather(
-                *(self._plan_node(after.nodes[n], wanted[n], current.get(n)) for n in changed)
+                *(
+                    self._plan_node(after.nodes[n], intent=wanted[n], current=current.get(n))
+                    for n in changed
+                )
             )
         return api.PlanReply(
             ok=True,
@@ -842,7 +849,7 @@ class Planner:
         )
 
     async def _plan_node(
-        self, node: model.Node, intent: model.NodeIntent, current: model.NodeIntent | None
+        self, node: model.Node, *, intent: model.NodeIntent, current: model.NodeIntent | None
     ) -> api.NodePlan:
         """One node's plan: its desired state as its executor builds it (with the mgmt VLAN
         and management path it reports), against its actual state."""

@@ -158,10 +158,10 @@ last ``l2.observed.<node>`` (``observed``: the executor did not answer); none kn
 
 class PlannedStep(msgspec.Struct, kw_only=True, rename="camel"):
     """One step a node's executor would take, in its order. ``operation``, ``object``,
-    ``fields`` and ``action`` read as the executor's status results (:class:`~shared.domain.
-    model.ObjectResult`) will once it took the step. ``impact`` and ``reason`` classify it;
-    a disruptive step names what runs on what it touches: VM NICs (``<vm>/<ifname>``) and host
-    networks (by name)."""
+    ``fields`` and ``action`` read as the executor's status results
+    (:class:`~shared.domain.model.ObjectResult`) will once it took the step. ``impact`` and
+    ``reason`` classify it; a disruptive step names what runs on what it touches: VM NICs
+    (``<vm>/<ifname>``) and host networks (by name)."""
 
     operation: str
     object: str
