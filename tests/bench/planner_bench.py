@@ -32,6 +32,7 @@ from services.planner import compiling, manifests, validation
 from services.planner.catalog import Catalog
 from services.planner.service import Planner, _new_problems, tune_gc
 from shared.domain import model
+from shared.domain.l2state import LinkState, desired_state, observed_from
 from shared.runtime import bus, natsserver
 from shared.wire import api, subjects
 from tests import keys
@@ -293,6 +294,56 @@ def _validate_and_compile(networks: int, *, racks: int = 0, vm_nics: int = 0) ->
     )
 
 
+async def _plan_vs_apply(url: str) -> list[Result]:
+    """``l2net plan`` of a one-VID change to the 1000-node fleet (every node touched) against
+    the apply of the same change, taking turns. No executor runs: each node's state is its
+    last observed state (published once, as its executor would after converging), so the plan
+    also pays a live-state request that finds no responder and a direct get per node."""
+    nc = await bus.connect([url], name="bench")
+    thresholds = gc.get_threshold()
+    tune_gc()
+    planner = Planner(nc, signing_seed=keys.SEED)
+    await planner.start()
+    try:
+        f = fleet.fleet(nodes=FLEET_NODES, cluster_networks=CLUSTER_NETWORKS, networks=200)
+        js = nc.jetstream()
+        for node in f.nodes:
+            await js.publish(subjects.node(node.name), bus.encode(node))
+        while len(planner.catalog.nodes) < FLEET_NODES:
+            await asyncio.sleep(0.05)
+        await _apply(nc, f.manifest())
+        for name, intent in compiling.compile_all(planner.catalog).items():
+            state = desired_state(intent)[0]  # the node converged, with what it installed:
+            state.links["mgmt-br"] = LinkState(name="mgmt-br", kind="bridge", up=True)
+            state.links["mgmt-bo"] = LinkState(name="mgmt-bo", kind="bond", master="mgmt-br")
+            observed = observed_from(state, generation=1, reason="bench", at=time.time())
+            await js.publish(subjects.observed(name), bus.encode(observed))
+        vid = [3000]
+
+        def change(v: int) -> str:
+            return fleet.specs_yaml([fleet.network(7, CLUSTER_NETWORKS, vid=v)])
+
+        await _apply(nc, change(vid[0]))
+
+        async def plan() -> None:
+            msg = await nc.request(subjects.API_PLAN, change(vid[0] ^ 1).encode(), 120)
+            reply = bus.decode(msg.data, api.PlanReply)
+            assert reply.ok and reply.summary.nodes == FLEET_NODES, reply.errors
+            assert reply.summary.unknown_nodes == [], reply.nodes[0]
+
+        async def apply() -> None:
+            vid[0] ^= 1
+            await _apply(nc, change(vid[0]))
+
+        planned, applied = await _turns([plan, apply], REPEAT)
+        name = f"plan of a one-VID change, {FLEET_NODES} nodes x 200 networks (every node)"
+        return [Result(name, planned, applied, "apply of the same change", "s")]
+    finally:
+        await planner.stop()
+        await nc.drain()
+        gc.set_threshold(*thresholds)
+
+
 def _memory(url: str) -> list[Result]:
     return [service_memory("resident memory, idle", "planner", url, settle=4)]
 
@@ -322,6 +373,7 @@ def _rows(*, fleet_only: bool) -> list[Result]:
     results += _with_server(_latency)
     results += _with_server(lambda url: _fleet_round_trips(url, racks=0, vm_nics=True))
     results += _with_server(lambda url: _fleet_round_trips(url, racks=10, vm_nics=False))
+    results += _with_server(_plan_vs_apply)
     with tempfile.TemporaryDirectory(prefix="l2net-bench-") as tmp:
         server = natsserver.start(Path(tmp) / "nats")
         try:
@@ -331,8 +383,12 @@ def _rows(*, fleet_only: bool) -> list[Result]:
     return results
 
 
-if __name__ == "__main__":  # python -m tests.bench.planner_bench [--fleet-only]
+if __name__ == "__main__":  # python -m tests.bench.planner_bench [--fleet-only | --plan-only]
     import sys
 
-    for r in _rows(fleet_only="--fleet-only" in sys.argv):
+    if "--plan-only" in sys.argv:
+        rows = _with_server(_plan_vs_apply)
+    else:
+        rows = _rows(fleet_only="--fleet-only" in sys.argv)
+    for r in rows:
         print(r.line())
