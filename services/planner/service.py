@@ -835,39 +835,18 @@ class Planner:
                 if node not in current or not compiling.same_desired_state(current[node], intent)
             ]
             span.set_attribute("l2net.nodes", len(changed))
-            nodes = await asyncio.gather(
-                *(
-                    self._plan_node(after.nodes[n], intent=wanted[n], current=current.get(n))
-                    for n in changed
-                )
-            )
+            # Every node's state first, then the pure work: planning nodes while the answers
+            # of others wait would make their requests time out on a large fleet.
+            states = await asyncio.gather(*(self._actual_state(n) for n in changed))
+            nodes = [
+                _plan_node(after.nodes[n], intent=wanted[n], current=current.get(n), state=st)
+                for n, st in zip(changed, states, strict=True)
+            ]
         return api.PlanReply(
             ok=True,
             changes=changes,
-            nodes=list(nodes),
-            summary=impact.summarize(list(nodes), objects=len(to_store)),
-        )
-
-    async def _plan_node(
-        self, node: model.Node, *, intent: model.NodeIntent, current: model.NodeIntent | None
-    ) -> api.NodePlan:
-        """One node's plan: its desired state as its executor builds it (with the mgmt VLAN
-        and management path it reports), against its actual state."""
-        actual, source, note = await self._actual_state(node.name)
-        desired: NodeL2State | StateError
-        refused: list[Refusal] = []
-        try:
-            desired, refused = desired_state(intent, mgmt_vlan=node.mgmt_vlan, mgmt=node.mgmt)
-        except StateError as exc:
-            desired = exc
-        return impact.node_plan(
-            node=node.name,
-            generation=current.generation if current is not None else 0,
-            desired=desired,
-            refused=refused,
-            actual=actual,
-            state=source,
-            note=note,
+            nodes=nodes,
+            summary=impact.summarize(nodes, objects=len(to_store)),
         )
 
     async def _actual_state(self, node: str) -> tuple[NodeL2State | None, api.StateSource, str]:
@@ -1231,6 +1210,33 @@ class Planner:
             raise Conflict(f"generation {intent.generation} of {node} was published before")
         log.info("node %s: generation %d", node, intent.generation)
         return ack.seq
+
+
+def _plan_node(
+    node: model.Node,
+    *,
+    intent: model.NodeIntent,
+    current: model.NodeIntent | None,
+    state: tuple[NodeL2State | None, api.StateSource, str],
+) -> api.NodePlan:
+    """One node's plan: its desired state as its executor builds it (with the mgmt VLAN and
+    management path it reports), against its actual ``state`` (with where it came from)."""
+    actual, source, note = state
+    desired: NodeL2State | StateError
+    refused: list[Refusal] = []
+    try:
+        desired, refused = desired_state(intent, mgmt_vlan=node.mgmt_vlan, mgmt=node.mgmt)
+    except StateError as exc:
+        desired = exc
+    return impact.node_plan(
+        node=node.name,
+        generation=current.generation if current is not None else 0,
+        desired=desired,
+        refused=refused,
+        actual=actual,
+        state=source,
+        note=note,
+    )
 
 
 def _no_live_state(exc: BaseException) -> str:
