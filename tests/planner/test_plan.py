@@ -227,13 +227,25 @@ async def test_a_node_with_no_executor_and_no_observed_state_is_not_planned(
     assert code == 2 and "not planned: ghost" in out
 
 
-async def test_a_refused_manifest_reads_as_apply_refuses_it(fleet: Fleet) -> None:
-    manifest = "kind: Network\nname: v1\nclusterNetwork: mgmt\nvlan: 1\n"
+REFUSED = [
+    ("kind: Network\nname: v1\nclusterNetwork: mgmt\nvlan: 1\n", "mgmt-bo's PVID"),
+    (
+        "kind: HostNetwork\nname: h1\nclusterNetwork: mgmt\nvlan: 1\nips: {}\n",
+        "mgmt-br's own untagged VID",
+    ),
+    ("kind: VmNic\nname: x\nvm: x\nnode: nowhere\nnetwork: flat\n", "nowhere"),
+]
+
+
+@pytest.mark.parametrize(("manifest", "why"), REFUSED, ids=["vid1-network", "vid1-host", "node"])
+async def test_a_refused_manifest_reads_as_apply_refuses_it(
+    fleet: Fleet, manifest: str, why: str
+) -> None:
     marks = await stream_marks(fleet.nc)
     plan_code, _, plan_err = await fleet.l2net("plan", manifest=manifest)
     apply_code, _, apply_err = await fleet.l2net("apply", manifest=manifest)
     assert (plan_code, apply_code) == (1, 1)
-    assert "mgmt-bo's PVID" in plan_err
+    assert why in plan_err
     problems = [line for line in plan_err.splitlines() if line.startswith("  - ")]
     assert problems and problems == [
         line for line in apply_err.splitlines() if line.startswith("  - ")
